@@ -1,0 +1,128 @@
+//! The capability traits and [`StateAdapter`], which combines them.
+//!
+//! # `Send` futures on native targets, `?Send` on wasm32
+//!
+//! The traits are declared with `async_trait`, whose futures are `Send` on native targets
+//! (so `Arc<dyn StateAdapter>` can be used from any tokio task) and `?Send` on `wasm32`,
+//! where the Durable Object backend awaits JS promises that cannot cross threads (and there
+//! are no threads). Implement them with the same pair of attributes:
+//!
+//! ```ignore
+//! #[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
+//! #[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
+//! impl chat_state_core::Cache for MyBackend { /* ... */ }
+//! ```
+//!
+//! On native targets every adapter is also `Send + Sync` (see [`MaybeSendSync`]).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{ListOptions, Lock, QueueEntry, Result};
+
+/// `Send + Sync` on native targets, nothing on `wasm32`.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSendSync: Send + Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + Sync + ?Sized> MaybeSendSync for T {}
+
+/// `Send + Sync` on native targets, nothing on `wasm32`.
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSendSync {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> MaybeSendSync for T {}
+
+/// Which threads the bot follows.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Subscriptions: MaybeSendSync {
+    /// Marks the thread as subscribed. Idempotent.
+    async fn subscribe(&self, thread_id: &str) -> Result<()>;
+    /// Removes the subscription. Unsubscribing a thread that is not subscribed is fine.
+    async fn unsubscribe(&self, thread_id: &str) -> Result<()>;
+    /// Whether the thread is subscribed.
+    async fn is_subscribed(&self, thread_id: &str) -> Result<bool>;
+}
+
+/// Token-owned, expiring locks with fencing numbers.
+///
+/// A lock is held iff `now < expires_at` on the backend's clock. Only the holder of the
+/// current token can release or extend it; [`Locks::force_release_lock`] ignores tokens.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Locks: MaybeSendSync {
+    /// Takes the lock for `ttl` if nobody holds it (or the holder's lock has expired).
+    /// Returns `None` if it is held. `ttl` must be non-zero.
+    async fn acquire_lock(&self, lock_id: &str, ttl: Duration) -> Result<Option<Lock>>;
+    /// Releases the lock if `lock.token` still owns it; a stale token is a no-op.
+    async fn release_lock(&self, lock: &Lock) -> Result<()>;
+    /// Moves the expiry to now + `ttl` if `lock` is the current, unexpired holder. Returns
+    /// `false` otherwise (never creates or resurrects a lock).
+    async fn extend_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool>;
+    /// Releases whatever lock is held on `lock_id`, regardless of token. No-op if none.
+    async fn force_release_lock(&self, lock_id: &str) -> Result<()>;
+}
+
+/// A key/value cache with optional per-key TTL. Values are opaque bytes (the typed helpers in
+/// [`StateExt`](crate::StateExt) store JSON).
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Cache: MaybeSendSync {
+    /// The value, or `None` if missing or expired.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Stores the value. `ttl: None` means no expiry; `Some(ZERO)` is invalid input.
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()>;
+    /// Stores the value only if the key is missing or expired. Returns whether it stored.
+    /// Among concurrent callers on one key, exactly one wins.
+    async fn set_if_not_exists(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool>;
+    /// Removes the key. Deleting a missing key is fine.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// Append-only lists that keep their newest items.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Lists: MaybeSendSync {
+    /// Appends `value`; trims to the newest `options.max_length`; with `options.ttl`, sets the
+    /// whole list's expiry to now + TTL (without, leaves it unchanged). An expired list
+    /// restarts empty.
+    async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()>;
+    /// All items in insertion order; empty if missing or expired.
+    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>>;
+}
+
+/// Per-thread FIFO queues of messages that arrived while the thread was locked.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Queues: MaybeSendSync {
+    /// Appends `entry`, drops the oldest beyond `max_size` (>= 1), and returns the number of
+    /// live entries after the append.
+    async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize>;
+    /// Removes and returns the oldest live entry. Expired entries are discarded, never
+    /// returned. Concurrent callers never receive the same entry.
+    async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>>;
+    /// Number of live entries.
+    async fn queue_depth(&self, thread_id: &str) -> Result<usize>;
+}
+
+/// Everything a bot needs: the five capabilities plus lifecycle.
+///
+/// Use it as `Arc<dyn StateAdapter>`; every backend implements it.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait StateAdapter: Subscriptions + Locks + Cache + Lists + Queues {
+    /// Short backend name used in errors and logs (`"memory"`, `"sqlite"`, ...).
+    fn backend_name(&self) -> &'static str;
+    /// Makes sure the backend is reachable and ready (schema applied, connection up).
+    /// Idempotent. Fails with [`ErrorKind::Closed`](crate::ErrorKind::Closed) after close.
+    async fn connect(&self) -> Result<()>;
+    /// Releases resources. Afterwards every operation fails with
+    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed). Closing twice is fine.
+    async fn close(&self) -> Result<()>;
+}

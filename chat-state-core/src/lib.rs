@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+
+mod adapter;
+mod clock;
+mod error;
+mod ext;
+#[cfg(not(target_arch = "wasm32"))]
+mod guard;
+mod lifecycle;
+mod token;
+mod types;
+pub mod validate;
+
+pub use adapter::{Cache, Lists, Locks, MaybeSendSync, Queues, StateAdapter, Subscriptions};
+/// Re-exported so backends implement the traits with the same macro version.
+pub use async_trait::async_trait;
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
+pub use error::{BoxError, Error, ErrorKind, Operation, Result};
+pub use ext::StateExt;
+#[cfg(not(target_arch = "wasm32"))]
+pub use guard::{LockRun, LockWatch, with_lock};
+pub use lifecycle::OpenState;
+pub use token::new_lock_token;
+pub use types::{ListOptions, Lock, QueueEntry};

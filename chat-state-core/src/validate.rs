@@ -1,0 +1,273 @@
+//! Input rules (contract rules 2 and 9), checked once here so every backend rejects the
+//! same inputs with the same error before any I/O.
+//!
+//! Every backend method starts with the validator of the same name, for example
+//! `validate::acquire_lock(BACKEND, id, ttl)?`. The conformance suite checks that it does.
+
+use std::time::Duration;
+
+use crate::{Error, ErrorKind, ListOptions, Lock, Operation, QueueEntry, Result};
+
+/// Longest id or key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Largest value (cache value, list item, serialized queue message), in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Longest accepted TTL. Anything longer is treated as a mistake (a seconds value passed as
+/// milliseconds, `u64::MAX` as "forever"); it also guarantees `now + ttl` fits in an `i64`
+/// of milliseconds, the narrowest time type among the backends.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+/// Largest accepted `max_length` / `max_size`.
+pub const MAX_COLLECTION_LEN: usize = 1_000_000;
+
+/// Milliseconds in `d`, rounded up so that a non-zero duration never becomes 0 ms.
+pub fn duration_ms(d: Duration) -> u64 {
+    let ms = d.as_millis();
+    let rounded = if d.subsec_nanos() % 1_000_000 != 0 {
+        ms + 1
+    } else {
+        ms
+    };
+    u64::try_from(rounded).unwrap_or(u64::MAX)
+}
+
+/// `now_ms + ttl` in milliseconds, or an invalid-input error if it leaves the `i64` range
+/// every backend can store (contract rule 2: overflow is an error, never a wrap).
+pub fn expiry_ms(now_ms: u64, ttl: Duration) -> std::result::Result<u64, Error> {
+    now_ms
+        .checked_add(duration_ms(ttl))
+        .filter(|&at| at <= i64::MAX as u64)
+        .ok_or_else(|| {
+            Error::invalid_input(format!(
+                "a TTL of {ttl:?} from now ({now_ms} ms) overflows the time range"
+            ))
+        })
+}
+
+fn fail(backend: &'static str, op: Operation, message: String) -> Error {
+    Error::new(ErrorKind::InvalidInput, message).context(backend, op)
+}
+
+/// Checks one id or key: non-empty UTF-8 (guaranteed by `&str`), at most
+/// [`MAX_KEY_BYTES`], no NUL. `what` names it in the message (`"thread id"`, `"key"`).
+pub fn key(backend: &'static str, op: Operation, what: &str, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(fail(backend, op, format!("{what} is empty")));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(fail(
+            backend,
+            op,
+            format!(
+                "{what} is {} bytes; the limit is {MAX_KEY_BYTES}",
+                key.len()
+            ),
+        ));
+    }
+    if key.contains('\0') {
+        return Err(fail(backend, op, format!("{what} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+/// Checks a value's size against [`MAX_VALUE_BYTES`].
+pub fn value(backend: &'static str, op: Operation, value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(fail(
+            backend,
+            op,
+            format!(
+                "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a TTL: not zero, not above [`MAX_TTL`].
+pub fn ttl(backend: &'static str, op: Operation, ttl: Duration) -> Result<()> {
+    if ttl.is_zero() {
+        return Err(fail(
+            backend,
+            op,
+            "TTL is zero; pass a positive duration, or None for no expiry where allowed".into(),
+        ));
+    }
+    if ttl > MAX_TTL {
+        return Err(fail(
+            backend,
+            op,
+            format!("TTL of {ttl:?} exceeds the maximum of {MAX_TTL:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn optional_ttl(backend: &'static str, op: Operation, t: Option<Duration>) -> Result<()> {
+    match t {
+        Some(t) => ttl(backend, op, t),
+        None => Ok(()),
+    }
+}
+
+fn length(backend: &'static str, op: Operation, what: &str, n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(fail(
+            backend,
+            op,
+            format!("{what} is 0; it must be at least 1"),
+        ));
+    }
+    if n > MAX_COLLECTION_LEN {
+        return Err(fail(
+            backend,
+            op,
+            format!("{what} is {n}; the limit is {MAX_COLLECTION_LEN}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Rules for `subscribe`, `unsubscribe`, `is_subscribed`.
+pub fn thread_id(backend: &'static str, op: Operation, thread_id: &str) -> Result<()> {
+    key(backend, op, "thread id", thread_id)
+}
+
+/// Rules for `acquire_lock`.
+pub fn acquire_lock(backend: &'static str, lock_id: &str, lock_ttl: Duration) -> Result<()> {
+    key(backend, Operation::AcquireLock, "lock id", lock_id)?;
+    ttl(backend, Operation::AcquireLock, lock_ttl)
+}
+
+/// Rules for `release_lock` (a lock handed back by the caller).
+pub fn release_lock(backend: &'static str, lock: &Lock) -> Result<()> {
+    lock_handle(backend, Operation::ReleaseLock, lock)
+}
+
+/// Rules for `extend_lock`.
+pub fn extend_lock(backend: &'static str, lock: &Lock, lock_ttl: Duration) -> Result<()> {
+    lock_handle(backend, Operation::ExtendLock, lock)?;
+    ttl(backend, Operation::ExtendLock, lock_ttl)
+}
+
+fn lock_handle(backend: &'static str, op: Operation, lock: &Lock) -> Result<()> {
+    key(backend, op, "lock id", &lock.thread_id)?;
+    key(backend, op, "lock token", &lock.token)
+}
+
+/// Rules for `force_release_lock`.
+pub fn force_release_lock(backend: &'static str, lock_id: &str) -> Result<()> {
+    key(backend, Operation::ForceReleaseLock, "lock id", lock_id)
+}
+
+/// Rules for `get` and `delete` (and any key-only cache or list operation).
+pub fn cache_key(backend: &'static str, op: Operation, k: &str) -> Result<()> {
+    key(backend, op, "key", k)
+}
+
+/// Rules for `set` and `set_if_not_exists`.
+pub fn set(
+    backend: &'static str,
+    op: Operation,
+    k: &str,
+    v: &[u8],
+    t: Option<Duration>,
+) -> Result<()> {
+    key(backend, op, "key", k)?;
+    value(backend, op, v)?;
+    optional_ttl(backend, op, t)
+}
+
+/// Rules for `append_to_list`.
+pub fn append_to_list(
+    backend: &'static str,
+    k: &str,
+    v: &[u8],
+    options: &ListOptions,
+) -> Result<()> {
+    let op = Operation::AppendToList;
+    key(backend, op, "key", k)?;
+    value(backend, op, v)?;
+    if let Some(n) = options.max_length {
+        length(backend, op, "max_length", n)?;
+    }
+    optional_ttl(backend, op, options.ttl)
+}
+
+/// Rules for `enqueue`.
+pub fn enqueue(
+    backend: &'static str,
+    thread: &str,
+    entry: &QueueEntry,
+    max_size: usize,
+) -> Result<()> {
+    let op = Operation::Enqueue;
+    key(backend, op, "thread id", thread)?;
+    length(backend, op, "max_size", max_size)?;
+    if entry.expires_at > i64::MAX as u64 || entry.enqueued_at > i64::MAX as u64 {
+        return Err(fail(
+            backend,
+            op,
+            "queue entry timestamps exceed the i64 millisecond range".into(),
+        ));
+    }
+    let size = serde_json::to_vec(&entry.message)
+        .map_err(|e| {
+            fail(
+                backend,
+                op,
+                format!("queue message is not serializable: {e}"),
+            )
+        })?
+        .len();
+    if size > MAX_VALUE_BYTES {
+        return Err(fail(
+            backend,
+            op,
+            format!("queue message is {size} bytes; the limit is {MAX_VALUE_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_sub_millisecond_ttls_up() {
+        assert_eq!(duration_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(duration_ms(Duration::from_millis(7)), 7);
+        assert_eq!(duration_ms(Duration::from_micros(7001)), 8);
+    }
+
+    #[test]
+    fn expiry_overflow_is_invalid_input() {
+        let err = expiry_ms(u64::MAX - 5, Duration::from_millis(10)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let err = expiry_ms(i64::MAX as u64, Duration::from_millis(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert_eq!(expiry_ms(10, Duration::from_millis(5)).unwrap(), 15);
+    }
+
+    #[test]
+    fn keys() {
+        let op = Operation::Get;
+        assert!(key("t", op, "key", "a:b.c").is_ok());
+        assert!(key("t", op, "key", "").is_err());
+        assert!(key("t", op, "key", "a\0b").is_err());
+        assert!(key("t", op, "key", &"x".repeat(MAX_KEY_BYTES)).is_ok());
+        let err = key("t", op, "key", &"x".repeat(MAX_KEY_BYTES + 1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("1025 bytes"), "{err}");
+    }
+
+    #[test]
+    fn ttls() {
+        let op = Operation::Set;
+        assert!(ttl("t", op, Duration::ZERO).is_err());
+        assert!(ttl("t", op, MAX_TTL).is_ok());
+        assert!(ttl("t", op, MAX_TTL + Duration::from_millis(1)).is_err());
+        assert!(ttl("t", op, Duration::MAX).is_err());
+    }
+}

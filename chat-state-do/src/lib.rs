@@ -1,0 +1,1 @@
+//! Cloudflare Durable Object chat-state backend: the object class and the adapter (work in progress).

@@ -1,0 +1,24 @@
+//! The cases. Each is `pub async fn name(h: &Harness) -> CaseResult`, re-exported flat here
+//! and listed once in [`__case_list!`](crate::__case_list), which drives both the
+//! `#[test]` macro and the report runner.
+//!
+//! Every case starts from the fresh, isolated state the factory provides, and derives its own
+//! ids from the case name so that a backend with shared storage cannot mix cases up.
+
+mod subscriptions;
+
+pub use subscriptions::*;
+
+/// The one list of cases. Add a case here and it runs everywhere.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __case_list {
+    ($($mode:tt)*) => {
+        $crate::__emit_cases! { ($($mode)*) [
+            subscriptions_round_trip
+            subscribe_is_idempotent
+            unsubscribe_missing_is_fine
+            subscription_ids_with_separators
+        ] }
+    };
+}

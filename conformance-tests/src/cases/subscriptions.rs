@@ -1,0 +1,54 @@
+use crate::{CaseResult, Harness, ensure, ensure_eq};
+
+/// false -> subscribe -> true -> unsubscribe -> false.
+pub async fn subscriptions_round_trip(h: &Harness) -> CaseResult {
+    let s = &h.adapter;
+    ensure_eq!(s.is_subscribed("t1").await?, false, "fresh thread");
+    s.subscribe("t1").await?;
+    ensure_eq!(s.is_subscribed("t1").await?, true, "after subscribe");
+    s.unsubscribe("t1").await?;
+    ensure_eq!(s.is_subscribed("t1").await?, false, "after unsubscribe");
+    Ok(())
+}
+
+/// Subscribing twice is the same as once; one unsubscribe removes it.
+pub async fn subscribe_is_idempotent(h: &Harness) -> CaseResult {
+    let s = &h.adapter;
+    s.subscribe("t1").await?;
+    s.subscribe("t1").await?;
+    ensure!(
+        s.is_subscribed("t1").await?,
+        "subscribed after two subscribes"
+    );
+    s.unsubscribe("t1").await?;
+    ensure!(!s.is_subscribed("t1").await?, "one unsubscribe removes it");
+    Ok(())
+}
+
+/// Unsubscribing a thread that was never subscribed succeeds and changes nothing.
+pub async fn unsubscribe_missing_is_fine(h: &Harness) -> CaseResult {
+    let s = &h.adapter;
+    s.subscribe("other").await?;
+    s.unsubscribe("never-subscribed").await?;
+    ensure!(
+        !s.is_subscribed("never-subscribed").await?,
+        "still not subscribed"
+    );
+    ensure!(s.is_subscribed("other").await?, "other thread untouched");
+    Ok(())
+}
+
+/// Ids with `:` and `.` (platform-style thread ids) are distinct and round-trip.
+pub async fn subscription_ids_with_separators(h: &Harness) -> CaseResult {
+    let s = &h.adapter;
+    let a = "slack:C123:1700000000.000100";
+    let b = "slack:C123:1700000000.000200";
+    s.subscribe(a).await?;
+    ensure!(s.is_subscribed(a).await?, "{a} subscribed");
+    ensure!(!s.is_subscribed(b).await?, "{b} is a different thread");
+    ensure!(
+        !s.is_subscribed("slack:C123").await?,
+        "a prefix is a different thread"
+    );
+    Ok(())
+}

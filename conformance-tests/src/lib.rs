@@ -1,0 +1,179 @@
+#![doc = include_str!("../README.md")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_state_core::{Clock, ManualClock, MaybeSendSync, StateAdapter};
+
+pub mod cases;
+mod check;
+mod runner;
+
+pub use check::{CaseResult, Failure};
+#[cfg(not(target_arch = "wasm32"))]
+pub use runner::run_case_blocking;
+pub use runner::{CaseFn, CaseFuture, CaseReport, Report, all_cases, run_all, run_case};
+
+/// How a case lets backend time pass.
+///
+/// Backends with an injectable clock use [`ManualTime`], so TTL cases run instantly and can
+/// never be flaky; others use [`RealTime`] (native) or their own implementation (wasm).
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+pub trait TimeControl: MaybeSendSync {
+    /// Lets at least `by` of backend time pass.
+    async fn advance(&self, by: Duration);
+    /// The backend's current time in Unix milliseconds (used to build queue entries).
+    fn now_ms(&self) -> u64;
+    /// Whether time only moves through [`TimeControl::advance`]. Cases use this to pick
+    /// margins: exact boundaries with a manual clock, generous ones with real time.
+    fn is_manual(&self) -> bool;
+}
+
+/// Real time: `advance` sleeps (plus a margin for the backend's clock granularity).
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealTime;
+
+#[cfg(not(target_arch = "wasm32"))]
+#[async_trait::async_trait]
+impl TimeControl for RealTime {
+    async fn advance(&self, by: Duration) {
+        tokio::time::sleep(by).await;
+    }
+    fn now_ms(&self) -> u64 {
+        chat_state_core::SystemClock.now_ms()
+    }
+    fn is_manual(&self) -> bool {
+        false
+    }
+}
+
+/// Manual time: `advance` moves a [`ManualClock`] that the backend under test reads.
+#[derive(Debug, Clone)]
+pub struct ManualTime(pub ManualClock);
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+impl TimeControl for ManualTime {
+    async fn advance(&self, by: Duration) {
+        self.0.advance(by);
+    }
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms()
+    }
+    fn is_manual(&self) -> bool {
+        true
+    }
+}
+
+/// What a factory hands each case: a fresh adapter with state no other case can see, and the
+/// way to let its time pass.
+#[derive(Clone)]
+pub struct Harness {
+    /// The adapter under test, already connected.
+    pub adapter: Arc<dyn StateAdapter>,
+    /// How to let time pass for this adapter.
+    pub time: Arc<dyn TimeControl>,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("backend", &self.adapter.backend_name())
+            .field("manual_time", &self.time.is_manual())
+            .finish()
+    }
+}
+
+impl Harness {
+    /// A harness with an explicit time control.
+    pub fn new(adapter: Arc<dyn StateAdapter>, time: Arc<dyn TimeControl>) -> Self {
+        Self { adapter, time }
+    }
+
+    /// A harness for a backend whose clock is `clock` (advanced instead of sleeping).
+    pub fn with_manual_clock(adapter: Arc<dyn StateAdapter>, clock: ManualClock) -> Self {
+        Self::new(adapter, Arc::new(ManualTime(clock)))
+    }
+
+    /// A harness for a backend on the wall clock (TTL cases sleep).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_real_time(adapter: Arc<dyn StateAdapter>) -> Self {
+        Self::new(adapter, Arc::new(RealTime))
+    }
+}
+
+/// Runs `n` copies of a task concurrently and collects their outputs in order.
+///
+/// On native targets each task is a tokio task on the multi-threaded runtime the runner
+/// provides, so contenders really run in parallel; on wasm they interleave on one thread.
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn concurrently<T, F, Fut>(n: usize, task: F) -> Result<Vec<T>, Failure>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = (0..n).map(|i| tokio::spawn(task(i))).collect();
+    let mut out = Vec::with_capacity(n);
+    for handle in handles {
+        out.push(
+            handle
+                .await
+                .map_err(|e| Failure::new(format!("task panicked: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Runs `n` copies of a task concurrently and collects their outputs in order.
+#[cfg(target_arch = "wasm32")]
+pub async fn concurrently<T, F, Fut>(n: usize, task: F) -> Result<Vec<T>, Failure>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    Ok(futures::future::join_all((0..n).map(task)).await)
+}
+
+/// Emits one `#[test]` per conformance case, each calling `$factory().await` for a fresh
+/// [`Harness`]. The factory is a path to an `async fn() -> Harness`.
+///
+/// ```ignore
+/// async fn factory() -> chat_state_conformance::Harness { /* fresh adapter */ }
+/// chat_state_conformance::conformance_tests!(factory);
+/// ```
+///
+/// Failures name the case (the test's name) and say what was expected.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:path) => {
+        $crate::__case_list! { tests $factory }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __emit_cases {
+    ((tests $factory:path) [$($case:ident)*]) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::run_case_blocking(stringify!($case), || $factory(), |h| {
+                    ::std::boxed::Box::pin($crate::cases::$case(h))
+                });
+            }
+        )*
+    };
+    ((registry) [$($case:ident)*]) => {
+        &[$(
+            (stringify!($case), {
+                fn wrap(h: &$crate::Harness) -> $crate::CaseFuture<'_> {
+                    ::std::boxed::Box::pin($crate::cases::$case(h))
+                }
+                wrap as $crate::CaseFn
+            }),
+        )*]
+    };
+}
