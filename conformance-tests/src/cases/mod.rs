@@ -5,8 +5,12 @@
 //! Every case starts from the fresh, isolated state the factory provides, and derives its own
 //! ids from the case name so that a backend with shared storage cannot mix cases up.
 
+mod linearizability;
+mod model;
 mod subscriptions;
 
+pub use linearizability::*;
+pub use model::*;
 pub use subscriptions::*;
 
 /// The one list of cases. Add a case here and it runs everywhere.
@@ -19,6 +23,8 @@ macro_rules! __case_list {
             subscribe_is_idempotent
             unsubscribe_missing_is_fine
             subscription_ids_with_separators
+            locks_linearizable
+            model_based_operations
         ] }
     };
 }
