@@ -22,7 +22,7 @@ pub const MAX_COLLECTION_LEN: usize = 1_000_000;
 /// Milliseconds in `d`, rounded up so that a non-zero duration never becomes 0 ms.
 pub fn duration_ms(d: Duration) -> u64 {
     let ms = d.as_millis();
-    let rounded = if d.subsec_nanos() % 1_000_000 != 0 {
+    let rounded = if !d.subsec_nanos().is_multiple_of(1_000_000) {
         ms + 1
     } else {
         ms
