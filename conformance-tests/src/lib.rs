@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +69,24 @@ impl TimeControl for ManualTime {
     }
 }
 
+/// The future a [`Reopen`] hook returns: a new adapter on the same durable storage.
+#[cfg(not(target_arch = "wasm32"))]
+pub type ReopenFuture =
+    Pin<Box<dyn Future<Output = chat_state_core::Result<Arc<dyn StateAdapter>>> + Send>>;
+/// The future a [`Reopen`] hook returns: a new adapter on the same durable storage.
+#[cfg(target_arch = "wasm32")]
+pub type ReopenFuture =
+    Pin<Box<dyn Future<Output = chat_state_core::Result<Arc<dyn StateAdapter>>>>>;
+
+/// Builds a new, connected adapter on the same durable storage as [`Harness::adapter`]
+/// (same file, same Redis prefix, same Durable Object), as a restarted process would.
+#[cfg(not(target_arch = "wasm32"))]
+pub type Reopen = Arc<dyn Fn() -> ReopenFuture + Send + Sync>;
+/// Builds a new, connected adapter on the same durable storage as [`Harness::adapter`]
+/// (same file, same Redis prefix, same Durable Object), as a restarted process would.
+#[cfg(target_arch = "wasm32")]
+pub type Reopen = Arc<dyn Fn() -> ReopenFuture>;
+
 /// What a factory hands each case: a fresh adapter with state no other case can see, and the
 /// way to let its time pass.
 #[derive(Clone)]
@@ -75,6 +95,9 @@ pub struct Harness {
     pub adapter: Arc<dyn StateAdapter>,
     /// How to let time pass for this adapter.
     pub time: Arc<dyn TimeControl>,
+    /// For durable backends: how to open the same storage again after `adapter` was closed.
+    /// `None` (the default) makes `lifecycle_reopen_keeps_data` report itself skipped.
+    pub reopen: Option<Reopen>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -82,6 +105,7 @@ impl std::fmt::Debug for Harness {
         f.debug_struct("Harness")
             .field("backend", &self.adapter.backend_name())
             .field("manual_time", &self.time.is_manual())
+            .field("reopen", &self.reopen.is_some())
             .finish()
     }
 }
@@ -89,7 +113,46 @@ impl std::fmt::Debug for Harness {
 impl Harness {
     /// A harness with an explicit time control.
     pub fn new(adapter: Arc<dyn StateAdapter>, time: Arc<dyn TimeControl>) -> Self {
-        Self { adapter, time }
+        Self {
+            adapter,
+            time,
+            reopen: None,
+        }
+    }
+
+    /// Adds the reopen hook of a durable backend: `reopen()` must return a new, connected
+    /// adapter on the same storage as `adapter`. The suite calls it after closing `adapter`
+    /// and checks that subscriptions, held locks, fences, cache, lists and queues survived.
+    ///
+    /// ```ignore
+    /// let path = temp_dir.path().join("state.db");
+    /// Harness::with_real_time(Arc::new(open(&path).await?))
+    ///     .with_reopen(move || {
+    ///         let path = path.clone();
+    ///         async move { Ok(Arc::new(open(&path).await?) as Arc<dyn StateAdapter>) }
+    ///     })
+    /// ```
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_reopen<F, Fut>(mut self, reopen: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = chat_state_core::Result<Arc<dyn StateAdapter>>> + Send + 'static,
+    {
+        self.reopen = Some(Arc::new(move || Box::pin(reopen()) as ReopenFuture));
+        self
+    }
+
+    /// Adds the reopen hook of a durable backend: `reopen()` must return a new, connected
+    /// adapter on the same storage as `adapter`. The suite calls it after closing `adapter`
+    /// and checks that subscriptions, held locks, fences, cache, lists and queues survived.
+    #[cfg(target_arch = "wasm32")]
+    pub fn with_reopen<F, Fut>(mut self, reopen: F) -> Self
+    where
+        F: Fn() -> Fut + 'static,
+        Fut: Future<Output = chat_state_core::Result<Arc<dyn StateAdapter>>> + 'static,
+    {
+        self.reopen = Some(Arc::new(move || Box::pin(reopen()) as ReopenFuture));
+        self
     }
 
     /// A harness for a backend whose clock is `clock` (advanced instead of sleeping).
@@ -156,7 +219,9 @@ macro_rules! conformance_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __emit_cases {
-    ((tests $factory:path) [$($case:ident)*]) => {
+    // Native-only cases (they need threads or tokio) are listed after `native:`; they are
+    // compiled out on wasm32 instead of being reported as passing there.
+    ((tests $factory:path) [$($case:ident)*] native: [$($native:ident)*]) => {
         $(
             #[test]
             fn $case() {
@@ -165,15 +230,35 @@ macro_rules! __emit_cases {
                 });
             }
         )*
+        $(
+            #[cfg(not(target_arch = "wasm32"))]
+            #[test]
+            fn $native() {
+                $crate::run_case_blocking(stringify!($native), || $factory(), |h| {
+                    ::std::boxed::Box::pin($crate::cases::$native(h))
+                });
+            }
+        )*
     };
-    ((registry) [$($case:ident)*]) => {
-        &[$(
-            (stringify!($case), {
-                fn wrap(h: &$crate::Harness) -> $crate::CaseFuture<'_> {
-                    ::std::boxed::Box::pin($crate::cases::$case(h))
-                }
-                wrap as $crate::CaseFn
-            }),
-        )*]
+    ((registry) [$($case:ident)*] native: [$($native:ident)*]) => {{
+        #[cfg(not(target_arch = "wasm32"))]
+        const CASES: &[(&str, $crate::CaseFn)] = &[$(
+            $crate::__emit_cases!(@entry $case),
+        )* $(
+            $crate::__emit_cases!(@entry $native),
+        )*];
+        #[cfg(target_arch = "wasm32")]
+        const CASES: &[(&str, $crate::CaseFn)] = &[$(
+            $crate::__emit_cases!(@entry $case),
+        )*];
+        CASES
+    }};
+    (@entry $case:ident) => {
+        (stringify!($case), {
+            fn wrap(h: &$crate::Harness) -> $crate::CaseFuture<'_> {
+                ::std::boxed::Box::pin($crate::cases::$case(h))
+            }
+            wrap as $crate::CaseFn
+        })
     };
 }

@@ -1,0 +1,557 @@
+//! Locks: token-owned, expiring, fenced (contract rules 1, 3, 4, 10, 11, 12).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chat_state_core::{Lock, Operation};
+
+use super::support::{LONG_TTL, MS, expire, just_before_expiry, rejected, short_ttl, still_fresh};
+use crate::{CaseResult, Failure, Harness, concurrently, ensure, ensure_eq};
+
+async fn take(h: &Harness, id: &str, ttl: Duration) -> Result<Lock, Failure> {
+    h.adapter
+        .acquire_lock(id, ttl)
+        .await?
+        .ok_or_else(|| Failure::new(format!("lock {id:?} should be free but acquire gave None")))
+}
+
+async fn is_held(h: &Harness, id: &str) -> Result<bool, Failure> {
+    // Probing by acquiring: if the probe wins, give the lock back so the case can go on.
+    match h.adapter.acquire_lock(id, LONG_TTL).await? {
+        Some(probe) => {
+            h.adapter.release_lock(&probe).await?;
+            Ok(false)
+        }
+        None => Ok(true),
+    }
+}
+
+fn forged(id: &str, token: &str) -> Lock {
+    Lock {
+        thread_id: id.to_owned(),
+        token: token.to_owned(),
+        expires_at: u64::MAX / 4,
+        fence: 0,
+    }
+}
+
+/// Section 3: acquire returns the lock id, a 128-bit token and a future expiry.
+pub async fn lock_acquire_returns_id_token_and_expiry(h: &Harness) -> CaseResult {
+    let now = h.time.now_ms();
+    let lock = take(h, "slack:C1:1.2", LONG_TTL).await?;
+    ensure_eq!(lock.thread_id.as_str(), "slack:C1:1.2", "lock id");
+    // 128 random bits are at least 22 characters in any text encoding (base64); hex is 32.
+    ensure!(
+        lock.token.len() >= 22,
+        "token {:?} is too short to hold 128 random bits",
+        lock.token
+    );
+    ensure!(
+        lock.expires_at > now,
+        "expires_at {} is not after now {now}",
+        lock.expires_at
+    );
+    Ok(())
+}
+
+/// Rule 12: `expires_at` is now + TTL from a clock read before the call: exactly with a
+/// manual clock, within `[before + ttl, after + ttl]` on the wall clock.
+pub async fn lock_expires_at_is_now_plus_ttl(h: &Harness) -> CaseResult {
+    let ttl = Duration::from_secs(30);
+    let before = h.time.now_ms();
+    let lock = take(h, "t", ttl).await?;
+    let after = h.time.now_ms();
+    if h.time.is_manual() {
+        ensure_eq!(
+            lock.expires_at,
+            before + 30_000,
+            "expires_at on a manual clock"
+        );
+    } else {
+        ensure!(
+            before + 30_000 <= lock.expires_at && lock.expires_at <= after + 30_000,
+            "expires_at {} outside [{}, {}]",
+            lock.expires_at,
+            before + 30_000,
+            after + 30_000
+        );
+    }
+    Ok(())
+}
+
+/// Section 3: a second acquire of a held lock gets `None`.
+pub async fn lock_second_acquire_gets_none(h: &Harness) -> CaseResult {
+    take(h, "t", LONG_TTL).await?;
+    ensure!(
+        h.adapter.acquire_lock("t", LONG_TTL).await?.is_none(),
+        "second acquire of a held lock succeeded"
+    );
+    Ok(())
+}
+
+/// Rule 4: a release with the wrong token is a no-op; the holder keeps the lock.
+pub async fn lock_wrong_token_release_keeps_lock(h: &Harness) -> CaseResult {
+    let lock = take(h, "t", LONG_TTL).await?;
+    h.adapter
+        .release_lock(&forged("t", "00000000000000000000000000000000"))
+        .await?;
+    ensure!(
+        is_held(h, "t").await?,
+        "a wrong-token release freed the lock"
+    );
+    ensure!(
+        h.adapter.extend_lock(&lock, LONG_TTL).await?,
+        "the holder lost its lock to a wrong-token release"
+    );
+    Ok(())
+}
+
+/// Section 3: release, then acquire again with a new token.
+pub async fn lock_release_then_reacquire(h: &Harness) -> CaseResult {
+    let first = take(h, "t", LONG_TTL).await?;
+    h.adapter.release_lock(&first).await?;
+    let second = take(h, "t", LONG_TTL).await?;
+    ensure!(first.token != second.token, "re-acquire reused the token");
+    Ok(())
+}
+
+/// Rule 1: a lock is held while `now < expires_at` and free from `expires_at` on; after
+/// expiry another caller acquires it with a different token.
+pub async fn lock_expiry_then_reacquire_with_new_token(h: &Harness) -> CaseResult {
+    let ttl = short_ttl(h);
+    let first = take(h, "t", ttl).await?;
+    let checked = just_before_expiry(h, ttl).await;
+    if checked {
+        ensure!(
+            h.adapter.acquire_lock("t", LONG_TTL).await?.is_none(),
+            "lock free 1 ms before its expiry"
+        );
+    }
+    expire(h, ttl, checked).await;
+    let second = h
+        .adapter
+        .acquire_lock("t", LONG_TTL)
+        .await?
+        .ok_or_else(|| Failure::new("lock still held at/after its expiry (rule 1 is strict)"))?;
+    ensure!(first.token != second.token, "takeover reused the token");
+    Ok(())
+}
+
+/// Rule 4: a stale holder's release after a takeover leaves the new holder's lock.
+pub async fn lock_stale_release_after_takeover_keeps_new_lock(h: &Harness) -> CaseResult {
+    let ttl = short_ttl(h);
+    let stale = take(h, "t", ttl).await?;
+    expire(h, ttl, false).await;
+    let current = take(h, "t", LONG_TTL).await?;
+    h.adapter.release_lock(&stale).await?;
+    ensure!(
+        h.adapter.acquire_lock("t", LONG_TTL).await?.is_none(),
+        "the stale holder's release freed the new holder's lock"
+    );
+    ensure!(
+        h.adapter.extend_lock(&current, LONG_TTL).await?,
+        "the new holder lost its lock"
+    );
+    Ok(())
+}
+
+/// Section 3 and rule 3: extend keeps the lock past its first TTL.
+pub async fn lock_extend_keeps_lock_past_first_ttl(h: &Harness) -> CaseResult {
+    if h.time.is_manual() {
+        let ttl = Duration::from_secs(30);
+        let lock = take(h, "t", ttl).await?;
+        h.time.advance(Duration::from_secs(20)).await;
+        ensure!(
+            h.adapter.extend_lock(&lock, ttl).await?,
+            "extend of a live lock"
+        );
+        h.time.advance(Duration::from_secs(20)).await; // 40 s after acquire, 20 s after extend
+        ensure!(
+            h.adapter.acquire_lock("t", ttl).await?.is_none(),
+            "lock free after its first TTL despite the extend"
+        );
+        ensure!(h.adapter.extend_lock(&lock, ttl).await?, "second extend");
+    } else {
+        let ttl = Duration::from_millis(600);
+        let start = h.time.now_ms();
+        let lock = take(h, "t", ttl).await?;
+        if !h.adapter.extend_lock(&lock, LONG_TTL).await? {
+            if still_fresh(h, start, ttl) {
+                return Err(Failure::new("extend of a live lock returned false"));
+            }
+            return Err(Failure::skip(
+                "the machine was too slow to extend within the TTL",
+            ));
+        }
+        expire(h, ttl, false).await; // the first TTL is over now
+        ensure!(
+            h.adapter.acquire_lock("t", LONG_TTL).await?.is_none(),
+            "lock free after its first TTL despite the extend"
+        );
+        ensure!(
+            h.adapter.extend_lock(&lock, LONG_TTL).await?,
+            "second extend"
+        );
+    }
+    Ok(())
+}
+
+/// Trait docs for `extend_lock`: the new expiry is now + TTL, even when that is sooner
+/// than the current expiry (manual clock only: it needs exact boundaries).
+pub async fn lock_extend_sets_expiry_to_now_plus_ttl(h: &Harness) -> CaseResult {
+    if !h.time.is_manual() {
+        return Err(Failure::skip("exact expiry boundaries need a manual clock"));
+    }
+    let lock = take(h, "t", Duration::from_secs(10)).await?;
+    h.time.advance(Duration::from_secs(4)).await;
+    ensure!(
+        h.adapter.extend_lock(&lock, Duration::from_secs(2)).await?,
+        "extend of a live lock"
+    );
+    // Expiry is now acquire + 6 s, sooner than the original acquire + 10 s.
+    h.time.advance(Duration::from_secs(2) - MS).await;
+    ensure!(
+        h.adapter.acquire_lock("t", LONG_TTL).await?.is_none(),
+        "lock free 1 ms before the extended expiry"
+    );
+    h.time.advance(MS).await;
+    ensure!(
+        h.adapter.acquire_lock("t", LONG_TTL).await?.is_some(),
+        "lock still held at now + TTL of the extend (a shorter extend must shorten it)"
+    );
+    Ok(())
+}
+
+/// Rules 1 and 3: extend succeeds 1 ms before expiry and fails at the expiry instant.
+pub async fn lock_extend_fails_at_expiry_instant(h: &Harness) -> CaseResult {
+    let ttl = short_ttl(h);
+    let early = take(h, "early", ttl).await?;
+    let late = take(h, "late", ttl).await?;
+    let checked = just_before_expiry(h, ttl).await;
+    if checked {
+        ensure!(
+            h.adapter.extend_lock(&early, LONG_TTL).await?,
+            "extend 1 ms before expiry returned false"
+        );
+    }
+    expire(h, ttl, checked).await;
+    ensure!(
+        !h.adapter.extend_lock(&late, LONG_TTL).await?,
+        "extend at/after the expiry instant returned true"
+    );
+    Ok(())
+}
+
+/// Rule 3: extending an expired lock returns false and does not bring it back.
+pub async fn lock_extend_never_resurrects_expired(h: &Harness) -> CaseResult {
+    let ttl = short_ttl(h);
+    let lock = take(h, "t", ttl).await?;
+    expire(h, ttl, false).await;
+    ensure!(
+        !h.adapter.extend_lock(&lock, LONG_TTL).await?,
+        "extend of an expired lock returned true"
+    );
+    ensure!(
+        h.adapter.acquire_lock("t", LONG_TTL).await?.is_some(),
+        "extend resurrected the expired lock"
+    );
+    Ok(())
+}
+
+/// Rule 3: extend with the wrong token returns false and leaves the holder's lock alone.
+pub async fn lock_extend_false_with_wrong_token(h: &Harness) -> CaseResult {
+    let lock = take(h, "t", LONG_TTL).await?;
+    ensure!(
+        !h.adapter
+            .extend_lock(&forged("t", "ffffffffffffffffffffffffffffffff"), LONG_TTL)
+            .await?,
+        "extend with a wrong token returned true"
+    );
+    ensure!(
+        h.adapter.extend_lock(&lock, LONG_TTL).await?,
+        "the holder can still extend"
+    );
+    Ok(())
+}
+
+/// Rule 3: extend after release returns false and does not re-create the lock.
+pub async fn lock_extend_false_after_release(h: &Harness) -> CaseResult {
+    let lock = take(h, "t", LONG_TTL).await?;
+    h.adapter.release_lock(&lock).await?;
+    ensure!(
+        !h.adapter.extend_lock(&lock, LONG_TTL).await?,
+        "extend of a released lock returned true"
+    );
+    ensure!(!is_held(h, "t").await?, "extend re-created a released lock");
+    Ok(())
+}
+
+/// Rule 3: extend after force-release returns false and does not re-create the lock.
+pub async fn lock_extend_false_after_force_release(h: &Harness) -> CaseResult {
+    let lock = take(h, "t", LONG_TTL).await?;
+    h.adapter.force_release_lock("t").await?;
+    ensure!(
+        !h.adapter.extend_lock(&lock, LONG_TTL).await?,
+        "extend of a force-released lock returned true"
+    );
+    ensure!(
+        !is_held(h, "t").await?,
+        "extend re-created a force-released lock"
+    );
+    Ok(())
+}
+
+/// Rule 3: a stale holder cannot extend after a takeover, and the new lock is untouched.
+pub async fn lock_extend_false_for_stale_holder_after_takeover(h: &Harness) -> CaseResult {
+    let ttl = short_ttl(h);
+    let stale = take(h, "t", ttl).await?;
+    expire(h, ttl, false).await;
+    let current = take(h, "t", LONG_TTL).await?;
+    ensure!(
+        !h.adapter.extend_lock(&stale, LONG_TTL).await?,
+        "the stale holder extended the new holder's lock"
+    );
+    ensure!(
+        h.adapter.extend_lock(&current, LONG_TTL).await?,
+        "the new holder lost its lock"
+    );
+    Ok(())
+}
+
+/// Rule 2 (and the upstream `PEXPIRE key 0` bug): extend with a zero TTL is invalid input
+/// and leaves the lock held.
+pub async fn lock_extend_zero_ttl_is_invalid_and_keeps_lock(h: &Harness) -> CaseResult {
+    let lock = take(h, "t", LONG_TTL).await?;
+    rejected(
+        h,
+        h.adapter.extend_lock(&lock, Duration::ZERO).await,
+        Operation::ExtendLock,
+        "a zero TTL",
+    )?;
+    ensure!(
+        is_held(h, "t").await?,
+        "a zero-TTL extend released the lock"
+    );
+    ensure!(
+        h.adapter.extend_lock(&lock, LONG_TTL).await?,
+        "the holder lost its lock"
+    );
+    Ok(())
+}
+
+/// Rule 4: force-release frees a lock whatever its token.
+pub async fn lock_force_release_ignores_token(h: &Harness) -> CaseResult {
+    let first = take(h, "t", LONG_TTL).await?;
+    h.adapter.force_release_lock("t").await?;
+    let second = take(h, "t", LONG_TTL).await?;
+    ensure!(
+        first.token != second.token,
+        "new acquisition reused the token"
+    );
+    Ok(())
+}
+
+/// Rule 4: force-release of a lock nobody holds is a no-op and touches no other lock.
+pub async fn lock_force_release_missing_is_noop(h: &Harness) -> CaseResult {
+    let other = take(h, "other", LONG_TTL).await?;
+    h.adapter.force_release_lock("missing").await?;
+    h.adapter.force_release_lock("missing").await?;
+    ensure!(
+        h.adapter.extend_lock(&other, LONG_TTL).await?,
+        "another lock was affected"
+    );
+    take(h, "missing", LONG_TTL).await?;
+    Ok(())
+}
+
+/// Rule 4: releasing twice, or releasing a lock that was never taken, is a no-op.
+pub async fn lock_release_is_idempotent(h: &Harness) -> CaseResult {
+    let lock = take(h, "t", LONG_TTL).await?;
+    h.adapter.release_lock(&lock).await?;
+    h.adapter.release_lock(&lock).await?;
+    h.adapter
+        .release_lock(&forged("never-taken", "0123456789abcdef0123456789abcdef"))
+        .await?;
+    take(h, "t", LONG_TTL).await?;
+    take(h, "never-taken", LONG_TTL).await?;
+    Ok(())
+}
+
+/// The holder can release after extending, and the lock is free afterwards.
+pub async fn lock_release_after_extend_frees(h: &Harness) -> CaseResult {
+    let lock = take(h, "t", LONG_TTL).await?;
+    ensure!(h.adapter.extend_lock(&lock, LONG_TTL).await?, "extend");
+    h.adapter.release_lock(&lock).await?;
+    take(h, "t", LONG_TTL).await?;
+    Ok(())
+}
+
+/// Section 3: locks on different ids are independent.
+pub async fn lock_different_ids_independent(h: &Harness) -> CaseResult {
+    let a = take(h, "a", LONG_TTL).await?;
+    let b = take(h, "b", LONG_TTL).await?;
+    h.adapter.release_lock(&a).await?;
+    ensure!(
+        h.adapter.acquire_lock("b", LONG_TTL).await?.is_none(),
+        "releasing a freed b"
+    );
+    h.adapter.force_release_lock("a").await?;
+    ensure!(
+        h.adapter.extend_lock(&b, LONG_TTL).await?,
+        "b after force-release of a"
+    );
+    Ok(())
+}
+
+/// A token only counts for the id it was issued for: another lock's token cannot release or
+/// extend it.
+pub async fn lock_token_bound_to_its_id(h: &Harness) -> CaseResult {
+    let a = take(h, "a", LONG_TTL).await?;
+    take(h, "b", LONG_TTL).await?;
+    let cross = forged("b", &a.token);
+    h.adapter.release_lock(&cross).await?;
+    ensure!(is_held(h, "b").await?, "a's token released lock b");
+    ensure!(
+        !h.adapter.extend_lock(&cross, LONG_TTL).await?,
+        "a's token extended lock b"
+    );
+    ensure!(is_held(h, "a").await?, "lock a was affected");
+    Ok(())
+}
+
+/// Upstream lock ids are not only thread ids (`chat:callback:<token>`, channel ids): ids that
+/// share a prefix are different locks.
+pub async fn lock_ids_with_separators(h: &Harness) -> CaseResult {
+    take(h, "chat:callback:abc", LONG_TTL).await?;
+    take(h, "chat:callback:abcd", LONG_TTL).await?;
+    take(h, "chat:callback", LONG_TTL).await?;
+    take(h, "slack:C123", LONG_TTL).await?;
+    take(h, "slack:C123:1700000000.000100", LONG_TTL).await?;
+    ensure!(
+        h.adapter
+            .acquire_lock("chat:callback:abc", LONG_TTL)
+            .await?
+            .is_none(),
+        "chat:callback:abc is held"
+    );
+    Ok(())
+}
+
+/// Rule 10: every acquisition gets a fresh token (20 acquisitions of one id, and across ids).
+pub async fn lock_tokens_unique_per_acquisition(h: &Harness) -> CaseResult {
+    let mut seen = HashSet::new();
+    for i in 0..20 {
+        let lock = take(h, "t", LONG_TTL).await?;
+        ensure!(
+            seen.insert(lock.token.clone()),
+            "token repeated at round {i}"
+        );
+        h.adapter.release_lock(&lock).await?;
+        let other = take(h, &format!("other-{i}"), LONG_TTL).await?;
+        ensure!(seen.insert(other.token), "token repeated across ids");
+    }
+    Ok(())
+}
+
+/// Rule 11: the fence strictly increases across releases.
+pub async fn lock_fence_increases_across_release(h: &Harness) -> CaseResult {
+    let mut last: Option<u64> = None;
+    for i in 0..5 {
+        let lock = take(h, "t", LONG_TTL).await?;
+        if let Some(prev) = last {
+            ensure!(
+                lock.fence > prev,
+                "fence {} after {prev} (round {i})",
+                lock.fence
+            );
+        }
+        last = Some(lock.fence);
+        h.adapter.release_lock(&lock).await?;
+    }
+    Ok(())
+}
+
+/// Rule 11: the fence strictly increases across expiry.
+pub async fn lock_fence_increases_across_expiry(h: &Harness) -> CaseResult {
+    let ttl = short_ttl(h);
+    let first = take(h, "t", ttl).await?;
+    expire(h, ttl, false).await;
+    let second = take(h, "t", ttl).await?;
+    ensure!(
+        second.fence > first.fence,
+        "fence {} after {}",
+        second.fence,
+        first.fence
+    );
+    Ok(())
+}
+
+/// Rule 11: the fence strictly increases across force-release.
+pub async fn lock_fence_increases_across_force_release(h: &Harness) -> CaseResult {
+    let first = take(h, "t", LONG_TTL).await?;
+    h.adapter.force_release_lock("t").await?;
+    let second = take(h, "t", LONG_TTL).await?;
+    h.adapter.force_release_lock("t").await?;
+    let third = take(h, "t", LONG_TTL).await?;
+    ensure!(
+        first.fence < second.fence && second.fence < third.fence,
+        "fences {}, {}, {} are not strictly increasing",
+        first.fence,
+        second.fence,
+        third.fence
+    );
+    Ok(())
+}
+
+/// Section 3 and rule 5's lock twin: 16 concurrent acquirers of one id, exactly one winner
+/// (five rounds on fresh ids, to give a race a chance to show).
+pub async fn lock_concurrent_acquirers_one_winner(h: &Harness) -> CaseResult {
+    for round in 0..5 {
+        let id = format!("contended-{round}");
+        let results = concurrently(16, |_| {
+            let a = h.adapter.clone();
+            let id = id.clone();
+            async move { a.acquire_lock(&id, LONG_TTL).await }
+        })
+        .await?;
+        let mut winners = 0;
+        for r in results {
+            if r?.is_some() {
+                winners += 1;
+            }
+        }
+        ensure_eq!(winners, 1, "winners among 16 acquirers in round {round}");
+    }
+    Ok(())
+}
+
+/// Rules 1 and 11 under contention: once a lock expires, 16 concurrent acquirers still
+/// produce exactly one winner, with a fence above the expired holder's.
+pub async fn lock_concurrent_acquire_after_expiry_one_winner(h: &Harness) -> CaseResult {
+    let ttl = short_ttl(h);
+    let first = take(h, "t", ttl).await?;
+    expire(h, ttl, false).await;
+    let results = concurrently(16, |_| {
+        let a = h.adapter.clone();
+        async move { a.acquire_lock("t", LONG_TTL).await }
+    })
+    .await?;
+    let mut winners = Vec::new();
+    for r in results {
+        if let Some(lock) = r? {
+            winners.push(lock);
+        }
+    }
+    ensure_eq!(
+        winners.len(),
+        1,
+        "winners among 16 acquirers of an expired lock"
+    );
+    ensure!(
+        winners[0].fence > first.fence,
+        "fence {} after expired holder's {}",
+        winners[0].fence,
+        first.fence
+    );
+    Ok(())
+}
