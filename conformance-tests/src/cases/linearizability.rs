@@ -59,9 +59,9 @@ mod native {
 
     /// Concurrent clients. Enough to produce real overlaps on a 2-core machine, few enough
     /// that the checker's search stays small (its cost grows with concurrency, not length).
-    const CLIENTS: usize = 6;
+    const CLIENTS: usize = 8;
     /// Calls per client.
-    const OPS_PER_CLIENT: usize = 150;
+    const OPS_PER_CLIENT: usize = 400;
     /// Lock ids the clients share: few, so every id sees contention.
     const LOCK_IDS: usize = 2;
     /// Long enough that no lock expires during the run, even on a slow remote backend.

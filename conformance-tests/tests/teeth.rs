@@ -1,0 +1,603 @@
+//! The suite has teeth: deliberately broken adapters must each fail at least one case.
+//!
+//! Every broken adapter wraps the real memory backend and delegates everything except one
+//! bug, the kind of mistake real backends make (most are bugs upstream adapters shipped).
+//! The whole suite runs against each through `run_all`, as a third-party runner would. Two
+//! controls keep the test honest: the plain memory backend and the wrapper with no bug must
+//! pass every case, so a broken adapter is caught for its bug and not for a wrapping
+//! artefact.
+//!
+//! The racy adapter (check-then-act acquire) is the control of the linearizability case:
+//! sequential cases cannot see its race, the recorded concurrent history must.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chat_state_conformance::{Failure, Harness, Report, run_all};
+use chat_state_core::{
+    Cache, Clock, ListOptions, Lists, Lock, Locks, ManualClock, OpenState, Operation, QueueEntry,
+    Queues, Result, StateAdapter, Subscriptions, async_trait, new_lock_token, validate,
+};
+use chat_state_memory::MemoryState;
+use serde_json::json;
+
+/// One bug per variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bug {
+    /// No bug: the wrapper itself must be faithful.
+    None,
+    /// `extend_lock` on an expired or released lock re-acquires it and reports success.
+    ExtendResurrects,
+    /// `extend_lock` reports success but leaves the old expiry.
+    ExtendKeepsExpiry,
+    /// `release_lock` ignores the token (releases whoever holds the lock).
+    ReleaseIgnoresToken,
+    /// `acquire_lock` takes a held lock anyway: a second holder.
+    SecondHolder,
+    /// `acquire_lock` treats a lock as expired 1 ms early (`now + 1 >= expires_at`).
+    ExpiryOffByOne,
+    /// Every lock gets fence 1.
+    FenceRepeats,
+    /// `acquire_lock` is check-then-act with a gap: concurrent acquirers can both win.
+    RacyAcquire,
+    /// `set_if_not_exists` counts an expired key as present (the upstream SQL bug).
+    ExpiredKeyCountsAsPresent,
+    /// `delete` does nothing.
+    DeleteIsNoop,
+    /// A zero cache TTL is taken to mean "no expiry" instead of rejected.
+    ZeroTtlMeansForever,
+    /// Cache operations accept an empty key.
+    AcceptsEmptyKey,
+    /// Lists at `max_length` drop the new item (keep the oldest).
+    ListKeepsOldest,
+    /// Appending with a TTL to an existing list keeps its old expiry.
+    ListTtlNotRefreshed,
+    /// Queue entries never expire (returned and counted after `expires_at`).
+    QueueReturnsExpired,
+    /// `queue_depth` is a cached count that ignores expiry.
+    DepthCountsExpired,
+    /// A full queue drops the new entry instead of the oldest.
+    QueueDropsNewest,
+    /// `close` does nothing: operations keep working afterwards.
+    WorksAfterClose,
+    /// Subscriptions are stored as cache keys (namespaces collide).
+    SubscriptionsInCache,
+}
+
+/// Bookkeeping some bugs need.
+#[derive(Debug, Default)]
+struct Side {
+    /// Cache keys written and not deleted (for `ExpiredKeyCountsAsPresent`).
+    written: HashSet<String>,
+    /// Expiry of each lock as last granted or extended (for `ExpiryOffByOne`).
+    lock_expiry: HashMap<String, u64>,
+    /// The cached depth per queue (for `DepthCountsExpired`).
+    depth: HashMap<String, usize>,
+    /// The racy adapter's own lock table: id -> (token, expires_at).
+    racy: HashMap<String, (String, u64)>,
+}
+
+/// The memory backend with one bug.
+#[derive(Debug)]
+struct Broken {
+    inner: MemoryState,
+    clock: ManualClock,
+    bug: Bug,
+    side: Mutex<Side>,
+    racy_fence: AtomicU64,
+    open: OpenState,
+}
+
+impl Broken {
+    fn new(bug: Bug, clock: ManualClock) -> Self {
+        Self {
+            inner: MemoryState::with_clock(clock.clone()),
+            clock,
+            bug,
+            side: Mutex::default(),
+            racy_fence: AtomicU64::new(0),
+            open: OpenState::new(),
+        }
+    }
+
+    fn side(&self) -> MutexGuard<'_, Side> {
+        self.side.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+
+    /// Input and lifecycle checks under the caller's operation, for bugs that call a
+    /// different inner operation (so errors still name the operation the caller used).
+    fn check_thread(&self, op: Operation, thread_id: &str) -> Result<()> {
+        validate::thread_id(self.name(), op, thread_id)?;
+        self.open.check(self.name(), op)
+    }
+
+    async fn racy_acquire(&self, lock_id: &str, ttl: Duration) -> Result<Option<Lock>> {
+        validate::acquire_lock(self.name(), lock_id, ttl)?;
+        self.open.check(self.name(), Operation::AcquireLock)?;
+        let now = self.clock.now_ms();
+        let free = self
+            .side()
+            .racy
+            .get(lock_id)
+            .is_none_or(|(_, at)| now >= *at);
+        if !free {
+            return Ok(None);
+        }
+        // The bug: the check above and the write below are separate steps.
+        tokio::task::yield_now().await;
+        let expires_at = validate::expiry_ms(now, ttl)?;
+        let token = new_lock_token()?;
+        let fence = self.racy_fence.fetch_add(1, Ordering::SeqCst) + 1;
+        self.side()
+            .racy
+            .insert(lock_id.to_owned(), (token.clone(), expires_at));
+        Ok(Some(Lock {
+            thread_id: lock_id.to_owned(),
+            token,
+            expires_at,
+            fence,
+        }))
+    }
+
+    fn racy_release(&self, lock: &Lock) -> Result<()> {
+        validate::release_lock(self.name(), lock)?;
+        self.open.check(self.name(), Operation::ReleaseLock)?;
+        let mut side = self.side();
+        if side
+            .racy
+            .get(&lock.thread_id)
+            .is_some_and(|(t, _)| *t == lock.token)
+        {
+            side.racy.remove(&lock.thread_id);
+        }
+        Ok(())
+    }
+
+    fn racy_extend(&self, lock: &Lock, ttl: Duration) -> Result<bool> {
+        validate::extend_lock(self.name(), lock, ttl)?;
+        self.open.check(self.name(), Operation::ExtendLock)?;
+        let now = self.clock.now_ms();
+        let mut side = self.side();
+        match side.racy.get_mut(&lock.thread_id) {
+            Some((token, at)) if *token == lock.token && now < *at => {
+                *at = validate::expiry_ms(now, ttl)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn racy_force_release(&self, lock_id: &str) -> Result<()> {
+        validate::force_release_lock(self.name(), lock_id)?;
+        self.open.check(self.name(), Operation::ForceReleaseLock)?;
+        self.side().racy.remove(lock_id);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscriptions for Broken {
+    async fn subscribe(&self, thread_id: &str) -> Result<()> {
+        if self.bug == Bug::SubscriptionsInCache {
+            self.check_thread(Operation::Subscribe, thread_id)?;
+            return self.inner.set(thread_id, b"subscribed", None).await;
+        }
+        self.inner.subscribe(thread_id).await
+    }
+
+    async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
+        if self.bug == Bug::SubscriptionsInCache {
+            self.check_thread(Operation::Unsubscribe, thread_id)?;
+            return self.inner.delete(thread_id).await;
+        }
+        self.inner.unsubscribe(thread_id).await
+    }
+
+    async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
+        if self.bug == Bug::SubscriptionsInCache {
+            self.check_thread(Operation::IsSubscribed, thread_id)?;
+            return Ok(self.inner.get(thread_id).await?.is_some());
+        }
+        self.inner.is_subscribed(thread_id).await
+    }
+}
+
+#[async_trait]
+impl Locks for Broken {
+    async fn acquire_lock(&self, lock_id: &str, ttl: Duration) -> Result<Option<Lock>> {
+        if self.bug == Bug::RacyAcquire {
+            return self.racy_acquire(lock_id, ttl).await;
+        }
+        let mut got = self.inner.acquire_lock(lock_id, ttl).await?;
+        if got.is_none() {
+            let steal = match self.bug {
+                Bug::SecondHolder => true,
+                Bug::ExpiryOffByOne => self
+                    .side()
+                    .lock_expiry
+                    .get(lock_id)
+                    .is_some_and(|at| self.clock.now_ms() + 1 >= *at),
+                _ => false,
+            };
+            if steal {
+                self.inner.force_release_lock(lock_id).await?;
+                got = self.inner.acquire_lock(lock_id, ttl).await?;
+            }
+        }
+        if let Some(lock) = &mut got {
+            self.side()
+                .lock_expiry
+                .insert(lock_id.to_owned(), lock.expires_at);
+            if self.bug == Bug::FenceRepeats {
+                lock.fence = 1;
+            }
+        }
+        Ok(got)
+    }
+
+    async fn release_lock(&self, lock: &Lock) -> Result<()> {
+        match self.bug {
+            Bug::RacyAcquire => self.racy_release(lock),
+            Bug::ReleaseIgnoresToken => {
+                validate::release_lock(self.name(), lock)?;
+                self.open.check(self.name(), Operation::ReleaseLock)?;
+                self.inner.force_release_lock(&lock.thread_id).await
+            }
+            _ => self.inner.release_lock(lock).await,
+        }
+    }
+
+    async fn extend_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool> {
+        match self.bug {
+            Bug::RacyAcquire => self.racy_extend(lock, ttl),
+            Bug::ExtendResurrects => {
+                if self.inner.extend_lock(lock, ttl).await? {
+                    return Ok(true);
+                }
+                Ok(self
+                    .inner
+                    .acquire_lock(&lock.thread_id, ttl)
+                    .await?
+                    .is_some())
+            }
+            Bug::ExtendKeepsExpiry => {
+                validate::extend_lock(self.name(), lock, ttl)?;
+                let remaining = lock.expires_at.saturating_sub(self.clock.now_ms());
+                if remaining == 0 {
+                    return Ok(false);
+                }
+                // A forged handle can claim any expiry; keep the TTL valid so only the bug shows.
+                let remaining = remaining.min(validate::MAX_TTL.as_millis() as u64);
+                self.inner
+                    .extend_lock(lock, Duration::from_millis(remaining))
+                    .await
+            }
+            _ => {
+                let ok = self.inner.extend_lock(lock, ttl).await?;
+                if ok {
+                    let at = self.clock.now_ms() + ttl.as_millis() as u64;
+                    self.side().lock_expiry.insert(lock.thread_id.clone(), at);
+                }
+                Ok(ok)
+            }
+        }
+    }
+
+    async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
+        if self.bug == Bug::RacyAcquire {
+            return self.racy_force_release(lock_id);
+        }
+        self.inner.force_release_lock(lock_id).await
+    }
+}
+
+#[async_trait]
+impl Cache for Broken {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        if self.bug == Bug::AcceptsEmptyKey && key.is_empty() {
+            return Ok(None);
+        }
+        self.inner.get(key).await
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        if self.bug == Bug::AcceptsEmptyKey && key.is_empty() {
+            return Ok(());
+        }
+        let ttl = match ttl {
+            Some(t) if t.is_zero() && self.bug == Bug::ZeroTtlMeansForever => None,
+            other => other,
+        };
+        self.inner.set(key, value, ttl).await?;
+        self.side().written.insert(key.to_owned());
+        Ok(())
+    }
+
+    async fn set_if_not_exists(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        if self.bug == Bug::AcceptsEmptyKey && key.is_empty() {
+            return Ok(true);
+        }
+        if self.bug == Bug::ExpiredKeyCountsAsPresent {
+            validate::set(self.name(), Operation::SetIfNotExists, key, value, ttl)?;
+            self.open.check(self.name(), Operation::SetIfNotExists)?;
+            if self.side().written.contains(key) && self.inner.get(key).await?.is_none() {
+                // The row is still there, expired, and the broken check ignores expiry.
+                return Ok(false);
+            }
+        }
+        let stored = self.inner.set_if_not_exists(key, value, ttl).await?;
+        if stored {
+            self.side().written.insert(key.to_owned());
+        }
+        Ok(stored)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        if self.bug == Bug::AcceptsEmptyKey && key.is_empty() {
+            return Ok(());
+        }
+        if self.bug == Bug::DeleteIsNoop {
+            validate::cache_key(self.name(), Operation::Delete, key)?;
+            return self.open.check(self.name(), Operation::Delete);
+        }
+        self.inner.delete(key).await?;
+        self.side().written.remove(key);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Lists for Broken {
+    async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()> {
+        let mut options = options;
+        if matches!(self.bug, Bug::ListKeepsOldest | Bug::ListTtlNotRefreshed) {
+            validate::append_to_list(self.name(), key, value, &options)?;
+            self.open.check(self.name(), Operation::AppendToList)?;
+            let len = self.inner.get_list(key).await?.len();
+            if self.bug == Bug::ListKeepsOldest && options.max_length.is_some_and(|max| len >= max)
+            {
+                return Ok(());
+            }
+            if self.bug == Bug::ListTtlNotRefreshed && len > 0 {
+                options.ttl = None;
+            }
+        }
+        self.inner.append_to_list(key, value, options).await
+    }
+
+    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
+        self.inner.get_list(key).await
+    }
+}
+
+/// Where `QueueReturnsExpired` hides an entry's real expiry inside the stored message.
+const HIDDEN_EXPIRY: &str = "__broken_expires_at";
+const HIDDEN_MESSAGE: &str = "__broken_message";
+
+#[async_trait]
+impl Queues for Broken {
+    async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
+        match self.bug {
+            Bug::QueueReturnsExpired => {
+                validate::enqueue(self.name(), thread_id, &entry, max_size)?;
+                let stored = QueueEntry {
+                    enqueued_at: entry.enqueued_at,
+                    expires_at: i64::MAX as u64,
+                    message: json!({ HIDDEN_EXPIRY: entry.expires_at, HIDDEN_MESSAGE: entry.message }),
+                };
+                self.inner.enqueue(thread_id, stored, max_size).await
+            }
+            Bug::QueueDropsNewest => {
+                validate::enqueue(self.name(), thread_id, &entry, max_size)?;
+                self.open.check(self.name(), Operation::Enqueue)?;
+                let depth = self.inner.queue_depth(thread_id).await?;
+                if depth >= max_size {
+                    return Ok(depth);
+                }
+                self.inner.enqueue(thread_id, entry, max_size).await
+            }
+            Bug::DepthCountsExpired => {
+                let depth = self.inner.enqueue(thread_id, entry, max_size).await?;
+                self.side().depth.insert(thread_id.to_owned(), depth);
+                Ok(depth)
+            }
+            _ => self.inner.enqueue(thread_id, entry, max_size).await,
+        }
+    }
+
+    async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
+        let got = self.inner.dequeue(thread_id).await?;
+        match self.bug {
+            Bug::QueueReturnsExpired => Ok(got.map(|stored| {
+                let mut message = stored.message;
+                QueueEntry {
+                    enqueued_at: stored.enqueued_at,
+                    expires_at: message[HIDDEN_EXPIRY].as_u64().unwrap_or(0),
+                    message: message[HIDDEN_MESSAGE].take(),
+                }
+            })),
+            Bug::DepthCountsExpired => {
+                let mut side = self.side();
+                let depth = side.depth.entry(thread_id.to_owned()).or_default();
+                *depth = if got.is_some() {
+                    depth.saturating_sub(1)
+                } else {
+                    0
+                };
+                Ok(got)
+            }
+            _ => Ok(got),
+        }
+    }
+
+    async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
+        let live = self.inner.queue_depth(thread_id).await?;
+        if self.bug == Bug::DepthCountsExpired {
+            return Ok(self.side().depth.get(thread_id).copied().unwrap_or(live));
+        }
+        Ok(live)
+    }
+}
+
+#[async_trait]
+impl StateAdapter for Broken {
+    fn backend_name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+
+    async fn connect(&self) -> Result<()> {
+        self.inner.connect().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.bug == Bug::WorksAfterClose {
+            return Ok(());
+        }
+        self.open.close();
+        self.inner.close().await
+    }
+}
+
+/// Runs the whole suite against a fresh adapter per case, on a manual clock.
+fn run_suite(make: impl Fn(ManualClock) -> Arc<dyn StateAdapter>) -> Report {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let start = Instant::now();
+    runtime.block_on(run_all(
+        || {
+            let clock = ManualClock::starting_now();
+            let adapter = make(clock.clone());
+            async move { Ok::<_, Failure>(Harness::with_manual_clock(adapter, clock)) }
+        },
+        |_| true,
+        || start.elapsed().as_millis() as u64,
+    ))
+}
+
+fn failed(report: &Report) -> Vec<(&str, &str)> {
+    report
+        .cases
+        .iter()
+        .filter(|c| c.outcome == "failed")
+        .map(|c| (c.name.as_str(), c.message.as_str()))
+        .collect()
+}
+
+fn assert_all_pass(report: &Report, what: &str) {
+    let failures = failed(report);
+    assert!(
+        failures.is_empty(),
+        "{what} must pass every case, but failed {}:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .map(|(name, message)| format!("- {name}: {message}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(report.passed() > 0, "{what}: no case ran");
+}
+
+/// Runs the suite against the bug and asserts at least one case fails; prints which.
+fn assert_caught(bug: Bug) -> Vec<String> {
+    let report = run_suite(|clock| Arc::new(Broken::new(bug, clock)));
+    let failures = failed(&report);
+    eprintln!(
+        "{bug:?}: caught by {} of {} cases",
+        failures.len(),
+        report.cases.len()
+    );
+    for (name, message) in &failures {
+        let first = message.lines().next().unwrap_or_default();
+        eprintln!("  - {name}: {first}");
+    }
+    assert!(
+        !failures.is_empty(),
+        "the broken adapter {bug:?} passed all {} cases: the suite has a gap",
+        report.cases.len()
+    );
+    failures.iter().map(|(name, _)| name.to_string()).collect()
+}
+
+#[test]
+fn memory_backend_passes_every_case() {
+    let started = Instant::now();
+    let report = run_suite(|clock| Arc::new(MemoryState::with_clock(clock)));
+    // Informational (shown with --nocapture): where the suite's time goes.
+    let mut slowest: Vec<_> = report.cases.iter().collect();
+    slowest.sort_by_key(|c| std::cmp::Reverse(c.millis));
+    eprintln!(
+        "memory: {} cases in {:?}; slowest: {}",
+        report.cases.len(),
+        started.elapsed(),
+        slowest
+            .iter()
+            .take(3)
+            .map(|c| format!("{} {} ms", c.name, c.millis))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert_all_pass(&report, "the memory backend");
+}
+
+#[test]
+fn faithful_wrapper_passes_every_case() {
+    let report = run_suite(|clock| Arc::new(Broken::new(Bug::None, clock)));
+    assert_all_pass(&report, "the wrapper without a bug");
+}
+
+/// The control of the linearizability case: the racy lock must be caught by it specifically
+/// (its sequential behaviour is correct, so only a concurrent history shows the race).
+#[test]
+fn racy_acquire_is_rejected_by_the_linearizability_check() {
+    let caught_by = assert_caught(Bug::RacyAcquire);
+    assert!(
+        caught_by.iter().any(|name| name == "locks_linearizable"),
+        "locks_linearizable accepted the history of a check-then-act lock (caught only by {caught_by:?})"
+    );
+}
+
+macro_rules! caught {
+    ($($test:ident => $bug:ident,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                assert_caught(Bug::$bug);
+            }
+        )*
+    };
+}
+
+caught! {
+    extend_resurrecting_an_expired_lock_is_caught => ExtendResurrects,
+    extend_keeping_the_old_expiry_is_caught => ExtendKeepsExpiry,
+    release_ignoring_the_token_is_caught => ReleaseIgnoresToken,
+    acquire_letting_a_second_holder_in_is_caught => SecondHolder,
+    lock_expiring_one_ms_early_is_caught => ExpiryOffByOne,
+    repeated_fences_are_caught => FenceRepeats,
+    expired_key_counting_as_present_is_caught => ExpiredKeyCountsAsPresent,
+    delete_as_noop_is_caught => DeleteIsNoop,
+    zero_ttl_as_forever_is_caught => ZeroTtlMeansForever,
+    empty_cache_key_accepted_is_caught => AcceptsEmptyKey,
+    list_keeping_the_oldest_is_caught => ListKeepsOldest,
+    list_ttl_not_refreshed_is_caught => ListTtlNotRefreshed,
+    queue_returning_expired_entries_is_caught => QueueReturnsExpired,
+    queue_depth_counting_expired_is_caught => DepthCountsExpired,
+    full_queue_dropping_the_newest_is_caught => QueueDropsNewest,
+    operations_after_close_are_caught => WorksAfterClose,
+    subscriptions_colliding_with_cache_keys_are_caught => SubscriptionsInCache,
+}
