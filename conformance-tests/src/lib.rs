@@ -170,7 +170,8 @@ impl Harness {
 /// Runs `n` copies of a task concurrently and collects their outputs in order.
 ///
 /// On native targets each task is a tokio task on the multi-threaded runtime the runner
-/// provides, so contenders really run in parallel; on wasm they interleave on one thread.
+/// provides, released together through a start gate, so contenders really run in parallel;
+/// on wasm they interleave on one thread.
 #[cfg(not(target_arch = "wasm32"))]
 pub async fn concurrently<T, F, Fut>(n: usize, task: F) -> Result<Vec<T>, Failure>
 where
@@ -178,7 +179,19 @@ where
     Fut: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
-    let handles: Vec<_> = (0..n).map(|i| tokio::spawn(task(i))).collect();
+    // A start gate: every task is spawned and waiting before any of them proceeds, so the
+    // contenders really overlap instead of the first finishing before the last is spawned.
+    let gate = Arc::new(tokio::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let gate = gate.clone();
+            let fut = task(i);
+            tokio::spawn(async move {
+                gate.wait().await;
+                fut.await
+            })
+        })
+        .collect();
     let mut out = Vec::with_capacity(n);
     for handle in handles {
         out.push(

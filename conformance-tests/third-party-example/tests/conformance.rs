@@ -1,0 +1,51 @@
+//! The whole chat-state conformance suite against `CountingState`: a factory and one macro.
+
+use std::sync::Arc;
+
+use chat_state_conformance::{Harness, conformance_tests};
+use chat_state_core::ManualClock;
+use chat_state_memory::MemoryState;
+use third_party_example::CountingState;
+
+/// A fresh, isolated adapter per case. The wrapped store reads an injected clock, so the
+/// suite moves time instead of sleeping (use `Harness::with_real_time` for a backend whose
+/// clock cannot be injected).
+async fn factory() -> Harness {
+    let clock = ManualClock::starting_now();
+    let inner = Arc::new(MemoryState::with_clock(clock.clone()));
+    Harness::with_manual_clock(Arc::new(CountingState::new(inner)), clock)
+}
+
+conformance_tests!(factory);
+
+/// The runner for environments without libtest (a wasm Worker, a CLI): every case into one
+/// serializable report. Here a few cases, with the counting layer checked along the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_runner_runs_the_lock_cases() {
+    let report = chat_state_conformance::run_all(
+        || async { Ok(factory().await) },
+        |name| name.starts_with("lock_fence_"),
+        || 0,
+    )
+    .await;
+    assert_eq!(report.cases.len(), 3, "{report:#?}");
+    assert_eq!(report.failed(), 0, "{report:#?}");
+    assert_eq!(report.backend, "memory");
+    let json = serde_json::to_string(&report).expect("a report serializes");
+    assert!(json.contains("lock_fence_increases_across_release"));
+}
+
+#[tokio::test]
+async fn counts_calls_per_operation() {
+    use chat_state_core::{Cache, Locks, Operation};
+    let state = CountingState::new(Arc::new(MemoryState::new()));
+    state.set("k", b"v", None).await.unwrap();
+    state.get("k").await.unwrap();
+    state.get("").await.unwrap_err(); // rejected calls count too
+    let ttl = std::time::Duration::from_secs(30);
+    state.acquire_lock("t", ttl).await.unwrap();
+    assert_eq!(state.calls(Operation::Set), 1);
+    assert_eq!(state.calls(Operation::Get), 2);
+    assert_eq!(state.calls(Operation::AcquireLock), 1);
+    assert_eq!(state.calls(Operation::Delete), 0);
+}
