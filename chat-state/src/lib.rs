@@ -1,1 +1,55 @@
-//! chat-state: one state layer for chat bots, backends behind cargo features (work in progress).
+#![doc = include_str!("../../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// Combinations that cannot work are refused here, with the way out, instead of failing deep
+// inside a dependency (sqlx, tokio's net driver) with an error that names none of our features.
+#[cfg(all(target_arch = "wasm32", feature = "sqlite"))]
+compile_error!(
+    "chat-state: feature `sqlite` needs a native target (SQLite files and sqlx do not run on \
+     wasm32). For a Worker build with `--no-default-features --features durable-object` \
+     (optionally plus `memory`)."
+);
+#[cfg(all(target_arch = "wasm32", feature = "redis"))]
+compile_error!(
+    "chat-state: feature `redis` / `redis-cluster` needs a native target (the redis client \
+     opens TCP sockets, which wasm32 Workers cannot). On Workers use `durable-object`."
+);
+#[cfg(all(target_arch = "wasm32", feature = "cli"))]
+compile_error!(
+    "chat-state: feature `cli` builds the native `chat-state` binary and cannot target wasm32. \
+     Build with `--no-default-features --features durable-object` (optionally plus `memory`)."
+);
+
+/// The core traits, types, errors and helpers, re-exported so one dependency is enough.
+pub use chat_state_core as core;
+pub use chat_state_core::{
+    Cache, Clock, Error, ErrorKind, ListOptions, Lists, Lock, Locks, ManualClock, Operation,
+    QueueEntry, Queues, Result, SharedClock, StateAdapter, StateExt, Subscriptions, SystemClock,
+    new_lock_token, system_clock, validate,
+};
+#[cfg(not(target_arch = "wasm32"))]
+pub use chat_state_core::{LockRun, LockWatch, with_lock};
+
+/// The in-process backend (feature `memory`).
+#[cfg(feature = "memory")]
+pub use chat_state_memory as memory;
+#[cfg(feature = "memory")]
+pub use chat_state_memory::MemoryState;
+
+/// The Cloudflare Durable Object backend (feature `durable-object`).
+#[cfg(feature = "durable-object")]
+pub use chat_state_do as durable_object;
+
+mod connect;
+pub use connect::{ConnectOptions, compiled_schemes, connect, connect_with};
+
+mod inspect;
+pub use inspect::{InspectLocks, LockInfo, lock_inspector};
+
+#[cfg(not(target_arch = "wasm32"))]
+mod traced;
+#[cfg(not(target_arch = "wasm32"))]
+pub use traced::{Traced, traced};
+
+#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
+pub mod cli;

@@ -1,0 +1,128 @@
+//! `chat-state conformance`: the shared suite against any URL, as an operator's check.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use chat_state_conformance::{Failure, Harness, Report};
+use chat_state_core::StateAdapter;
+
+use super::CliError;
+use crate::{ConnectOptions, connect_with};
+
+/// `chat-state conformance` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConformanceArgs {
+    /// Backend URL. Each case gets its own key prefix (SQLite, Redis) or a fresh store
+    /// (`memory://`), so the cases never see each other's data. Default: an embedded SQLite
+    /// file in a fresh temporary directory.
+    #[arg(long, env = "CHAT_STATE_URL")]
+    pub url: Option<String>,
+    /// Run only the cases whose name contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the conformance suite against `url`, each case on a fresh, isolated adapter.
+///
+/// Durable backends (an SQLite file, Redis) also get the reopen hook, so the suite checks
+/// that data survives a reconnect.
+pub async fn run(url: &str, filter: Option<&str>, trace: bool) -> Report {
+    let run = super::run_id();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let shared = crate::connect::Target::parse(url)
+        .map(|t| t.is_shared())
+        .unwrap_or(false);
+    let started = Instant::now();
+    let factory = || {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let options = ConnectOptions::new()
+            .trace(trace)
+            .prefix(format!("chat-state-conformance-{run}-{n}"));
+        let url = url.to_string();
+        async move {
+            let adapter = connect_with(&url, &options)
+                .await
+                .map_err(|e| Failure::new(format!("cannot connect to {url}: {e}")))?;
+            let harness = Harness::with_real_time(adapter);
+            Ok(if shared {
+                harness.with_reopen(move || {
+                    let (url, options) = (url.clone(), options.clone());
+                    async move { connect_with(&url, &options).await }
+                })
+            } else {
+                harness
+            })
+        }
+    };
+    chat_state_conformance::run_all(
+        factory,
+        |name| filter.is_none_or(|f| name.contains(f)),
+        || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    )
+    .await
+}
+
+/// Renders a report as a pass/fail table with a closing `N passed, N failed, N skipped` line.
+pub fn render_table(report: &Report) -> String {
+    let width = report
+        .cases
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!("backend: {}\n", report.backend);
+    out.push_str(&format!(
+        "{:<width$}  {:<7} {:>7}\n",
+        "case", "result", "ms"
+    ));
+    for case in &report.cases {
+        let outcome = match case.outcome.as_str() {
+            "passed" => "pass",
+            "failed" => "FAIL",
+            "skipped" => "skip",
+            other => other,
+        };
+        out.push_str(&format!(
+            "{:<width$}  {:<7} {:>7}",
+            case.name, outcome, case.millis
+        ));
+        if !case.message.is_empty() {
+            out.push_str("  ");
+            out.push_str(&case.message.replace('\n', " "));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{} passed, {} failed, {} skipped\n",
+        report.passed(),
+        report.failed(),
+        report.skipped()
+    ));
+    out
+}
+
+pub(crate) async fn command(args: ConformanceArgs, trace: bool) -> Result<bool, CliError> {
+    let (url, _dir) = match &args.url {
+        Some(url) => (url.clone(), None),
+        None => super::default_url()?,
+    };
+    // Fail fast, with the real error, when the URL is wrong or the backend is down, instead
+    // of one "factory failed" line per case.
+    let probe: Arc<dyn StateAdapter> = super::open(&url, false).await?;
+    let _ = probe.close().await;
+    let report = run(&url, args.filter.as_deref(), trace).await;
+    if report.cases.is_empty() {
+        return Err(format!("no conformance case matches {:?}", args.filter).into());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_table(&report));
+    }
+    Ok(report.failed() == 0)
+}
