@@ -1,1 +1,19 @@
-//! Cloudflare Durable Object chat-state backend: the object class and the adapter (work in progress).
+#![doc = include_str!("../README.md")]
+
+pub mod protocol;
+pub mod routing;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;
+// `#[durable_object]` generates undocumented wasm-bindgen glue (constructor, fetch, alarm).
+#[cfg(target_arch = "wasm32")]
+#[allow(missing_docs)]
+mod object;
+
+#[cfg(target_arch = "wasm32")]
+pub use adapter::{DEFAULT_OBJECT_NAME, DurableObjectAdapter, DurableObjectAdapterBuilder};
+#[cfg(target_arch = "wasm32")]
+pub use object::{ChatStateDO, SCHEMA_VERSION};
+
+/// The backend name in errors and logs.
+pub const BACKEND: &str = "durable-object";

@@ -1,0 +1,479 @@
+//! The adapter, [`DurableObjectAdapter`] (wasm32 only): the core traits implemented by
+//! sending [`protocol`](crate::protocol) requests to [`ChatStateDO`](crate::ChatStateDO)
+//! objects from inside a Worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_state_core::{
+    Cache, Error, ErrorKind, ListOptions, Lists, Lock, Locks, OpenState, Operation, QueueEntry,
+    Queues, Result, StateAdapter, Subscriptions, validate,
+};
+use serde::de::DeserializeOwned;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{Date, Env, Method, ObjectNamespace, RequestInit};
+
+use crate::BACKEND;
+use crate::protocol::{Acquired, KIND_PROTOCOL_MISMATCH, REQUEST_URL, Request, WireError, b64};
+use crate::routing::{KeyRouteFn, Router, ShardFn, thread_of_key};
+
+/// The default object name when none is configured (the same as the TypeScript package).
+pub const DEFAULT_OBJECT_NAME: &str = "default";
+
+/// A [`StateAdapter`] backed by [`ChatStateDO`](crate::ChatStateDO) objects.
+///
+/// Build it per request (it is cheap: no I/O until the first operation) from the namespace
+/// binding. Every call gets a fresh stub, so a broken stub after an object reset never
+/// poisons later calls.
+#[derive(Debug)]
+pub struct DurableObjectAdapter {
+    namespace: ObjectNamespace,
+    router: Router,
+    location_hint: Option<String>,
+    open: OpenState,
+}
+
+/// Configures a [`DurableObjectAdapter`]; see [`DurableObjectAdapter::builder`].
+#[derive(Debug)]
+pub struct DurableObjectAdapterBuilder {
+    namespace: ObjectNamespace,
+    router: Router,
+    location_hint: Option<String>,
+    jurisdiction: Option<String>,
+}
+
+impl DurableObjectAdapterBuilder {
+    /// The default object's name (default [`DEFAULT_OBJECT_NAME`]). Cache and list keys go
+    /// there unless a key router says otherwise; with no shard function, everything does.
+    pub fn object_name(mut self, name: impl Into<String>) -> Self {
+        self.router = self.router.with_default_object(name);
+        self
+    }
+
+    /// Sends thread-scoped operations (subscriptions, locks, queues) to the object named
+    /// `shard(thread_id)`; see [`routing::hashed_shards`](crate::routing::hashed_shards).
+    pub fn shard_key(mut self, shard: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        self.router = self.router.with_shard_key(Arc::new(shard) as ShardFn);
+        self
+    }
+
+    /// Sends cache and list keys that `route` maps to a thread id to that thread's shard.
+    pub fn key_route(
+        mut self,
+        route: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.router = self.router.with_key_route(Arc::new(route) as KeyRouteFn);
+        self
+    }
+
+    /// The ready-made key router: `thread-state:<id>`, `msg-history:<id>`,
+    /// `active-turn:<id>` and `abort-turn:<id>` follow thread `<id>`
+    /// ([`thread_of_key`]).
+    pub fn route_thread_keys(self) -> Self {
+        self.key_route(thread_of_key)
+    }
+
+    /// Asks the runtime to create new objects near this location (`"weur"`, `"enam"`, ...).
+    pub fn location_hint(mut self, hint: impl Into<String>) -> Self {
+        self.location_hint = Some(hint.into());
+        self
+    }
+
+    /// Keeps the objects (and their data) inside a jurisdiction (`"eu"`, `"fedramp"`).
+    pub fn jurisdiction(mut self, jurisdiction: impl Into<String>) -> Self {
+        self.jurisdiction = Some(jurisdiction.into());
+        self
+    }
+
+    /// The adapter. Fails with [`ErrorKind::InvalidInput`] if the default object name is not
+    /// a valid key, or if the runtime rejects the jurisdiction.
+    pub fn build(self) -> Result<DurableObjectAdapter> {
+        validate::key(
+            BACKEND,
+            Operation::Open,
+            "object name",
+            self.router.default_object(),
+        )?;
+        let namespace = match &self.jurisdiction {
+            Some(j) => jurisdiction_namespace(&self.namespace, j)?,
+            None => self.namespace,
+        };
+        Ok(DurableObjectAdapter {
+            namespace,
+            router: self.router,
+            location_hint: self.location_hint,
+            open: OpenState::new(),
+        })
+    }
+}
+
+/// `namespace.jurisdiction(j)`: the worker crate has no binding for it, so call the JS method.
+fn jurisdiction_namespace(namespace: &ObjectNamespace, j: &str) -> Result<ObjectNamespace> {
+    let fail = |what: String| {
+        Error::invalid_input(format!(
+            "cannot restrict the namespace to jurisdiction {j:?}: {what}"
+        ))
+        .context(BACKEND, Operation::Open)
+    };
+    let ns: &JsValue = namespace.as_ref();
+    let method = js_sys::Reflect::get(ns, &JsValue::from_str("jurisdiction"))
+        .map_err(|e| fail(js_message(&e)))?
+        .dyn_into::<js_sys::Function>()
+        .map_err(|_| fail("this runtime's namespace has no jurisdiction() method".into()))?;
+    let sub = method
+        .call1(ns, &JsValue::from_str(j))
+        .map_err(|e| fail(js_message(&e)))?;
+    Ok(ObjectNamespace::unchecked_from_js(sub))
+}
+
+/// The message of a thrown JS value, without the stack trace `Debug` would add.
+fn js_message(e: &JsValue) -> String {
+    match e.dyn_ref::<js_sys::Error>() {
+        Some(err) => String::from(err.message()),
+        None => e.as_string().unwrap_or_else(|| format!("{e:?}")),
+    }
+}
+
+impl DurableObjectAdapter {
+    /// A builder over the namespace binding (`env.durable_object("CHAT_STATE")?`).
+    pub fn builder(namespace: ObjectNamespace) -> DurableObjectAdapterBuilder {
+        DurableObjectAdapterBuilder {
+            namespace,
+            router: Router::new(DEFAULT_OBJECT_NAME),
+            location_hint: None,
+            jurisdiction: None,
+        }
+    }
+
+    /// An adapter with defaults over the binding named `binding` in `env`.
+    pub fn from_env(env: &Env, binding: &str) -> Result<Self> {
+        let namespace = env.durable_object(binding).map_err(|e| {
+            Error::invalid_input(format!(
+                "no Durable Object namespace bound as {binding:?} ({e}); add it to \
+                 wrangler.toml under [[durable_objects.bindings]]"
+            ))
+            .context(BACKEND, Operation::Open)
+        })?;
+        Self::builder(namespace).build()
+    }
+
+    /// The routing rules in use.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Sends one request to the object named `object` and decodes its result.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        object: &str,
+        request: &Request,
+    ) -> Result<T> {
+        let unavailable = |what: &str, e: worker::Error| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("{what} Durable Object {object:?} failed: {e}; retry later"),
+            )
+            .context(BACKEND, op)
+        };
+        let body = serde_json::to_string(request).map_err(|e| {
+            Error::invalid_input(format!("cannot encode the request: {e}")).context(BACKEND, op)
+        })?;
+        let stub = match &self.location_hint {
+            Some(hint) => self.namespace.get_by_name_with_location_hint(object, hint),
+            None => self.namespace.get_by_name(object),
+        }
+        .map_err(|e| unavailable("getting a stub for", e))?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_body(Some(JsValue::from_str(&body)));
+        let req = worker::Request::new_with_init(REQUEST_URL, &init)
+            .map_err(|e| unavailable("building a request for", e))?;
+        let mut resp = stub
+            .fetch_with_request(req)
+            .await
+            .map_err(|e| unavailable("calling", e))?;
+        let status = resp.status_code();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| unavailable("reading the answer of", e))?;
+        if status == 200 {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                Error::new(
+                    ErrorKind::Backend,
+                    format!(
+                        "Durable Object {object:?} answered with an unexpected result ({e}); \
+                         is the binding's class chat_state_do::ChatStateDO of the same version?"
+                    ),
+                )
+                .context(BACKEND, op)
+            });
+        }
+        let err = match serde_json::from_slice::<WireError>(&bytes) {
+            Ok(w) if w.kind == KIND_PROTOCOL_MISMATCH => {
+                Error::new(ErrorKind::Backend, w.message).context(BACKEND, op)
+            }
+            Ok(w) => Error::new(w.error_kind(), w.message).context(BACKEND, op),
+            Err(_) => Error::new(
+                if status >= 500 {
+                    ErrorKind::Unavailable
+                } else {
+                    ErrorKind::Backend
+                },
+                format!(
+                    "Durable Object {object:?} answered status {status} with a body that is not \
+                     a chat-state error ({:?}); check that the binding's class is \
+                     chat_state_do::ChatStateDO",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                ),
+            )
+            .context(BACKEND, op),
+        };
+        Err(err)
+    }
+
+    async fn thread_call<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        thread_id: &str,
+        request: Request,
+    ) -> Result<T> {
+        let object = self.router.object_for_thread(thread_id);
+        self.call(op, &object, &request).await
+    }
+
+    async fn key_call<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        key: &str,
+        request: Request,
+    ) -> Result<T> {
+        let object = self.router.object_for_key(key);
+        self.call(op, &object, &request).await
+    }
+}
+
+fn ttl_ms(t: Duration) -> u64 {
+    validate::duration_ms(t)
+}
+
+fn decode_b64(op: Operation, s: &str) -> Result<Vec<u8>> {
+    b64::decode(s).map_err(|e| Error::corrupt(e).context(BACKEND, op))
+}
+
+#[chat_state_core::async_trait(?Send)]
+impl Subscriptions for DurableObjectAdapter {
+    async fn subscribe(&self, thread_id: &str) -> Result<()> {
+        let op = Operation::Subscribe;
+        validate::thread_id(BACKEND, op, thread_id)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::Subscribe {
+            thread_id: thread_id.into(),
+        };
+        self.thread_call(op, thread_id, r).await
+    }
+
+    async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
+        let op = Operation::Unsubscribe;
+        validate::thread_id(BACKEND, op, thread_id)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::Unsubscribe {
+            thread_id: thread_id.into(),
+        };
+        self.thread_call(op, thread_id, r).await
+    }
+
+    async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
+        let op = Operation::IsSubscribed;
+        validate::thread_id(BACKEND, op, thread_id)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::IsSubscribed {
+            thread_id: thread_id.into(),
+        };
+        self.thread_call(op, thread_id, r).await
+    }
+}
+
+#[chat_state_core::async_trait(?Send)]
+impl Locks for DurableObjectAdapter {
+    async fn acquire_lock(&self, lock_id: &str, ttl: Duration) -> Result<Option<Lock>> {
+        let op = Operation::AcquireLock;
+        validate::acquire_lock(BACKEND, lock_id, ttl)?;
+        self.open.check(BACKEND, op)?;
+        // Contract rule 12: the caller's expiry counts from before the request was sent, so
+        // it can only be earlier than the object's own (which counts from its arrival).
+        let expires_at = validate::expiry_ms(Date::now().as_millis(), ttl)
+            .map_err(|e| e.context(BACKEND, op))?;
+        let r = Request::AcquireLock {
+            lock_id: lock_id.into(),
+            ttl_ms: ttl_ms(ttl),
+        };
+        let acquired: Option<Acquired> = self.thread_call(op, lock_id, r).await?;
+        Ok(acquired.map(|a| Lock {
+            thread_id: lock_id.to_owned(),
+            token: a.token,
+            expires_at,
+            fence: a.fence,
+        }))
+    }
+
+    async fn release_lock(&self, lock: &Lock) -> Result<()> {
+        let op = Operation::ReleaseLock;
+        validate::release_lock(BACKEND, lock)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::ReleaseLock {
+            lock_id: lock.thread_id.clone(),
+            token: lock.token.clone(),
+        };
+        self.thread_call(op, &lock.thread_id, r).await
+    }
+
+    async fn extend_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool> {
+        let op = Operation::ExtendLock;
+        validate::extend_lock(BACKEND, lock, ttl)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::ExtendLock {
+            lock_id: lock.thread_id.clone(),
+            token: lock.token.clone(),
+            ttl_ms: ttl_ms(ttl),
+        };
+        self.thread_call(op, &lock.thread_id, r).await
+    }
+
+    async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
+        let op = Operation::ForceReleaseLock;
+        validate::force_release_lock(BACKEND, lock_id)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::ForceReleaseLock {
+            lock_id: lock_id.into(),
+        };
+        self.thread_call(op, lock_id, r).await
+    }
+}
+
+#[chat_state_core::async_trait(?Send)]
+impl Cache for DurableObjectAdapter {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let op = Operation::Get;
+        validate::cache_key(BACKEND, op, key)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::Get { key: key.into() };
+        let v: Option<String> = self.key_call(op, key, r).await?;
+        v.map(|s| decode_b64(op, &s)).transpose()
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let op = Operation::Set;
+        validate::set(BACKEND, op, key, value, ttl)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::Set {
+            key: key.into(),
+            value: value.to_vec(),
+            ttl_ms: ttl.map(ttl_ms),
+        };
+        self.key_call(op, key, r).await
+    }
+
+    async fn set_if_not_exists(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let op = Operation::SetIfNotExists;
+        validate::set(BACKEND, op, key, value, ttl)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::SetIfNotExists {
+            key: key.into(),
+            value: value.to_vec(),
+            ttl_ms: ttl.map(ttl_ms),
+        };
+        self.key_call(op, key, r).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let op = Operation::Delete;
+        validate::cache_key(BACKEND, op, key)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::Delete { key: key.into() };
+        self.key_call(op, key, r).await
+    }
+}
+
+#[chat_state_core::async_trait(?Send)]
+impl Lists for DurableObjectAdapter {
+    async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()> {
+        let op = Operation::AppendToList;
+        validate::append_to_list(BACKEND, key, value, &options)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::AppendToList {
+            key: key.into(),
+            value: value.to_vec(),
+            max_length: options.max_length.map(|n| n as u64),
+            ttl_ms: options.ttl.map(ttl_ms),
+        };
+        self.key_call(op, key, r).await
+    }
+
+    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
+        let op = Operation::GetList;
+        validate::cache_key(BACKEND, op, key)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::GetList { key: key.into() };
+        let items: Vec<String> = self.key_call(op, key, r).await?;
+        items.iter().map(|s| decode_b64(op, s)).collect()
+    }
+}
+
+#[chat_state_core::async_trait(?Send)]
+impl Queues for DurableObjectAdapter {
+    async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
+        let op = Operation::Enqueue;
+        validate::enqueue(BACKEND, thread_id, &entry, max_size)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::Enqueue {
+            thread_id: thread_id.into(),
+            entry,
+            max_size: max_size as u64,
+        };
+        self.thread_call(op, thread_id, r).await
+    }
+
+    async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
+        let op = Operation::Dequeue;
+        validate::thread_id(BACKEND, op, thread_id)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::Dequeue {
+            thread_id: thread_id.into(),
+        };
+        self.thread_call(op, thread_id, r).await
+    }
+
+    async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
+        let op = Operation::QueueDepth;
+        validate::thread_id(BACKEND, op, thread_id)?;
+        self.open.check(BACKEND, op)?;
+        let r = Request::QueueDepth {
+            thread_id: thread_id.into(),
+        };
+        self.thread_call(op, thread_id, r).await
+    }
+}
+
+#[chat_state_core::async_trait(?Send)]
+impl StateAdapter for DurableObjectAdapter {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    /// Nothing to connect: objects are created on first use. Only checks the adapter is open.
+    async fn connect(&self) -> Result<()> {
+        self.open.check(BACKEND, Operation::Connect)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.open.close();
+        Ok(())
+    }
+}

@@ -1,0 +1,21 @@
+//! Test Worker for `chat-state-do` (wasm32 only; natively this crate is empty).
+//!
+//! Routes (all driven by `chat-state-do/tests/workerd.rs` and the benchmark):
+//!
+//! * `GET /ping` — readiness.
+//! * `POST /conformance` `{"prefix": "...", "shards": 0, "filter": ["case", ...]}` — runs
+//!   `chat_state_conformance::run_all` against fresh objects (unique names per case) and answers
+//!   the [`Report`](chat_state_conformance::Report) as JSON.
+//! * `POST /adapter` `{"config": {...}, "ops": [request, ...]}` — runs protocol-shaped
+//!   operations through a `DurableObjectAdapter` and answers one `{"ok": ..}` or
+//!   `{"err": {"kind", "message"}}` per op.
+//! * `POST /raw/<object>?path=/v1` — forwards the body untouched to the object (bad-input tests).
+//! * `GET /inspect/<object>` — the object's test-only introspection.
+//! * `POST /cycle` `{"object": "...", "shards": n, "thread": "..."}` — one message cycle
+//!   (benchmark).
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;
+
+#[cfg(target_arch = "wasm32")]
+pub use wasm::*;

