@@ -10,7 +10,7 @@
 //! The racy adapter (check-then-act acquire) is the control of the linearizability case:
 //! sequential cases cannot see its race, the recorded concurrent history must.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -21,7 +21,6 @@ use chat_state_core::{
     Queues, Result, StateAdapter, Subscriptions, async_trait, new_lock_token, validate,
 };
 use chat_state_memory::MemoryState;
-use serde_json::json;
 
 /// One bug per variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +31,8 @@ enum Bug {
     ExtendResurrects,
     /// `extend_lock` reports success but leaves the old expiry.
     ExtendKeepsExpiry,
+    /// `extend_lock` always reports success, so a heartbeat never notices a lost lock.
+    ExtendAlwaysTrue,
     /// `release_lock` ignores the token (releases whoever holds the lock).
     ReleaseIgnoresToken,
     /// `acquire_lock` takes a held lock anyway: a second holder.
@@ -77,6 +78,9 @@ struct Side {
     depth: HashMap<String, usize>,
     /// The racy adapter's own lock table: id -> (token, expires_at).
     racy: HashMap<String, (String, u64)>,
+    /// Real expiries of entries `QueueReturnsExpired` stored as immortal, by (thread,
+    /// enqueued_at, message), oldest first.
+    hidden_expiry: HashMap<(String, u64, String), VecDeque<u64>>,
 }
 
 /// The memory backend with one bug.
@@ -256,6 +260,10 @@ impl Locks for Broken {
     async fn extend_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool> {
         match self.bug {
             Bug::RacyAcquire => self.racy_extend(lock, ttl),
+            Bug::ExtendAlwaysTrue => {
+                self.inner.extend_lock(lock, ttl).await?;
+                Ok(true)
+            }
             Bug::ExtendResurrects => {
                 if self.inner.extend_lock(lock, ttl).await? {
                     return Ok(true);
@@ -381,9 +389,14 @@ impl Lists for Broken {
     }
 }
 
-/// Where `QueueReturnsExpired` hides an entry's real expiry inside the stored message.
-const HIDDEN_EXPIRY: &str = "__broken_expires_at";
-const HIDDEN_MESSAGE: &str = "__broken_message";
+/// How `QueueReturnsExpired` finds an entry's real expiry again.
+fn entry_key(thread_id: &str, entry: &QueueEntry) -> (String, u64, String) {
+    (
+        thread_id.to_owned(),
+        entry.enqueued_at,
+        entry.message.to_string(),
+    )
+}
 
 #[async_trait]
 impl Queues for Broken {
@@ -391,12 +404,19 @@ impl Queues for Broken {
         match self.bug {
             Bug::QueueReturnsExpired => {
                 validate::enqueue(self.name(), thread_id, &entry, max_size)?;
-                let stored = QueueEntry {
-                    enqueued_at: entry.enqueued_at,
+                let real_expiry = entry.expires_at;
+                let key = entry_key(thread_id, &entry);
+                let immortal = QueueEntry {
                     expires_at: i64::MAX as u64,
-                    message: json!({ HIDDEN_EXPIRY: entry.expires_at, HIDDEN_MESSAGE: entry.message }),
+                    ..entry
                 };
-                self.inner.enqueue(thread_id, stored, max_size).await
+                let depth = self.inner.enqueue(thread_id, immortal, max_size).await?;
+                self.side()
+                    .hidden_expiry
+                    .entry(key)
+                    .or_default()
+                    .push_back(real_expiry);
+                Ok(depth)
             }
             Bug::QueueDropsNewest => {
                 validate::enqueue(self.name(), thread_id, &entry, max_size)?;
@@ -419,13 +439,17 @@ impl Queues for Broken {
     async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
         let got = self.inner.dequeue(thread_id).await?;
         match self.bug {
-            Bug::QueueReturnsExpired => Ok(got.map(|stored| {
-                let mut message = stored.message;
-                QueueEntry {
-                    enqueued_at: stored.enqueued_at,
-                    expires_at: message[HIDDEN_EXPIRY].as_u64().unwrap_or(0),
-                    message: message[HIDDEN_MESSAGE].take(),
+            Bug::QueueReturnsExpired => Ok(got.map(|mut entry| {
+                let key = entry_key(thread_id, &entry);
+                if let Some(real) = self
+                    .side()
+                    .hidden_expiry
+                    .get_mut(&key)
+                    .and_then(VecDeque::pop_front)
+                {
+                    entry.expires_at = real;
                 }
+                entry
             })),
             Bug::DepthCountsExpired => {
                 let mut side = self.side();
@@ -558,6 +582,19 @@ fn memory_backend_passes_every_case() {
 fn faithful_wrapper_passes_every_case() {
     let report = run_suite(|clock| Arc::new(Broken::new(Bug::None, clock)));
     assert_all_pass(&report, "the wrapper without a bug");
+}
+
+/// The lock guard's heartbeat relies on `extend_lock` returning `false` once the lock is
+/// gone; the guard case must notice an adapter that never does.
+#[test]
+fn extend_always_true_is_caught_by_the_lock_guard_case() {
+    let caught_by = assert_caught(Bug::ExtendAlwaysTrue);
+    assert!(
+        caught_by
+            .iter()
+            .any(|name| name == "lock_guard_reports_lost_ownership"),
+        "lock_guard_reports_lost_ownership missed a heartbeat that never fails (caught only by {caught_by:?})"
+    );
 }
 
 /// The control of the linearizability case: the racy lock must be caught by it specifically
