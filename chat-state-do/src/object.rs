@@ -535,14 +535,15 @@ impl ChatStateDO {
             )
             .map_err(err)?
             .raw();
-        let current: Option<Option<u64>> = match rows.next().transpose().map_err(err)? {
-            Some(row) => Some(match row.first() {
+        let current: Option<u64> = rows
+            .next()
+            .transpose()
+            .map_err(err)?
+            .and_then(|row| match row.first() {
                 Some(SqlStorageValue::Null) | None => None,
                 v => Some(int(v).max(0) as u64),
-            }),
-            None => None,
-        };
-        let mut expiry = current.flatten();
+            });
+        let mut expiry = current;
         if expiry.is_some_and(|at| at <= now) {
             // An expired list restarts empty (contract rule 6), with no expiry unless this
             // append sets one.

@@ -80,8 +80,27 @@ fn wasm_target_dir() -> PathBuf {
 /// Builds the test Worker once per test binary; returns its `build/` directory.
 fn test_worker_build() -> &'static Path {
     static BUILD: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BUILD.get_or_init(|| {
-        let dir = crate_dir().join("test-worker");
+    unwrap_build(BUILD.get_or_init(|| worker_build("test-worker")))
+}
+
+/// Builds the example Worker once per test binary; returns its `build/` directory.
+fn example_worker_build() -> &'static Path {
+    static BUILD: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    unwrap_build(BUILD.get_or_init(|| worker_build("examples/worker")))
+}
+
+fn unwrap_build(built: &Result<PathBuf, String>) -> &Path {
+    match built {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `worker-build --release --no-opt` in `chat-state-do/<crate_path>` (wasm-opt is skipped:
+/// it is a slow JS build of binaryen, and the tests do not need a small binary).
+fn worker_build(crate_path: &str) -> Result<PathBuf, String> {
+    {
+        let dir = crate_dir().join(crate_path);
         let bin = node_bin_dir();
         let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),
@@ -110,12 +129,8 @@ fn test_worker_build() -> &'static Path {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        eprintln!("test worker built in {:?}", started.elapsed());
+        eprintln!("{crate_path} built in {:?}", started.elapsed());
         Ok(dir.join("build"))
-    });
-    match built {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
     }
 }
 
@@ -130,7 +145,10 @@ struct Runtime {
 impl Runtime {
     /// Starts workerd with the test Worker; `persist` keeps object storage in that dir.
     fn start(persist: Option<&Path>) -> Runtime {
-        let build = test_worker_build();
+        Self::start_build(test_worker_build(), persist)
+    }
+
+    fn start_build(build: &Path, persist: Option<&Path>) -> Runtime {
         let node = node_bin_dir().join("node");
         let script = crate_dir().join("scripts/run-miniflare.mjs");
         let persist_arg = persist.map_or_else(|| "-".into(), |p| p.display().to_string());
@@ -720,5 +738,26 @@ fn bad_input_gets_clear_errors_and_the_object_stays_usable() {
     );
     assert_eq!(ok(&r[0]), &json!("dg=="));
     assert!(ok(&r[1])["token"].is_string(), "{r:?}");
+    rt.stop();
+}
+
+#[test]
+fn example_worker_handles_messages_like_a_bot() {
+    let rt = Runtime::start_build(example_worker_build(), None);
+    let thread = unique("slack:C1");
+    let msg = |id: &str, text: &str| json!({ "thread": thread, "id": id, "text": text });
+    assert_eq!(
+        rt.post("/message", &msg("m1", "hello"))["status"],
+        "handled"
+    );
+    assert_eq!(
+        rt.post("/message", &msg("m1", "hello"))["status"],
+        "duplicate"
+    );
+    let second = rt.post("/message", &msg("m2", "again"));
+    assert_eq!(second["status"], "handled", "{second}");
+    assert!(second["fence"].as_u64() > Some(0), "{second}");
+    let history = rt.get(&format!("/history/{thread}"));
+    assert_eq!(history, json!(["hello", "again"]));
     rt.stop();
 }
