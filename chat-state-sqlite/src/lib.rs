@@ -116,9 +116,15 @@ impl SqliteState {
                     .synchronous(b.synchronous.to_sqlx())
                     // Our schema has no foreign keys; skip the per-connection pragma work.
                     .foreign_keys(false);
+                // Connecting already runs pragmas, which read the file's header.
                 let conn = options.connect().await.map_err(|e| {
                     if error::is_read_only(&e) {
                         OpenFailure::ReadOnly {
+                            path: shown.clone(),
+                        }
+                        .into_error()
+                    } else if error::is_not_a_database(&e) {
+                        OpenFailure::NotADatabase {
                             path: shown.clone(),
                         }
                         .into_error()
