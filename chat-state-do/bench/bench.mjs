@@ -1,0 +1,137 @@
+// Message-cycle throughput of chat-state-do (Rust, wasm) vs the npm TypeScript package
+// chat-state-cloudflare-do, both in workerd through Miniflare on 127.0.0.1, one object and 16
+// shards. Run through bench/run.sh (it builds the Rust Worker first).
+//
+// usage: node bench.mjs <rust-build-dir> <out-dir>   env: CHAT_STATE_TOOLS, BENCH_CYCLES,
+//        BENCH_CONCURRENCY, BENCH_ROUNDS
+import { createRequire } from "node:module";
+import { pathToFileURL, fileURLToPath } from "node:url";
+import path from "node:path";
+import fs from "node:fs";
+import zlib from "node:zlib";
+
+const [rustBuild, outDir] = process.argv.slice(2);
+const tools = path.resolve(process.env.CHAT_STATE_TOOLS);
+const require = createRequire(path.join(tools, "package.json"));
+const { Miniflare, Log, LogLevel } = await import(pathToFileURL(require.resolve("miniflare")).href);
+const esbuild = require("esbuild");
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+const CYCLES = Number(process.env.BENCH_CYCLES ?? 1000);
+const CONC = Number(process.env.BENCH_CONCURRENCY ?? 16);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const THREADS = 256;
+
+// Bundle the TypeScript baseline Worker.
+const tsDir = path.join(outDir, "ts-worker");
+fs.mkdirSync(tsDir, { recursive: true });
+await esbuild.build({
+  entryPoints: [path.join(here, "ts-worker.mjs")],
+  bundle: true,
+  format: "esm",
+  platform: "neutral",
+  external: ["cloudflare:workers"],
+  nodePaths: [path.join(tools, "node_modules")],
+  outfile: path.join(tsDir, "index.js"),
+  logLevel: "warning",
+});
+
+function options(kind) {
+  const root = kind === "rust" ? path.resolve(rustBuild) : tsDir;
+  return {
+    host: "127.0.0.1",
+    port: 0,
+    modules: true,
+    modulesRoot: root,
+    scriptPath: path.join(root, "index.js"),
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+    compatibilityDate: "2026-01-01",
+    compatibilityFlags: ["nodejs_compat"],
+    durableObjects: { CHAT_STATE: { className: "ChatStateDO", useSQLite: true } },
+    cf: false,
+    log: new Log(LogLevel.WARN),
+  };
+}
+
+async function cycle(url, config, thread) {
+  const r = await fetch(`${url}cycle`, {
+    method: "POST",
+    body: JSON.stringify({ config, thread }),
+  });
+  const body = await r.json();
+  if (!r.ok || body.locked !== true) throw new Error(`cycle failed: ${r.status} ${JSON.stringify(body)}`);
+  return body;
+}
+
+async function start(kind) {
+  const t0 = performance.now();
+  const mf = new Miniflare(options(kind));
+  const url = (await mf.ready).href;
+  const ready = performance.now() - t0;
+  const t1 = performance.now();
+  await cycle(url, { object: `cold-${kind}` }, "cold");
+  const first = performance.now() - t1;
+  return { mf, url, ready, first };
+}
+
+async function load(url, config, n) {
+  let next = 0;
+  const t0 = performance.now();
+  async function worker() {
+    while (next < n) {
+      const i = next++;
+      await cycle(url, config, `thread-${i % THREADS}`);
+    }
+  }
+  await Promise.all(Array.from({ length: CONC }, worker));
+  return n / ((performance.now() - t0) / 1000);
+}
+
+const setups = [
+  { name: "1 object", rust: { shards: 0 }, ts: { shards: 0 } },
+  { name: "16 shards", rust: { shards: 16 }, ts: { shards: 16 } },
+  { name: "16 shards + thread-key routing (Rust only)", rust: { shards: 16, route_thread_keys: true } },
+];
+
+const results = { rust: {}, ts: {} };
+const cold = {};
+const runs = {};
+for (const kind of ["rust", "ts"]) runs[kind] = await start(kind);
+for (const kind of ["rust", "ts"]) cold[kind] = { ready: runs[kind].ready, first: runs[kind].first };
+
+for (let round = 0; round < ROUNDS; round++) {
+  for (const s of setups) {
+    for (const kind of ["rust", "ts"]) {
+      if (!s[kind]) continue;
+      const config = { ...s[kind], object: `bench-${round}-${s.name.replace(/\W+/g, "-")}` };
+      await load(runs[kind].url, config, Math.min(200, CYCLES)); // warm-up: objects exist, JIT warm
+      const rate = await load(runs[kind].url, config, CYCLES);
+      (results[kind][s.name] ??= []).push(rate);
+    }
+  }
+}
+for (const kind of ["rust", "ts"]) await runs[kind].mf.dispose();
+
+const best = (xs) => (xs ? Math.max(...xs) : undefined);
+const wasm = path.join(path.resolve(rustBuild), "index_bg.wasm");
+const wasmBytes = fs.readFileSync(wasm);
+const lines = [];
+lines.push(`Message cycle = is_subscribed, acquire_lock, get, set, release_lock (5 object round trips).`);
+lines.push(`${CYCLES} cycles per run after ${Math.min(200, CYCLES)} warm-up, ${CONC} concurrent clients, ${THREADS} threads, best of ${ROUNDS} rounds; Miniflare (workerd) on 127.0.0.1, client on the same machine.`);
+lines.push("");
+lines.push("| setup | Rust chat-state-do (cycles/s) | TS chat-state-cloudflare-do (cycles/s) | Rust / TS |");
+lines.push("|---|---|---|---|");
+for (const s of setups) {
+  const r = best(results.rust[s.name]);
+  const t = best(results.ts[s.name]);
+  lines.push(`| ${s.name} | ${r.toFixed(0)} | ${t ? t.toFixed(0) : "n/a"} | ${t ? (r / t).toFixed(2) : "n/a"} |`);
+}
+lines.push("");
+lines.push(`Cold start (new runtime to ready / first cycle incl. object creation): Rust ${cold.rust.ready.toFixed(0)} ms / ${cold.rust.first.toFixed(0)} ms, TS ${cold.ts.ready.toFixed(0)} ms / ${cold.ts.first.toFixed(0)} ms.`);
+lines.push(`Rust wasm (test Worker, release, no wasm-opt): ${wasmBytes.length} bytes, ${zlib.gzipSync(wasmBytes).length} gzipped.`);
+const opt = process.env.BENCH_WASM_OPT_BYTES;
+if (opt) lines.push(`After wasm-opt -Oz: ${opt}.`);
+const text = lines.join("\n");
+console.log(text);
+fs.writeFileSync(path.join(outDir, "results.md"), text + "\n");
+process.exit(0);
