@@ -66,6 +66,9 @@ pub struct ChatStateDO {
     /// The alarm time as last read or written (`None` = not known yet), so writes do not
     /// read the alarm on every request.
     alarm_ms: Cell<Option<Option<u64>>>,
+    /// Test-only fault injection ([`Op::FailAlarms`]): runs left to fail, and the retry delay.
+    fail_alarms: Cell<u32>,
+    alarm_retry_ms: Cell<u64>,
 }
 
 impl DurableObject for ChatStateDO {
@@ -77,6 +80,8 @@ impl DurableObject for ChatStateDO {
             sql,
             schema_error,
             alarm_ms: Cell::new(None),
+            fail_alarms: Cell::new(0),
+            alarm_retry_ms: Cell::new(ALARM_RETRY.as_millis() as u64),
         }
     }
 
@@ -118,7 +123,10 @@ impl DurableObject for ChatStateDO {
             }
             Err(e) => {
                 worker::console_error!("chat-state-do: alarm cleanup failed, retrying later: {e}");
-                let retry = now_ms() + ALARM_RETRY.as_millis() as u64;
+                // Best effort: if even this write fails, the re-arm below still happens.
+                let _ = meta(&self.sql, "alarm_failures")
+                    .and_then(|n| set_meta(&self.sql, "alarm_failures", n as i64 + 1));
+                let retry = now_ms() + self.alarm_retry_ms.get();
                 self.arm_at(retry).await?;
                 Response::ok("cleanup failed; re-armed")
             }
@@ -483,6 +491,17 @@ impl ChatStateDO {
                 (to_json(&self.depth(o, &thread_id, now)?)?, None)
             }
             Op::Inspect => (self.inspect(now, self.alarm_ms.get().flatten())?, None),
+            Op::FailAlarms { times, retry_ms } => {
+                if !cfg!(feature = "test-introspection") {
+                    return Err(Error::invalid_input(
+                        "the fail_alarms operation exists only in objects built with the \
+                         chat-state-do feature `test-introspection`",
+                    ));
+                }
+                self.fail_alarms.set(times);
+                self.alarm_retry_ms.set(retry_ms);
+                (none()?, None)
+            }
         })
     }
 
@@ -705,6 +724,10 @@ impl ChatStateDO {
     /// Deletes up to [`ALARM_BATCH`] expired rows per table and returns when to run next:
     /// now if a batch was full, else the earliest future expiry, else never.
     fn clean_expired(&self) -> WorkerResult<Option<u64>> {
+        if self.fail_alarms.get() > 0 {
+            self.fail_alarms.set(self.fail_alarms.get() - 1);
+            return Err(worker::Error::RustError("injected alarm failure".into()));
+        }
         let sql = &self.sql;
         let now = now_ms();
         let t = || vec![ms(now), SqlStorageValue::Integer(ALARM_BATCH)];
@@ -786,6 +809,7 @@ impl ChatStateDO {
             )?,
             queue: count(&live_expired("queue"))?,
             alarm_runs: meta(&self.sql, "alarm_runs").map_err(err)?,
+            alarm_failures: meta(&self.sql, "alarm_failures").map_err(err)?,
         };
         to_json(&report)
     }

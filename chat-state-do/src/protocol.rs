@@ -154,6 +154,15 @@ pub enum Request {
     /// Test-only (feature `test-introspection` on the object): result is an [`Inspection`].
     /// Objects built without the feature answer with an `invalid_input` error.
     Inspect,
+    /// Test-only (feature `test-introspection`): the next `times` alarm runs fail before
+    /// touching any table, and failed runs re-arm `retry_ms` later instead of the production
+    /// delay. Result: `null`.
+    FailAlarms {
+        /// How many runs fail.
+        times: u32,
+        /// Retry delay after a failed run, in milliseconds.
+        retry_ms: u64,
+    },
 }
 
 /// Result of a successful [`Request::AcquireLock`].
@@ -197,8 +206,10 @@ pub struct Inspection {
     pub list_items: TableCount,
     /// Queue entries.
     pub queue: TableCount,
-    /// How many times the alarm ran.
+    /// How many alarm runs completed a cleanup.
     pub alarm_runs: u64,
+    /// How many alarm runs failed (and re-armed themselves).
+    pub alarm_failures: u64,
 }
 
 impl Inspection {

@@ -527,6 +527,48 @@ fn alarm_deletes_expired_rows_in_every_table_and_keeps_live_ones() {
 }
 
 #[test]
+fn a_failing_alarm_re_arms_itself_and_cleans_up_later() {
+    let rt = Runtime::start(None);
+    let object = unique("alarm-fail");
+    // The next two runs fail; each must re-arm (100 ms later here, 30 s in production).
+    let (status, v) = rt.raw(
+        &object,
+        "/v1",
+        br#"{"op":"fail_alarms","times":2,"retry_ms":100}"#,
+    );
+    assert_eq!((status, v), (200, Value::Null));
+    let r = rt.script(
+        json!({ "object": object }),
+        vec![
+            json!({ "op": "set", "key": "short", "value": b64("x"), "ttl_ms": 200 }),
+            json!({ "op": "set", "key": "forever", "value": b64("x") }),
+        ],
+    );
+    r.iter().for_each(|v| {
+        ok(v);
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let i = loop {
+        let i = rt.inspect(&object);
+        if i.alarm_runs >= 1 {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successful alarm run within 20 s: {i:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    rt.stop();
+    assert_eq!(
+        i.alarm_failures, 2,
+        "both injected failures happened: {i:?}"
+    );
+    assert_eq!(i.expired_rows(), 0, "the third run cleaned up: {i:?}");
+    assert_eq!(i.cache.live, 1, "{i:?}");
+}
+
+#[test]
 fn sharding_puts_thread_operations_on_their_shard_and_keys_by_the_rule() {
     let rt = Runtime::start(None);
     let object = unique("shard");
