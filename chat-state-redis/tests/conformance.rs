@@ -1,0 +1,39 @@
+//! The shared conformance suite against a real `redis-server`: every case gets its own
+//! server process (on a free loopback port, killed when the case ends) and a random key
+//! prefix. Expiry runs on the server's clock, so TTL cases use real time.
+
+use std::sync::Arc;
+
+use chat_state_conformance::{Harness, conformance_tests};
+use chat_state_core::StateAdapter;
+use chat_state_redis::RedisState;
+
+mod support;
+
+async fn factory() -> Harness {
+    let server = Arc::new(support::RedisServer::start());
+    let prefix = format!("t{}", fastrand_suffix());
+    let url = server.url();
+    let adapter = RedisState::builder(&url)
+        .key_prefix(&prefix)
+        .connect()
+        .await
+        .expect("connect to the test redis-server");
+    // The reopen hook owns the server, so it lives exactly as long as the harness.
+    Harness::with_real_time(Arc::new(adapter)).with_reopen(move || {
+        let (server, prefix) = (server.clone(), prefix.clone());
+        async move {
+            let adapter = RedisState::builder(server.url())
+                .key_prefix(prefix)
+                .connect()
+                .await?;
+            Ok(Arc::new(adapter) as Arc<dyn StateAdapter>)
+        }
+    })
+}
+
+fn fastrand_suffix() -> String {
+    chat_state_core::new_lock_token().expect("random prefix")[..12].to_owned()
+}
+
+conformance_tests!(factory);
