@@ -2,7 +2,5 @@
 //! `#[cfg(feature = "...")]` arms waiting for them do not trip `unexpected_cfgs`.
 
 fn main() {
-    println!(
-        "cargo::rustc-check-cfg=cfg(feature, values(\"sqlite\", \"redis\", \"redis-cluster\"))"
-    );
+    println!("cargo::rustc-check-cfg=cfg(feature, values(\"redis\", \"redis-cluster\"))");
 }

@@ -19,8 +19,6 @@ pub fn compiled_schemes() -> &'static [&'static str] {
         "memory://",
         #[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
         "sqlite://PATH",
-        #[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
-        "sqlite::memory:",
         #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
         "redis://",
         #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
@@ -67,10 +65,10 @@ impl ConnectOptions {
 pub(crate) enum Target {
     /// `memory://`: a fresh in-process adapter.
     Memory,
-    /// `sqlite://PATH` (relative), `sqlite:///abs/path`, `sqlite:PATH`, or `sqlite::memory:`.
+    /// `sqlite://PATH` (relative), `sqlite:///abs/path` or `sqlite:PATH`.
     Sqlite {
-        /// `None` for an in-memory database.
-        path: Option<String>,
+        /// The database file.
+        path: String,
         prefix: Option<String>,
     },
     /// `redis://`, `rediss://` (single node) or `redis+cluster://h1:p1,h2:p2` (cluster).
@@ -97,7 +95,7 @@ impl Target {
     pub(crate) fn is_shared(&self) -> bool {
         match self {
             Target::Memory => false,
-            Target::Sqlite { path, .. } => path.is_some(),
+            Target::Sqlite { .. } => true,
             Target::Redis { .. } => true,
         }
     }
@@ -133,21 +131,28 @@ impl Target {
             Target::Memory
         } else if lower.starts_with("sqlite:") {
             let rest = &base["sqlite:".len()..];
-            let path = if rest == ":memory:" || rest == "//:memory:" {
-                None
-            } else {
-                // `sqlite://rel/path` is relative, `sqlite:///abs/path` absolute (the third
-                // slash starts the path), as in sqlx and SQLAlchemy.
-                let path = rest.strip_prefix("//").unwrap_or(rest);
-                if path.is_empty() {
-                    return Err(invalid(format!(
-                        "{url:?}: no database file; write `sqlite://state.db` (relative), \
-                         `sqlite:///var/lib/bot/state.db` (absolute) or `sqlite::memory:`"
-                    )));
-                }
-                Some(path.to_string())
-            };
-            Target::Sqlite { path, prefix }
+            // `sqlite://rel/path` is relative, `sqlite:///abs/path` absolute (the third slash
+            // starts the path), as in sqlx and SQLAlchemy.
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path == ":memory:" {
+                // The SQLite backend runs a writer connection beside a read pool; with an
+                // in-memory database each connection would get its own private database.
+                return Err(invalid(format!(
+                    "{url:?}: an in-memory SQLite database is not supported (the backend's \
+                     writer and readers would each see a different one); use `memory://` for \
+                     a throwaway store, or a file path"
+                )));
+            }
+            if path.is_empty() {
+                return Err(invalid(format!(
+                    "{url:?}: no database file; write `sqlite://state.db` (relative) or \
+                     `sqlite:///var/lib/bot/state.db` (absolute)"
+                )));
+            }
+            Target::Sqlite {
+                path: path.to_string(),
+                prefix,
+            }
         } else if lower.starts_with("redis+cluster://") {
             let hosts = &base["redis+cluster://".len()..];
             let nodes: Vec<String> = hosts
@@ -230,7 +235,7 @@ fn disabled(target: &Target, feature: &str) -> Error {
 /// | URL | backend (feature) |
 /// |---|---|
 /// | `memory://` | a fresh in-process store (`memory`) |
-/// | `sqlite://state.db`, `sqlite:///abs/state.db`, `sqlite::memory:` | SQLite file (`sqlite`) |
+/// | `sqlite://state.db` (relative), `sqlite:///abs/state.db` | SQLite file (`sqlite`) |
 /// | `redis://host:6379/0`, `rediss://...` | Redis (`redis`) |
 /// | `redis+cluster://h1:6379,h2:6379` | Redis Cluster (`redis-cluster`) |
 ///
@@ -281,7 +286,11 @@ async fn open(target: Target) -> Result<Arc<dyn StateAdapter>> {
             return Ok(Arc::new(chat_state_memory::MemoryState::new()));
             Err(disabled(&target, "memory"))
         }
-        Target::Sqlite { .. } => Err(disabled(&target, "sqlite")),
+        Target::Sqlite { path, prefix } => {
+            #[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
+            return crate::backends::open_sqlite(&path, prefix.as_deref()).await;
+            Err(disabled(&Target::Sqlite { path, prefix }, "sqlite"))
+        }
         Target::Redis { cluster, .. } => Err(disabled(
             &target,
             if cluster { "redis-cluster" } else { "redis" },
@@ -299,21 +308,14 @@ mod tests {
         assert_eq!(
             Target::parse("sqlite://data/state.db?prefix=bot1").ok(),
             Some(Target::Sqlite {
-                path: Some("data/state.db".into()),
+                path: "data/state.db".into(),
                 prefix: Some("bot1".into())
             })
         );
         assert_eq!(
             Target::parse("sqlite:///var/lib/state.db").ok(),
             Some(Target::Sqlite {
-                path: Some("/var/lib/state.db".into()),
-                prefix: None
-            })
-        );
-        assert_eq!(
-            Target::parse("sqlite::memory:").ok(),
-            Some(Target::Sqlite {
-                path: None,
+                path: "/var/lib/state.db".into(),
                 prefix: None
             })
         );
@@ -339,7 +341,8 @@ mod tests {
     fn rejects_bad_urls_with_the_way_out() {
         for (url, hint) in [
             ("mongodb://x", "this build understands"),
-            ("sqlite://", "sqlite::memory:"),
+            ("sqlite://", "no database file"),
+            ("sqlite::memory:", "use `memory://`"),
             ("memory://x", "use `memory://`"),
             ("memory://?foo=1", "accepts only `prefix=`"),
             ("sqlite://a.db?prefix=", "needs a value"),

@@ -39,20 +39,27 @@ pub trait InspectLocks: chat_state_core::MaybeSendSync {
 /// The lock inspector for `url`, or an [`ErrorKind::InvalidInput`] error saying why the
 /// backend cannot show lock holders.
 ///
-/// Supported: none of the backends compiled into this build expose a side-effect-free lock
-/// read yet (see the crate README's backend matrix); `memory://` never can, since every
-/// connection is a fresh private store.
+/// Supported: `sqlite://` (reads the lock row; never creates or migrates the file).
+/// `memory://` never can, since every connection is a fresh private store; the other
+/// backends do not expose a side-effect-free lock read yet.
 pub async fn lock_inspector(url: &str) -> Result<Arc<dyn InspectLocks>> {
-    let target = crate::connect::Target::parse(url)?;
+    use crate::connect::Target;
+    let target = Target::parse(url)?;
+    #[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
+    if let Target::Sqlite { path, prefix } = &target {
+        return Ok(Arc::new(
+            crate::backends::SqliteLockReader::open(path, prefix.as_deref()).await?,
+        ));
+    }
     Err(Error::new(
         ErrorKind::InvalidInput,
         format!(
-            "{} cannot show lock holders: the backend has no side-effect-free lock read{}",
+            "{} cannot show lock holders: {}",
             target.scheme(),
             if target.is_shared() {
-                ""
+                "this build has no side-effect-free lock read for it"
             } else {
-                " (and this URL opens a fresh private store, which holds no locks)"
+                "this URL opens a fresh private store, which holds no locks"
             }
         ),
     )

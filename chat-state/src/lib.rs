@@ -36,10 +36,18 @@ pub use chat_state_memory as memory;
 #[cfg(feature = "memory")]
 pub use chat_state_memory::MemoryState;
 
+/// The SQLite backend (feature `sqlite`).
+#[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
+pub use chat_state_sqlite as sqlite;
+#[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
+pub use chat_state_sqlite::SqliteState;
+
 /// The Cloudflare Durable Object backend (feature `durable-object`).
 #[cfg(feature = "durable-object")]
 pub use chat_state_do as durable_object;
 
+#[cfg(not(target_arch = "wasm32"))]
+mod backends;
 mod connect;
 pub use connect::{ConnectOptions, compiled_schemes, connect, connect_with};
 

@@ -1,0 +1,301 @@
+//! The facade on the real durable backends: connect-by-URL, prefix isolation, the
+//! conformance command, and the simulation at 16 instances (zero double-handled, zero lost).
+//!
+//! SQLite tests use a file in a fresh temporary directory. Redis tests start their own
+//! `redis-server` (from `PATH`, or `REDIS_SERVER`) on a free 127.0.0.1 port with a temporary
+//! directory, and kill it by pid when the test ends.
+
+#![allow(unused_imports, dead_code)] // which helpers are used depends on the backend features
+
+use std::time::Duration;
+
+use chat_state::cli::simulate::{SimReport, SimulateArgs, simulate};
+use chat_state::{ConnectOptions, ErrorKind, StateAdapter, StateExt, connect, connect_with};
+
+fn sim_args() -> SimulateArgs {
+    SimulateArgs {
+        instances: 16,
+        messages: 600,
+        threads: 24,
+        ..SimulateArgs::default()
+    }
+}
+
+fn assert_clean(report: &SimReport) {
+    println!("{}", report.render());
+    assert_eq!(report.instances, 16);
+    assert_eq!(report.handled_twice, 0, "handled twice");
+    assert_eq!(report.lost, 0, "lost");
+    assert_eq!(report.lost_updates, 0, "lost thread-state updates");
+    assert_eq!(
+        report.handled_once + report.conflicts_dropped as usize,
+        report.messages
+    );
+    assert_eq!(
+        report.deliveries - report.messages as u64,
+        report.duplicates_suppressed
+    );
+}
+
+/// Two prefixes on one store never see each other's keys, and the same prefix does (the
+/// data is shared, as a second bot process would see it).
+async fn assert_prefix_isolation(url: &str) {
+    let a = connect_with(url, &ConnectOptions::new().prefix("facade-a"))
+        .await
+        .expect("a connects");
+    let b = connect_with(url, &ConnectOptions::new().prefix("facade-b"))
+        .await
+        .expect("b connects");
+    let a2 = connect_with(url, &ConnectOptions::new().prefix("facade-a"))
+        .await
+        .expect("a2 connects");
+    a.subscribe("t1").await.expect("subscribe");
+    a.set_json("k", &1, None).await.expect("set");
+    assert!(!b.is_subscribed("t1").await.expect("read b"));
+    assert_eq!(b.get_json::<i32>("k").await.expect("get b"), None);
+    assert!(a2.is_subscribed("t1").await.expect("read a2"));
+    assert_eq!(a2.get_json::<i32>("k").await.expect("get a2"), Some(1));
+    let lock = a
+        .acquire_lock("t1", Duration::from_secs(30))
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert!(
+        a2.acquire_lock("t1", Duration::from_secs(30))
+            .await
+            .expect("acquire a2")
+            .is_none(),
+        "same prefix, same lock"
+    );
+    assert!(
+        b.acquire_lock("t1", Duration::from_secs(30))
+            .await
+            .expect("acquire b")
+            .is_some(),
+        "other prefix, other lock"
+    );
+    a.release_lock(&lock).await.expect("release");
+    for s in [a, b, a2] {
+        s.close().await.expect("close");
+    }
+}
+
+async fn assert_conformance_passes(url: &str) {
+    let report = chat_state::cli::conformance::run(url, None, false).await;
+    print!("{}", chat_state::cli::conformance::render_table(&report));
+    assert!(report.passed() > 50, "the suite ran");
+    assert_eq!(report.failed(), 0);
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+
+    fn url(dir: &tempfile::TempDir) -> String {
+        format!("sqlite://{}", dir.path().join("state.db").display())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn simulate_sqlite_file_16_instances() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = connect(&url(&dir)).await.expect("sqlite connects");
+        assert_eq!(state.backend_name(), "sqlite");
+        let report = simulate(state.clone(), &sim_args()).await.expect("runs");
+        state.close().await.expect("close");
+        assert_clean(&report);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn prefixes_isolate_on_one_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_prefix_isolation(&url(&dir)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn absolute_and_relative_urls_and_no_in_memory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let abs = format!("sqlite://{}", dir.path().join("abs.db").display());
+        assert!(abs.starts_with("sqlite:///"), "{abs}");
+        let state = connect(&abs).await.expect("absolute path");
+        state.subscribe("t").await.expect("subscribe");
+        state.close().await.expect("close");
+        assert!(dir.path().join("abs.db").exists());
+        // The same file through `sqlite:PATH` sees the same data.
+        let again = connect(&format!("sqlite:{}", dir.path().join("abs.db").display()))
+            .await
+            .expect("sqlite:PATH");
+        assert!(again.is_subscribed("t").await.expect("read"));
+        let err = connect("sqlite::memory:").await.err().expect("refused");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("memory://"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn inspect_shows_the_lock_holder_and_force_release_frees_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("{}?prefix=bot1", url(&dir));
+        let state = connect(&url).await.expect("connects");
+        state.subscribe("slack:C1:t1").await.expect("subscribe");
+        state
+            .enqueue_json(
+                "slack:C1:t1",
+                &"m",
+                1,
+                Duration::from_secs(3_600_000_000),
+                10,
+            )
+            .await
+            .expect("enqueue");
+        let lock = state
+            .acquire_lock("slack:C1:t1", Duration::from_secs(60))
+            .await
+            .expect("acquire")
+            .expect("free");
+        let view = chat_state::cli::inspect::snapshot(&*state, &url, "slack:C1:t1")
+            .await
+            .expect("snapshot");
+        assert_eq!(view["subscribed"], true);
+        assert_eq!(view["queueDepth"], 1);
+        assert_eq!(view["lock"]["held"], true, "{view}");
+        assert_eq!(view["lock"]["holder"]["token"], lock.token.as_str());
+        assert_eq!(view["lock"]["holder"]["fence"], lock.fence);
+        // Another prefix on the same file holds nothing.
+        let other = format!("{}?prefix=bot2", super::sqlite::url(&dir));
+        let reader = chat_state::lock_inspector(&other).await.expect("reader");
+        assert_eq!(reader.lock_info("slack:C1:t1").await.expect("read"), None);
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-state"))
+            .args(["force-release", "--url", &url, "slack:C1:t1"])
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&lock.token), "{text}");
+        let reader = chat_state::lock_inspector(&url).await.expect("reader");
+        assert_eq!(reader.lock_info("slack:C1:t1").await.expect("read"), None);
+        assert!(
+            !state
+                .extend_lock(&lock, Duration::from_secs(60))
+                .await
+                .expect("extend"),
+            "the old holder lost it"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn inspect_never_creates_a_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("missing.db");
+        let result = chat_state::lock_inspector(&format!("sqlite://{}", missing.display())).await;
+        assert!(result.is_err());
+        assert!(
+            !missing.exists() || std::fs::metadata(&missing).map(|m| m.len()).unwrap_or(0) == 0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_command_passes_on_sqlite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_conformance_passes(&url(&dir)).await;
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+
+    /// A redis-server of our own, on a free port, killed (by its pid) on drop.
+    struct RedisServer {
+        child: Child,
+        port: u16,
+        _dir: tempfile::TempDir,
+    }
+
+    impl RedisServer {
+        fn start() -> Self {
+            let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+            let dir = tempfile::tempdir().expect("temp dir");
+            // Ask the OS for a free port, then hand it to redis-server. Another process could
+            // take it in between; the readiness wait below would then fail loudly.
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let child = Command::new(&binary)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--maxmemory-policy", "noeviction"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {binary} (install redis-server): {e}"));
+            let server = Self {
+                child,
+                port,
+                _dir: dir,
+            };
+            for _ in 0..200 {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return server;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            panic!("redis-server did not listen on 127.0.0.1:{port} within 5 s");
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn simulate_redis_16_instances() {
+        let server = RedisServer::start();
+        let state = connect(&format!("{}?prefix=sim", server.url()))
+            .await
+            .expect("redis connects");
+        assert_eq!(state.backend_name(), "redis");
+        let report = simulate(state.clone(), &sim_args()).await.expect("runs");
+        state.close().await.expect("close");
+        assert_clean(&report);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn prefixes_isolate_on_one_server() {
+        let server = RedisServer::start();
+        assert_prefix_isolation(&server.url()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_command_passes_on_redis() {
+        let server = RedisServer::start();
+        assert_conformance_passes(&server.url()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn unreachable_server_is_a_typed_error() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let err = connect(&format!("redis://127.0.0.1:{port}"))
+            .await
+            .err()
+            .expect("nothing listens there");
+        assert!(
+            matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+            "{err}"
+        );
+    }
+}
