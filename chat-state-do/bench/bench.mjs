@@ -22,22 +22,26 @@ const CONC = Number(process.env.BENCH_CONCURRENCY ?? 16);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
 const THREADS = 256;
 
-// Bundle the TypeScript baseline Worker.
-const tsDir = path.join(outDir, "ts-worker");
-fs.mkdirSync(tsDir, { recursive: true });
-await esbuild.build({
-  entryPoints: [path.join(here, "ts-worker.mjs")],
-  bundle: true,
-  format: "esm",
-  platform: "neutral",
-  external: ["cloudflare:workers"],
-  nodePaths: [path.join(tools, "node_modules")],
-  outfile: path.join(tsDir, "index.js"),
-  logLevel: "warning",
-});
+// Bundle the TypeScript baseline Worker and the fetch-transport control.
+const dirs = { rust: path.resolve(rustBuild) };
+for (const [kind, entry] of [["ts", "ts-worker.mjs"], ["tsfetch", "ts-fetch-worker.mjs"]]) {
+  dirs[kind] = path.join(outDir, kind);
+  fs.mkdirSync(dirs[kind], { recursive: true });
+  await esbuild.build({
+    entryPoints: [path.join(here, entry)],
+    bundle: true,
+    format: "esm",
+    platform: "neutral",
+    external: ["cloudflare:workers"],
+    nodePaths: [path.join(tools, "node_modules")],
+    outfile: path.join(dirs[kind], "index.js"),
+    logLevel: "warning",
+  });
+}
+const KINDS = ["rust", "ts", "tsfetch"];
 
 function options(kind) {
-  const root = kind === "rust" ? path.resolve(rustBuild) : tsDir;
+  const root = dirs[kind];
   return {
     host: "127.0.0.1",
     port: 0,
@@ -88,20 +92,20 @@ async function load(url, config, n) {
 }
 
 const setups = [
-  { name: "1 object", rust: { shards: 0 }, ts: { shards: 0 } },
-  { name: "16 shards", rust: { shards: 16 }, ts: { shards: 16 } },
+  { name: "1 object", rust: { shards: 0 }, ts: { shards: 0 }, tsfetch: { shards: 0 } },
+  { name: "16 shards", rust: { shards: 16 }, ts: { shards: 16 }, tsfetch: { shards: 16 } },
   { name: "16 shards + thread-key routing (Rust only)", rust: { shards: 16, route_thread_keys: true } },
 ];
 
-const results = { rust: {}, ts: {} };
+const results = { rust: {}, ts: {}, tsfetch: {} };
 const cold = {};
 const runs = {};
-for (const kind of ["rust", "ts"]) runs[kind] = await start(kind);
-for (const kind of ["rust", "ts"]) cold[kind] = { ready: runs[kind].ready, first: runs[kind].first };
+for (const kind of KINDS) runs[kind] = await start(kind);
+for (const kind of KINDS) cold[kind] = { ready: runs[kind].ready, first: runs[kind].first };
 
 for (let round = 0; round < ROUNDS; round++) {
   for (const s of setups) {
-    for (const kind of ["rust", "ts"]) {
+    for (const kind of KINDS) {
       if (!s[kind]) continue;
       const config = { ...s[kind], object: `bench-${round}-${s.name.replace(/\W+/g, "-")}` };
       await load(runs[kind].url, config, Math.min(200, CYCLES)); // warm-up: objects exist, JIT warm
@@ -110,7 +114,7 @@ for (let round = 0; round < ROUNDS; round++) {
     }
   }
 }
-for (const kind of ["rust", "ts"]) await runs[kind].mf.dispose();
+for (const kind of KINDS) await runs[kind].mf.dispose();
 
 const best = (xs) => (xs ? Math.max(...xs) : undefined);
 const wasm = path.join(path.resolve(rustBuild), "index_bg.wasm");
@@ -119,12 +123,14 @@ const lines = [];
 lines.push(`Message cycle = is_subscribed, acquire_lock, get, set, release_lock (5 object round trips).`);
 lines.push(`${CYCLES} cycles per run after ${Math.min(200, CYCLES)} warm-up, ${CONC} concurrent clients, ${THREADS} threads, best of ${ROUNDS} rounds; Miniflare (workerd) on 127.0.0.1, client on the same machine.`);
 lines.push("");
-lines.push("| setup | Rust chat-state-do (cycles/s) | TS chat-state-cloudflare-do (cycles/s) | Rust / TS |");
-lines.push("|---|---|---|---|");
+lines.push("| setup | Rust chat-state-do (cycles/s) | TS chat-state-cloudflare-do, RPC (cycles/s) | Rust / TS | control: same TS object over fetch+JSON (cycles/s) |");
+lines.push("|---|---|---|---|---|");
+const fmt = (x) => (x ? x.toFixed(0) : "n/a");
 for (const s of setups) {
   const r = best(results.rust[s.name]);
   const t = best(results.ts[s.name]);
-  lines.push(`| ${s.name} | ${r.toFixed(0)} | ${t ? t.toFixed(0) : "n/a"} | ${t ? (r / t).toFixed(2) : "n/a"} |`);
+  const f = best(results.tsfetch[s.name]);
+  lines.push(`| ${s.name} | ${fmt(r)} | ${fmt(t)} | ${t ? (r / t).toFixed(2) : "n/a"} | ${fmt(f)} |`);
 }
 lines.push("");
 lines.push(`Cold start (new runtime to ready / first cycle incl. object creation): Rust ${cold.rust.ready.toFixed(0)} ms / ${cold.rust.first.toFixed(0)} ms, TS ${cold.ts.ready.toFixed(0)} ms / ${cold.ts.first.toFixed(0)} ms.`);
