@@ -5,7 +5,8 @@
 //! baseline: the same SQL statements through raw sqlx on ONE connection, WAL, autocommit
 //! (concurrent tasks share it behind a mutex), with the same `synchronous` setting. It prints
 //! cycles per second for both and the ratio backend / baseline (above 1: the backend is
-//! faster). Both sides run against files in a fresh temporary directory.
+//! faster). Both sides run against files in a fresh temporary directory, in alternating
+//! slices so that background load affects them alike.
 //!
 //! Workloads (one cycle each, every task on its own ids):
 //! - lock cycle: acquire_lock + release_lock;
@@ -29,6 +30,8 @@ use sqlx::{ConnectOptions, SqliteConnection};
 use tokio::sync::Mutex;
 
 const TTL: Duration = Duration::from_secs(30);
+/// Alternating measuring slices per side and cell.
+const SLICES: usize = 3;
 
 #[derive(Clone, Copy, Debug)]
 enum Workload {
@@ -195,13 +198,13 @@ impl Target for Raw {
     }
 }
 
-/// Cycles per second with `concurrency` tasks looping for `secs`.
+/// Cycles completed and seconds taken with `concurrency` tasks looping for `secs`.
 async fn measure(
     target: Arc<dyn Target>,
     workload: Workload,
     concurrency: usize,
     secs: f64,
-) -> f64 {
+) -> (u64, f64) {
     // Warm up: statement caches, pool connections, pages.
     for w in 0..concurrency.min(8) {
         target.cycle(workload, w).await;
@@ -224,7 +227,7 @@ async fn measure(
     for t in tasks {
         t.await.expect("benchmark task");
     }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    (done.load(Ordering::Relaxed), start.elapsed().as_secs_f64())
 }
 
 async fn open_backend(path: &Path, sync: Synchronous) -> Arc<dyn Target> {
@@ -293,9 +296,20 @@ fn main() {
                     n += 1;
                     let backend =
                         open_backend(&dir.path().join(format!("backend-{n}.db")), sync).await;
-                    let b = measure(backend, workload, concurrency, secs).await;
                     let raw = open_raw(&dir.path().join(format!("raw-{n}.db")), sync).await;
-                    let r = measure(raw, workload, concurrency, secs).await;
+                    // Alternate short slices, so load from other processes on the machine
+                    // (and disk state) hits both sides alike.
+                    let (mut bc, mut bt, mut rc, mut rt) = (0, 0.0, 0, 0.0);
+                    for _ in 0..SLICES {
+                        let (c, t) =
+                            measure(backend.clone(), workload, concurrency, secs / SLICES as f64)
+                                .await;
+                        (bc, bt) = (bc + c, bt + t);
+                        let (c, t) =
+                            measure(raw.clone(), workload, concurrency, secs / SLICES as f64).await;
+                        (rc, rt) = (rc + c, rt + t);
+                    }
+                    let (b, r) = (bc as f64 / bt, rc as f64 / rt);
                     println!(
                         "{:<10} {:<14} {:>5} {:>12.0} {:>12.0} {:>6.2}x",
                         format!("{sync:?}"),

@@ -17,6 +17,7 @@
 //!   write is retried alone, so one caller's failure is never another's.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chat_state_core::{Error, Operation, Result, SharedClock};
 use sqlx::{Connection, SqliteConnection};
@@ -172,6 +173,25 @@ pub(crate) enum Msg {
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<Msg>,
+    counters: Arc<Counters>,
+}
+
+/// Counts of the writer's work, for monitoring group commit.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    batches: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// How the writer has grouped writes so far (see
+/// [`SqliteState::write_stats`](crate::SqliteState::write_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Groups of writes taken from the queue together, each committed as one transaction
+    /// (or, if one of its writes failed, retried one by one).
+    pub batches: u64,
+    /// Writes executed.
+    pub writes: u64,
 }
 
 impl Writer {
@@ -183,8 +203,23 @@ impl Writer {
         max_batch: usize,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(conn, rx, scope, clock, max_batch.max(1)));
-        Self { tx }
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(run(
+            conn,
+            rx,
+            scope,
+            clock,
+            max_batch.max(1),
+            counters.clone(),
+        ));
+        Self { tx, counters }
+    }
+
+    pub(crate) fn stats(&self) -> WriteStats {
+        WriteStats {
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            writes: self.counters.writes.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs one write and waits until it has committed.
@@ -215,6 +250,7 @@ async fn run(
     scope: Arc<str>,
     clock: SharedClock,
     max_batch: usize,
+    counters: Arc<Counters>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
@@ -234,6 +270,10 @@ async fn run(
             }
         }
         if !batch.is_empty() {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            counters
+                .writes
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             run_batch(&mut conn, &scope, &clock, &mut batch).await;
         }
     }

@@ -441,3 +441,41 @@ async fn background_cleanup_runs_and_stops_on_close() {
     let err = t.state.cleanup_expired().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_pool_can_be_used_and_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+    let s = SqliteState::builder_with_pool(pool.clone())
+        .key_prefix("bot-a")
+        .cleanup_interval(None)
+        .open()
+        .await
+        .expect("open on the application's pool");
+    let lock = s.acquire_lock("t", Duration::from_secs(30)).await.unwrap();
+    assert!(lock.is_some());
+    s.set("k", b"v", None).await.unwrap();
+    assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    s.close().await.unwrap();
+    // The pool is the application's: still open, and it sees the data under the prefix.
+    let scope: String = sqlx::query_scalar("SELECT scope FROM chat_state_cache")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(scope, "bot-a");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    pool.close().await;
+}

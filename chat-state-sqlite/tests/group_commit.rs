@@ -1,0 +1,117 @@
+//! Group commit: concurrent writes share transactions, each keeps its own result, and one
+//! failing write does not fail the others of its batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_state_core::{Cache, ErrorKind, Locks, ManualClock};
+use sqlx::{Connection, SqliteConnection};
+
+mod common;
+use common::TempState;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_transactions_and_keep_their_own_results() {
+    let clock = ManualClock::starting_now();
+    let t = Arc::new(TempState::manual(&clock).await);
+    let before = t.state.write_stats();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let t = t.clone();
+            tokio::spawn(async move {
+                let s = &t.state;
+                s.set(&format!("k{i}"), format!("{i}").as_bytes(), None)
+                    .await
+                    .unwrap();
+                // Half the tasks contend for one lock: exactly one of them wins.
+                let id = if i % 2 == 0 {
+                    "shared".to_owned()
+                } else {
+                    format!("own-{i}")
+                };
+                s.acquire_lock(&id, Duration::from_secs(30)).await.unwrap()
+            })
+        })
+        .collect();
+    let mut shared_winners = 0;
+    let mut fences = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let lock = task.await.unwrap();
+        if i % 2 == 0 {
+            shared_winners += usize::from(lock.is_some());
+        } else {
+            assert!(lock.is_some(), "task {i} lost a lock nobody else wanted");
+        }
+        fences.extend(lock.map(|l| l.fence));
+    }
+    assert_eq!(shared_winners, 1);
+    fences.sort_unstable();
+    fences.dedup();
+    assert_eq!(fences.len(), 33, "fences must be unique");
+    for i in 0..64 {
+        let v = t.state.get(&format!("k{i}")).await.unwrap();
+        assert_eq!(v, Some(format!("{i}").into_bytes()));
+    }
+    let after = t.state.write_stats();
+    let writes = after.writes - before.writes;
+    let batches = after.batches - before.batches;
+    assert_eq!(writes, 128);
+    assert!(
+        batches < writes,
+        "128 concurrent writes ran in {batches} separate transactions: no grouping"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_does_not_fail_its_batch() {
+    let clock = ManualClock::starting_now();
+    let t = Arc::new(TempState::manual(&clock).await);
+    // Make one key fail inside SQLite, as a constraint or disk error would.
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", t.path.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER poison BEFORE INSERT ON chat_state_cache
+         WHEN NEW.cache_key = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned key'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    for round in 0..5 {
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let t = t.clone();
+                tokio::spawn(async move {
+                    let key = if i == 16 {
+                        "poison".to_owned()
+                    } else {
+                        format!("r{round}-k{i}")
+                    };
+                    t.state.set(&key, b"v", None).await
+                })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let result = task.await.unwrap();
+            if i == 16 {
+                let err = result.unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+                assert!(err.to_string().contains("poisoned key"), "{err}");
+            } else {
+                result.unwrap_or_else(|e| panic!("write {i} failed with its batch: {e}"));
+            }
+        }
+        for i in (0..32).filter(|&i| i != 16) {
+            assert!(
+                t.state
+                    .get(&format!("r{round}-k{i}"))
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+    }
+    assert_eq!(t.state.get("poison").await.unwrap(), None);
+}
