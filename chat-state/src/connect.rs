@@ -291,10 +291,25 @@ async fn open(target: Target) -> Result<Arc<dyn StateAdapter>> {
             return crate::backends::open_sqlite(&path, prefix.as_deref()).await;
             Err(disabled(&Target::Sqlite { path, prefix }, "sqlite"))
         }
-        Target::Redis { cluster, .. } => Err(disabled(
-            &target,
-            if cluster { "redis-cluster" } else { "redis" },
-        )),
+        Target::Redis {
+            nodes,
+            cluster,
+            prefix,
+        } => {
+            #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
+            if !cluster || cfg!(feature = "redis-cluster") {
+                return crate::backends::open_redis(&nodes, cluster, prefix.as_deref()).await;
+            }
+            let feature = if cluster { "redis-cluster" } else { "redis" };
+            Err(disabled(
+                &Target::Redis {
+                    nodes,
+                    cluster,
+                    prefix,
+                },
+                feature,
+            ))
+        }
     }
 }
 

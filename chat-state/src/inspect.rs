@@ -39,9 +39,10 @@ pub trait InspectLocks: chat_state_core::MaybeSendSync {
 /// The lock inspector for `url`, or an [`ErrorKind::InvalidInput`] error saying why the
 /// backend cannot show lock holders.
 ///
-/// Supported: `sqlite://` (reads the lock row; never creates or migrates the file).
-/// `memory://` never can, since every connection is a fresh private store; the other
-/// backends do not expose a side-effect-free lock read yet.
+/// Supported: `sqlite://` (reads the lock row; never creates or migrates the file) and
+/// single-node `redis://` (reads the lock and fence keys in one `MULTI`). `memory://` never
+/// can, since every connection is a fresh private store; `redis+cluster://` is not
+/// supported yet.
 pub async fn lock_inspector(url: &str) -> Result<Arc<dyn InspectLocks>> {
     use crate::connect::Target;
     let target = Target::parse(url)?;
@@ -49,6 +50,18 @@ pub async fn lock_inspector(url: &str) -> Result<Arc<dyn InspectLocks>> {
     if let Target::Sqlite { path, prefix } = &target {
         return Ok(Arc::new(
             crate::backends::SqliteLockReader::open(path, prefix.as_deref()).await?,
+        ));
+    }
+    #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
+    if let Target::Redis {
+        nodes,
+        cluster: false,
+        prefix,
+    } = &target
+        && let [url] = nodes.as_slice()
+    {
+        return Ok(Arc::new(
+            crate::backends::RedisLockReader::open(url, prefix.as_deref()).await?,
         ));
     }
     Err(Error::new(

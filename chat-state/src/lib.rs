@@ -42,6 +42,12 @@ pub use chat_state_sqlite as sqlite;
 #[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
 pub use chat_state_sqlite::SqliteState;
 
+/// The Redis backend (feature `redis`; Redis Cluster with `redis-cluster`).
+#[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
+pub use chat_state_redis as redis;
+#[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
+pub use chat_state_redis::RedisState;
+
 /// The Cloudflare Durable Object backend (feature `durable-object`).
 #[cfg(feature = "durable-object")]
 pub use chat_state_do as durable_object;

@@ -284,6 +284,56 @@ mod redis {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn inspect_binary_shows_the_redis_lock_holder() {
+        let server = RedisServer::start();
+        let url = format!("{}?prefix=bot1", server.url());
+        let state = connect(&url).await.expect("connects");
+        state.subscribe("slack:C1:t1").await.expect("subscribe");
+        let lock = state
+            .acquire_lock("slack:C1:t1", Duration::from_secs(60))
+            .await
+            .expect("acquire")
+            .expect("free");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-state"))
+            .args(["inspect", "--url", &url, "slack:C1:t1", "--json"])
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{out:?}");
+        let view: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(view["backend"], "redis");
+        assert_eq!(view["subscribed"], true);
+        assert_eq!(
+            view["lock"]["holder"]["token"],
+            lock.token.as_str(),
+            "{view}"
+        );
+        assert_eq!(view["lock"]["holder"]["fence"], lock.fence);
+        let expires = view["lock"]["holder"]["expiresAt"].as_u64().unwrap_or(0);
+        assert!(
+            expires.abs_diff(lock.expires_at) < 5_000,
+            "{expires} vs {}",
+            lock.expires_at
+        );
+        // A different prefix sees a free lock.
+        let reader = chat_state::lock_inspector(&format!("{}?prefix=bot2", server.url()))
+            .await
+            .expect("reader");
+        assert_eq!(reader.lock_info("slack:C1:t1").await.expect("read"), None);
+        // force-release frees it; the old holder can no longer extend.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-state"))
+            .args(["force-release", "--url", &url, "slack:C1:t1"])
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            !state
+                .extend_lock(&lock, Duration::from_secs(60))
+                .await
+                .expect("extend")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn unreachable_server_is_a_typed_error() {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
