@@ -21,6 +21,7 @@ pub struct RedisServer {
     port: u16,
     aof: bool,
     cluster: bool,
+    extra: Vec<String>,
     dir: TempDir,
 }
 
@@ -45,7 +46,17 @@ impl RedisServer {
         Self::start_with(true, true)
     }
 
+    /// A server without persistence and with extra command-line arguments (which override
+    /// the defaults, e.g. `["--requirepass", "pw"]`).
+    pub fn start_with_args(extra: &[&str]) -> Self {
+        Self::spawn_new(false, false, extra.iter().map(|s| s.to_string()).collect())
+    }
+
     fn start_with(aof: bool, cluster: bool) -> Self {
+        Self::spawn_new(aof, cluster, Vec::new())
+    }
+
+    fn spawn_new(aof: bool, cluster: bool, extra: Vec<String>) -> Self {
         // A port picked this way can be taken by someone else before redis binds it: retry.
         let mut last_error = String::new();
         for _ in 0..5 {
@@ -54,6 +65,7 @@ impl RedisServer {
                 port: free_port(),
                 aof,
                 cluster,
+                extra: extra.clone(),
                 dir: tempfile::tempdir().expect("create a temporary directory"),
             };
             match server.spawn() {
@@ -100,6 +112,7 @@ impl RedisServer {
                 args.push(a.into());
             }
         }
+        args.extend(self.extra.iter().cloned());
         args
     }
 
@@ -225,7 +238,7 @@ pub fn ping(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 16];
-    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
 }
 
 /// A 3-master Redis Cluster on loopback (no replicas), torn down when dropped.

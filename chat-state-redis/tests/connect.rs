@@ -1,0 +1,221 @@
+//! Configuration: URLs with password and database, the user's own connection manager, key
+//! prefixes (validated, isolating), the eviction-policy warning, and connect failures.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_state_core::{Cache, ErrorKind, Locks, Operation, StateAdapter};
+use chat_state_redis::RedisState;
+use redis::AsyncCommands;
+
+mod support;
+
+#[tokio::test]
+async fn url_with_password_and_database() {
+    let server = support::RedisServer::start_with_args(&["--requirepass", "s3cret"]);
+    let url = format!("redis://:s3cret@127.0.0.1:{}/3", server.port());
+    let state = RedisState::connect(&url)
+        .await
+        .expect("connect with password and db");
+    state.set("k", b"\"v\"", None).await.unwrap();
+
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let v: String = raw.get("chat-sdk:cache:k").await.unwrap();
+    assert_eq!(v, "\"v\"", "written to db 3");
+    let db0 = format!("redis://:s3cret@127.0.0.1:{}/0", server.port());
+    let mut raw0 = redis::Client::open(db0.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let missing: Option<String> = raw0.get("chat-sdk:cache:k").await.unwrap();
+    assert_eq!(missing, None, "not in db 0");
+
+    let wrong = format!("redis://:nope@127.0.0.1:{}/0", server.port());
+    let err = RedisState::connect(&wrong).await.unwrap_err();
+    assert_eq!(err.backend(), "redis");
+    assert_eq!(err.operation(), Some(Operation::Open));
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("credentials"), "{err}");
+}
+
+#[tokio::test]
+async fn the_applications_own_connection_manager() {
+    let server = support::RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let state = RedisState::builder_with_manager(manager.clone())
+        .key_prefix("mine")
+        .connect()
+        .await
+        .unwrap();
+    let lock = state
+        .acquire_lock("t", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut raw = manager;
+    let token: String = raw.get("mine:lock:t").await.unwrap();
+    assert_eq!(token, lock.token);
+}
+
+#[tokio::test]
+async fn prefixes_isolate_bots_and_instances_share_one() {
+    let server = support::RedisServer::start();
+    let connect = |prefix: &'static str| {
+        let url = server.url();
+        async move {
+            RedisState::builder(url)
+                .key_prefix(prefix)
+                .connect()
+                .await
+                .unwrap()
+        }
+    };
+    let (a1, a2, b) = (
+        connect("bot-a").await,
+        connect("bot-a").await,
+        connect("bot-b").await,
+    );
+    // Two instances of one bot share locks; another bot does not see them.
+    let lock = a1
+        .acquire_lock("t", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        a2.acquire_lock("t", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        b.acquire_lock("t", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    a2.force_release_lock("t").await.unwrap();
+    let next = a2
+        .acquire_lock("t", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        next.fence > lock.fence,
+        "fences are shared by the instances"
+    );
+    assert!(a1.set_if_not_exists("dedupe", b"1", None).await.unwrap());
+    assert!(!a2.set_if_not_exists("dedupe", b"1", None).await.unwrap());
+    assert!(b.set_if_not_exists("dedupe", b"1", None).await.unwrap());
+
+    for bad in ["", "a:lock", "a{b}", "with space", &"x".repeat(65)] {
+        let err = RedisState::builder(server.url())
+            .key_prefix(bad)
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "prefix {bad:?}");
+        assert_eq!(err.operation(), Some(Operation::Open));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_instances_one_lock_winner() {
+    let server = support::RedisServer::start();
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(Arc::new(RedisState::connect(&server.url()).await.unwrap()));
+    }
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let s = instances[i % 4].clone();
+            tokio::spawn(async move { s.acquire_lock("contended", Duration::from_secs(10)).await })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap().is_some() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+}
+
+#[tokio::test]
+async fn bad_urls_and_unreachable_servers_are_typed_errors() {
+    let err = RedisState::connect("http://example").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+
+    // A port nobody listens on: refused, retryable, within the connect timeout.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let started = std::time::Instant::now();
+    let err = RedisState::builder(format!("redis://127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Use after close.
+    let server = support::RedisServer::start();
+    let state = RedisState::connect(&server.url()).await.unwrap();
+    state.close().await.unwrap();
+    state.close().await.unwrap();
+    assert_eq!(state.get("k").await.unwrap_err().kind(), ErrorKind::Closed);
+}
+
+/// Collects everything `tracing` writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn warns_when_the_eviction_policy_can_evict_locks() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let safe = support::RedisServer::start();
+    RedisState::connect(&safe.url()).await.unwrap();
+    assert!(
+        !String::from_utf8_lossy(&captured.0.lock().unwrap()).contains("maxmemory-policy"),
+        "no warning with noeviction"
+    );
+
+    let risky = support::RedisServer::start_with_args(&["--maxmemory-policy", "allkeys-lru"]);
+    RedisState::connect(&risky.url()).await.unwrap();
+    let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("allkeys-lru"), "{log}");
+}
