@@ -43,23 +43,21 @@ impl Readers {
         })
     }
 
-    /// A free connection if there is one, else waits for one (round-robin).
+    /// The first free connection, else waits for one (round-robin). Preferring the first
+    /// keeps few connections busy at low load: their SQLite threads stay awake and their
+    /// page caches warm (measured: round-robin over idle connections halved read speed).
     async fn get(
         &self,
         op: Operation,
     ) -> Result<tokio::sync::MappedMutexGuard<'_, SqliteConnection>> {
-        let n = self.conns.len();
-        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
-        let mut guard = None;
-        for i in 0..n {
-            if let Ok(g) = self.conns[(start + i) % n].try_lock() {
-                guard = Some(g);
-                break;
-            }
-        }
-        let guard = match guard {
+        let free = self.conns.iter().find_map(|c| c.try_lock().ok());
+        let guard = match free {
             Some(g) => g,
-            None => self.conns[start].lock().await,
+            None => {
+                let n = self.conns.len();
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+                self.conns[i].lock().await
+            }
         };
         // An empty slot was emptied by close() while this call waited.
         tokio::sync::MutexGuard::try_map(guard, Option::as_mut)
