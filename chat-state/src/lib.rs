@@ -6,7 +6,7 @@
 #[cfg(all(target_arch = "wasm32", feature = "sqlite"))]
 compile_error!(
     "chat-state: feature `sqlite` needs a native target (SQLite files and sqlx do not run on \
-     wasm32). For a Worker build with `--no-default-features --features durable-object` \
+     wasm32). For a Worker, build with `--no-default-features --features durable-object` \
      (optionally plus `memory`)."
 );
 #[cfg(all(target_arch = "wasm32", feature = "redis"))]

@@ -215,6 +215,10 @@ mod redis {
 
     impl RedisServer {
         fn start() -> Self {
+            Self::start_with(&[])
+        }
+
+        fn start_with(extra: &[&str]) -> Self {
             let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
             let dir = tempfile::tempdir().expect("temp dir");
             // Ask the OS for a free port, then hand it to redis-server. Another process could
@@ -229,6 +233,7 @@ mod redis {
                 .args(["--maxmemory-policy", "noeviction"])
                 .arg("--dir")
                 .arg(dir.path())
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -257,6 +262,80 @@ mod redis {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+
+    /// Three cluster-enabled masters on loopback, slots assigned with
+    /// `redis-cli --cluster create`; every node is killed by pid on drop.
+    #[cfg(feature = "redis-cluster")]
+    struct RedisCluster {
+        nodes: Vec<RedisServer>,
+    }
+
+    #[cfg(feature = "redis-cluster")]
+    impl RedisCluster {
+        fn start() -> Self {
+            let nodes: Vec<RedisServer> = (0..3)
+                .map(|_| {
+                    RedisServer::start_with(&[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-node-timeout",
+                        "5000",
+                    ])
+                })
+                .collect();
+            let addrs: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port))
+                .collect();
+            let out = Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run redis-cli (package redis-tools)");
+            assert!(out.status.success(), "redis-cli --cluster create: {out:?}");
+            let started = std::time::Instant::now();
+            for node in &nodes {
+                loop {
+                    let info = Command::new("redis-cli")
+                        .args(["-p", &node.port.to_string(), "cluster", "info"])
+                        .output()
+                        .expect("redis-cli");
+                    if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                        break;
+                    }
+                    assert!(
+                        started.elapsed() < Duration::from_secs(30),
+                        "cluster never ok"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Self { nodes }
+        }
+
+        fn url(&self) -> String {
+            let hosts: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port))
+                .collect();
+            format!("redis+cluster://{}", hosts.join(","))
+        }
+    }
+
+    #[cfg(feature = "redis-cluster")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn simulate_redis_cluster_16_instances() {
+        let cluster = RedisCluster::start();
+        let state = connect(&format!("{}?prefix=sim", cluster.url()))
+            .await
+            .expect("cluster connects");
+        let report = simulate(state.clone(), &sim_args()).await.expect("runs");
+        state.close().await.expect("close");
+        assert_clean(&report);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
