@@ -35,6 +35,7 @@ const QUEUE_KEY_GRACE_MS: u64 = 60_000;
 /// Where a [`RedisBuilder`] gets its connection from.
 enum Source {
     Url(String),
+    Client(Box<redis::Client>),
     Manager(ConnectionManager),
     #[cfg(feature = "cluster")]
     ClusterUrls(Vec<String>),
@@ -100,28 +101,20 @@ impl RedisBuilder {
     pub async fn connect(self) -> Result<RedisState> {
         validate_prefix(BACKEND, &self.prefix)?;
         let op = Operation::Open;
-        let connect_timeout = self.connect_timeout;
         let (conn, cluster) = match self.source {
             Source::Url(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(|e| {
                     Error::invalid_input(format!(
-                        "invalid Redis URL (expected redis://[user:password@]host:port/db \
-                         or rediss://...): {e}"
+                        "invalid Redis URL (expected redis://[user:password@]host:port/db, \
+                         or rediss://... with the `tls` feature): {e}"
                     ))
                     .context(BACKEND, op)
                 })?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_response_timeout(Some(self.command_timeout))
-                    // Reconnect attempts back off from 10 ms up to 1 s, so a server that comes
-                    // back is picked up within about a second.
-                    .set_min_delay(Duration::from_millis(10))
-                    .set_max_delay(Duration::from_secs(1));
-                let fut = ConnectionManager::new_with_config(client, config);
-                let manager = match tokio::time::timeout(connect_timeout, fut).await {
-                    Ok(r) => r.map_err(|e| error::from_redis(op, e))?,
-                    Err(_) => return Err(error::timed_out(op, connect_timeout)),
-                };
+                let manager = manager(client, self.connect_timeout, self.command_timeout).await?;
+                (Conn::Single(manager), false)
+            }
+            Source::Client(client) => {
+                let manager = manager(*client, self.connect_timeout, self.command_timeout).await?;
                 (Conn::Single(manager), false)
             }
             Source::Manager(m) => (Conn::Single(m), false),
@@ -136,9 +129,9 @@ impl RedisBuilder {
                             .context(BACKEND, op)
                     })?;
                 let fut = async move { client.get_async_connection().await };
-                let conn = match tokio::time::timeout(connect_timeout, fut).await {
+                let conn = match tokio::time::timeout(self.connect_timeout, fut).await {
                     Ok(r) => r.map_err(|e| error::from_redis(op, e))?,
-                    Err(_) => return Err(error::timed_out(op, connect_timeout)),
+                    Err(_) => return Err(error::timed_out(op, self.connect_timeout)),
                 };
                 (Conn::Cluster(conn), true)
             }
@@ -155,6 +148,27 @@ impl RedisBuilder {
         };
         state.check_eviction_policy().await;
         Ok(state)
+    }
+}
+
+/// A connection manager on `client`, connected within `connect_timeout`.
+async fn manager(
+    client: redis::Client,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+) -> Result<ConnectionManager> {
+    let op = Operation::Open;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(command_timeout))
+        // Reconnect attempts back off from 10 ms up to 1 s, so a server that comes back is
+        // picked up within about a second.
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_secs(1));
+    let fut = ConnectionManager::new_with_config(client, config);
+    match tokio::time::timeout(connect_timeout, fut).await {
+        Ok(r) => r.map_err(|e| error::from_redis(op, e)),
+        Err(_) => Err(error::timed_out(op, connect_timeout)),
     }
 }
 
@@ -183,8 +197,8 @@ impl std::fmt::Debug for RedisState {
 }
 
 impl RedisState {
-    /// Connects to `url` (`redis://[user:password@]host:port/db`, or `rediss://` when the
-    /// `redis` crate is built with a TLS feature) with the defaults: prefix `chat-sdk`,
+    /// Connects to `url` (`redis://[user:password@]host:port/db`, or `rediss://` with the `tls`
+    /// feature) with the defaults: prefix `chat-sdk`,
     /// 5 s command and connect timeouts.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::builder(url).connect().await
@@ -193,6 +207,13 @@ impl RedisState {
     /// A builder connecting to `url`.
     pub fn builder(url: impl Into<String>) -> RedisBuilder {
         RedisBuilder::new(Source::Url(url.into()))
+    }
+
+    /// A builder over a `redis::Client` the application configured (for example TLS with its
+    /// own root certificate through `redis::Client::build_with_tls`); the adapter builds its
+    /// connection manager from it.
+    pub fn builder_with_client(client: redis::Client) -> RedisBuilder {
+        RedisBuilder::new(Source::Client(Box::new(client)))
     }
 
     /// A builder over the application's own connection manager (its reconnect and timeout
