@@ -147,6 +147,7 @@ impl RedisBuilder {
             prefix: self.prefix,
         };
         state.check_eviction_policy().await;
+        state.preload_scripts().await;
         Ok(state)
     }
 }
@@ -271,6 +272,26 @@ impl RedisState {
             }
             Err(e) => tracing::debug!(backend = BACKEND, error = %e,
                 "could not read maxmemory-policy (CONFIG disabled?)"),
+        }
+    }
+
+    /// Loads every script now (`SCRIPT LOAD`), so the first calls run `EVALSHA` directly
+    /// instead of paying a `NOSCRIPT` round trip each. Best effort: a failure here only costs
+    /// that round trip later (the `redis` crate loads on `NOSCRIPT`).
+    async fn preload_scripts(&self) {
+        let s = &self.scripts;
+        for script in [
+            &s.acquire, &s.release, &s.extend, &s.append, &s.enqueue, &s.dequeue, &s.depth,
+        ] {
+            let result = self
+                .run(Operation::Open, |mut c| async move {
+                    script.prepare_invoke().load_async(&mut c).await
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(backend = BACKEND, error = %e, "could not preload a script");
+                return;
+            }
         }
     }
 

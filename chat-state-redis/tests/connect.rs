@@ -219,3 +219,68 @@ async fn warns_when_the_eviction_policy_can_evict_locks() {
     assert!(log.contains("WARN"), "{log}");
     assert!(log.contains("allkeys-lru"), "{log}");
 }
+
+#[tokio::test]
+async fn scripts_are_preloaded_and_reloaded_after_a_flush() {
+    let server = support::RedisServer::start();
+    let state = RedisState::connect(&server.url()).await.unwrap();
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Preloaded at connect: the server already knows a script by its SHA.
+    let sha = redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+    .get_hash()
+    .to_owned();
+    let known: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(known, vec![true], "the release script was not preloaded");
+
+    // As after a restart or a failover: the script cache is empty (NOSCRIPT), and every
+    // scripted operation still works.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let lock = state
+        .acquire_lock("t", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        state
+            .extend_lock(&lock, Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    state.release_lock(&lock).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    state
+        .append_to_list("l", b"1", chat_state_core::ListOptions::new())
+        .await
+        .unwrap();
+    let entry =
+        chat_state_core::QueueEntry::new(serde_json::json!(1), 1, Duration::from_secs(1 << 40));
+    use chat_state_core::{Lists, Queues};
+    assert_eq!(state.enqueue("q", entry, 3).await.unwrap(), 1);
+    assert_eq!(state.queue_depth("q").await.unwrap(), 1);
+    assert!(state.dequeue("q").await.unwrap().is_some());
+    assert_eq!(state.get_list("l").await.unwrap(), vec![b"1".to_vec()]);
+}
