@@ -166,8 +166,7 @@ impl SqliteBuilder {
     }
 
     /// Connections used for reads (`get`, `is_subscribed`, `get_list`, `queue_depth`), which
-    /// in WAL mode run in parallel with the writer. Default: 4. Ignored with an existing
-    /// pool, whose size is the application's.
+    /// in WAL mode run in parallel with the writer. Default: 4.
     pub fn read_connections(mut self, n: u32) -> Self {
         self.read_connections = n.max(1);
         self

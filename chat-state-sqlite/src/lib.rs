@@ -91,7 +91,7 @@ pub const SCHEMA_VERSION: i64 = schema::LATEST_VERSION;
 /// The SQLite backend: state in one file, shared safely by every process that opens it.
 ///
 /// Open it with [`SqliteState::open`] (defaults) or [`SqliteState::builder`]; it is a cheap
-/// handle (clones share one writer and one read pool). See the crate docs for the design.
+/// handle (clones share one writer and its read connections). See the crate docs for the design.
 #[derive(Debug, Clone)]
 pub struct SqliteState {
     inner: Arc<Inner>,
