@@ -17,9 +17,11 @@ const { Miniflare, Log, LogLevel } = await import(pathToFileURL(require.resolve(
 const esbuild = require("esbuild");
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-const CYCLES = Number(process.env.BENCH_CYCLES ?? 1000);
+// Many short interleaved rounds, reported as medians: on a shared machine the load changes
+// from minute to minute, and back-to-back slices of each kind see about the same load.
+const CYCLES = Number(process.env.BENCH_CYCLES ?? 300);
 const CONC = Number(process.env.BENCH_CONCURRENCY ?? 16);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 7);
 const THREADS = 256;
 
 // Bundle the TypeScript baseline Worker and the fetch-transport control.
@@ -103,34 +105,45 @@ const runs = {};
 for (const kind of KINDS) runs[kind] = await start(kind);
 for (const kind of KINDS) cold[kind] = { ready: runs[kind].ready, first: runs[kind].first };
 
-for (let round = 0; round < ROUNDS; round++) {
-  for (const s of setups) {
+const ratios = {};
+for (const s of setups) {
+  for (const kind of KINDS) {
+    if (!s[kind]) continue;
+    // Warm-up: the objects exist and the JIT is warm before anything is timed.
+    await load(runs[kind].url, { ...s[kind], object: `bench-${s.name.replace(/\W+/g, "-")}` }, 200);
+  }
+  for (let round = 0; round < ROUNDS; round++) {
     for (const kind of KINDS) {
       if (!s[kind]) continue;
-      const config = { ...s[kind], object: `bench-${round}-${s.name.replace(/\W+/g, "-")}` };
-      await load(runs[kind].url, config, Math.min(200, CYCLES)); // warm-up: objects exist, JIT warm
+      const config = { ...s[kind], object: `bench-${s.name.replace(/\W+/g, "-")}` };
       const rate = await load(runs[kind].url, config, CYCLES);
       (results[kind][s.name] ??= []).push(rate);
     }
+    if (s.ts) (ratios[s.name] ??= []).push(results.rust[s.name].at(-1) / results.ts[s.name].at(-1));
   }
 }
 for (const kind of KINDS) await runs[kind].mf.dispose();
 
-const best = (xs) => (xs ? Math.max(...xs) : undefined);
+const median = (xs) => {
+  if (!xs) return undefined;
+  const v = [...xs].sort((a, b) => a - b);
+  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+};
 const wasm = path.join(path.resolve(rustBuild), "index_bg.wasm");
 const wasmBytes = fs.readFileSync(wasm);
 const lines = [];
 lines.push(`Message cycle = is_subscribed, acquire_lock, get, set, release_lock (5 object round trips).`);
-lines.push(`${CYCLES} cycles per run after ${Math.min(200, CYCLES)} warm-up, ${CONC} concurrent clients, ${THREADS} threads, best of ${ROUNDS} rounds; Miniflare (workerd) on 127.0.0.1, client on the same machine.`);
+lines.push(`${ROUNDS} interleaved rounds of ${CYCLES} cycles per kind after a 200-cycle warm-up, ${CONC} concurrent clients, ${THREADS} threads; medians (rates) and median of the per-round ratios; Miniflare (workerd) on 127.0.0.1, client on the same machine.`);
 lines.push("");
 lines.push("| setup | Rust chat-state-do (cycles/s) | TS chat-state-cloudflare-do, RPC (cycles/s) | Rust / TS | control: same TS object over fetch+JSON (cycles/s) |");
 lines.push("|---|---|---|---|---|");
 const fmt = (x) => (x ? x.toFixed(0) : "n/a");
 for (const s of setups) {
-  const r = best(results.rust[s.name]);
-  const t = best(results.ts[s.name]);
-  const f = best(results.tsfetch[s.name]);
-  lines.push(`| ${s.name} | ${fmt(r)} | ${fmt(t)} | ${t ? (r / t).toFixed(2) : "n/a"} | ${fmt(f)} |`);
+  const r = median(results.rust[s.name]);
+  const t = median(results.ts[s.name]);
+  const f = median(results.tsfetch[s.name]);
+  const q = median(ratios[s.name]);
+  lines.push(`| ${s.name} | ${fmt(r)} | ${fmt(t)} | ${q ? q.toFixed(2) : "n/a"} | ${fmt(f)} |`);
 }
 lines.push("");
 lines.push(`Cold start (new runtime to ready / first cycle incl. object creation): Rust ${cold.rust.ready.toFixed(0)} ms / ${cold.rust.first.toFixed(0)} ms, TS ${cold.ts.ready.toFixed(0)} ms / ${cold.ts.first.toFixed(0)} ms.`);
