@@ -460,7 +460,9 @@ fn alarm_deletes_expired_rows_in_every_table_and_keeps_live_ones() {
     let rt = Runtime::start(None);
     let object = unique("alarm");
     let config = json!({ "object": object });
-    let short = 400u64;
+    // Long enough that the writes below finish before the first expiry even on a loaded
+    // machine, so the alarm is still at that expiry when inspected.
+    let short = 1500u64;
     let now = now_ms();
     let dying = json!({ "enqueuedAt": now, "expiresAt": now + short, "message": { "n": 1 } });
     let living = json!({ "enqueuedAt": now, "expiresAt": now + 3_600_000, "message": { "n": 2 } });
