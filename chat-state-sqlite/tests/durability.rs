@@ -298,16 +298,26 @@ async fn a_read_only_file_is_a_typed_error_and_left_untouched() {
         // `nobody` must reach the file; the directory stays writable so that only the file's
         // own permission is what stops SQLite.
         std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "a_read_only_file_is_a_typed_error_and_left_untouched",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(READ_ONLY_CHILD, &t.path)
-            .uid(65534)
-            .gid(65534)
-            .output()
+        // ... and must be able to run the binary, whose build directory may be private to
+        // root (a clone under /root): run a world-readable copy from the temporary directory.
+        let exe = t.dir().join("test-binary-copy");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let run_as_nobody = |exe: &std::path::Path| {
+            std::process::Command::new(exe)
+                .args([
+                    "a_read_only_file_is_a_typed_error_and_left_untouched",
+                    "--exact",
+                    "--nocapture",
+                ])
+                .env(READ_ONLY_CHILD, &t.path)
+                .uid(65534)
+                .gid(65534)
+                .output()
+        };
+        // A noexec /tmp refuses the copy; the original may still be reachable.
+        let out = run_as_nobody(&exe)
+            .or_else(|_| run_as_nobody(&std::env::current_exe().unwrap()))
             .expect("re-run the test binary as nobody");
         assert!(
             out.status.success(),
