@@ -275,3 +275,57 @@ async fn pause_longer_than_the_ttl_loses_the_lock_and_fences_grow() {
             .unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_no_acknowledged_write() {
+    let mut server = support::RedisServer::start_with_aof();
+    let state = std::sync::Arc::new(adapter(&server, Duration::from_millis(500)).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four writers; each records the keys whose write was acknowledged.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (state, stop) = (state.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("w{w}:{i}");
+                    if state.set(&key, key.as_bytes(), None).await.is_ok() {
+                        acked.push(key);
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(
+        acked.len() > 50,
+        "only {} writes before the kill",
+        acked.len()
+    );
+
+    server.restart();
+    until_ok("get after restart", || state.get("w0:0")).await;
+    let mut lost = Vec::new();
+    for key in &acked {
+        if state.get(key).await.unwrap().as_deref() != Some(key.as_bytes()) {
+            lost.push(key.clone());
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
