@@ -45,7 +45,7 @@ enum Source {
 
 /// Configures and connects a [`RedisState`]. Start from [`RedisState::builder`] (a URL),
 /// [`RedisState::builder_with_manager`] (your own connection manager) or, with the `cluster`
-/// feature, [`RedisState::cluster_builder`] / [`RedisState::builder_with_cluster`].
+/// feature, `RedisState::cluster_builder` / `RedisState::builder_with_cluster`.
 pub struct RedisBuilder {
     source: Source,
     prefix: String,
@@ -101,6 +101,17 @@ impl RedisBuilder {
     pub async fn connect(self) -> Result<RedisState> {
         validate_prefix(BACKEND, &self.prefix)?;
         let op = Operation::Open;
+        for (what, t) in [
+            ("command_timeout", self.command_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if t.is_zero() {
+                return Err(Error::invalid_input(format!(
+                    "{what} is zero: every call would time out; pass a positive duration"
+                ))
+                .context(BACKEND, op));
+            }
+        }
         let (conn, cluster) = match self.source {
             Source::Url(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(|e| {

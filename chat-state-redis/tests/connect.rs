@@ -174,6 +174,13 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
         started.elapsed()
     );
 
+    let err = RedisState::builder("redis://127.0.0.1:1")
+        .command_timeout(Duration::ZERO)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+
     // Use after close.
     let server = support::RedisServer::start();
     let state = RedisState::connect(&server.url()).await.unwrap();
