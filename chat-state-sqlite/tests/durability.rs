@@ -489,3 +489,43 @@ async fn an_application_pool_can_be_used_and_stays_open() {
     assert_eq!(mode, "wal");
     pool.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_prefixes_isolate_bots_sharing_one_file() {
+    let t = TempState::new(|b| b.key_prefix("bot-a").cleanup_interval(None)).await;
+    let b = SqliteState::builder(&t.path)
+        .key_prefix("bot-b")
+        .cleanup_interval(None)
+        .open()
+        .await
+        .unwrap();
+    let a = &t.state;
+    let ttl = Duration::from_secs(30);
+    a.set("k", b"from-a", None).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap(), None);
+    assert!(b.set_if_not_exists("k", b"from-b", None).await.unwrap());
+    assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"from-a"[..]));
+    let la = a
+        .acquire_lock("thread", ttl)
+        .await
+        .unwrap()
+        .expect("free in a");
+    let lb = b
+        .acquire_lock("thread", ttl)
+        .await
+        .unwrap()
+        .expect("free in b");
+    // One fence floor per file: fences stay unique across prefixes too.
+    assert_ne!(la.fence, lb.fence);
+    a.subscribe("t").await.unwrap();
+    assert!(!b.is_subscribed("t").await.unwrap());
+    b.close().await.unwrap();
+
+    let err = SqliteState::builder(&t.path)
+        .key_prefix("bad\0prefix")
+        .open()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("key prefix"), "{err}");
+}
