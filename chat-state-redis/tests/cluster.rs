@@ -127,3 +127,146 @@ async fn lock_keys_share_a_slot_built_from_the_id() {
     let v: String = raw.get("chat-sdk:cache:k").await.unwrap();
     assert_eq!(v, "\"v\"");
 }
+
+/// Retries `f` until it succeeds (every failure must be retryable), for at most 30 s.
+async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = chat_state_core::Result<T>>,
+{
+    let started = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(
+                    e.is_retryable(),
+                    "{what}: non-retryable error during failover: {e}"
+                );
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{what}: never recovered: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// `(port, node id, master id or "-")` of every node, from `CLUSTER NODES`, with the slot
+/// ranges of masters.
+fn topology(port: u16) -> Vec<(u16, String, String, Vec<(u16, u16)>)> {
+    support::redis_cli(port, &["cluster", "nodes"])
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let node_port = f
+                .get(1)?
+                .split('@')
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()?;
+            let ranges = f
+                .iter()
+                .skip(8)
+                .filter_map(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    Some((a.parse().ok()?, b.parse().ok()?))
+                })
+                .collect();
+            Some((node_port, f[0].to_owned(), f.get(3)?.to_string(), ranges))
+        })
+        .collect()
+}
+
+fn repl_offset(port: u16, field: &str) -> Option<u64> {
+    support::redis_cli(port, &["info", "replication"])
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_of_the_lock_master_the_adapter_recovers_and_reloads_scripts() {
+    let mut cluster = support::RedisCluster::start_with_replicas();
+    let state = RedisState::cluster_builder(cluster.urls())
+        .command_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    let lock = state
+        .acquire_lock("t", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The master serving the lock's slot, and its replica.
+    let any = cluster.nodes[0].port();
+    let slot: u16 = support::redis_cli(any, &["cluster", "keyslot", "chat-sdk:lock:{t}"])
+        .trim()
+        .parse()
+        .unwrap();
+    let nodes = topology(any);
+    let (master_port, master_id) = nodes
+        .iter()
+        .find(|(_, _, _, ranges)| ranges.iter().any(|&(a, b)| a <= slot && slot <= b))
+        .map(|(p, id, _, _)| (*p, id.clone()))
+        .expect("a master serves the slot");
+    let replica_port = nodes
+        .iter()
+        .find(|(_, _, master, _)| *master == master_id)
+        .map(|(p, _, _, _)| *p)
+        .expect("the master has a replica");
+    // Replication is asynchronous: wait until the replica has everything the master has
+    // (otherwise the failover loses the lock, which is the documented cluster caveat).
+    let started = Instant::now();
+    loop {
+        let master = repl_offset(master_port, "master_repl_offset:");
+        let replica = repl_offset(replica_port, "slave_repl_offset:");
+        if master.is_some() && master == replica {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "replica never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.port() == master_port)
+        .unwrap();
+    cluster.nodes[index].kill();
+
+    // Retryable errors while the replica is promoted, then the same adapter works again. The
+    // lock was replicated: still held, by the same token.
+    let again = until_ok("acquire after failover", || {
+        state.acquire_lock("t", Duration::from_secs(60))
+    })
+    .await;
+    assert!(
+        again.is_none(),
+        "the replicated lock was lost in the failover"
+    );
+    // The promoted replica has an empty script cache: NOSCRIPT, reloaded transparently.
+    assert!(
+        until_ok("extend after failover", || state
+            .extend_lock(&lock, Duration::from_secs(60)))
+        .await
+    );
+    state.release_lock(&lock).await.unwrap();
+    let next = state
+        .acquire_lock("t", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        next.fence > lock.fence,
+        "fence {} after {}",
+        next.fence,
+        lock.fence
+    );
+}

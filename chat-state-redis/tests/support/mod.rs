@@ -33,17 +33,17 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// A server without persistence (`--appendonly no`).
     pub fn start() -> Self {
-        Self::start_with(false, false)
+        Self::start_with(false, false, &[])
     }
 
     /// A server with AOF (`--appendonly yes --appendfsync always`), for restart tests.
     pub fn start_with_aof() -> Self {
-        Self::start_with(true, false)
+        Self::start_with(true, false, &[])
     }
 
     /// A cluster-enabled node (not yet part of a cluster).
     pub fn start_cluster_node() -> Self {
-        Self::start_with(true, true)
+        Self::start_with(true, true, &[])
     }
 
     /// A server without persistence and with extra command-line arguments (which override
@@ -52,8 +52,8 @@ impl RedisServer {
         Self::spawn_new(false, false, extra.iter().map(|s| s.to_string()).collect())
     }
 
-    fn start_with(aof: bool, cluster: bool) -> Self {
-        Self::spawn_new(aof, cluster, Vec::new())
+    fn start_with(aof: bool, cluster: bool, extra: &[&str]) -> Self {
+        Self::spawn_new(aof, cluster, extra.iter().map(|s| s.to_string()).collect())
     }
 
     fn spawn_new(aof: bool, cluster: bool, extra: Vec<String>) -> Self {
@@ -250,7 +250,36 @@ impl RedisCluster {
     /// Starts three cluster-enabled nodes, assigns the slots with `redis-cli --cluster create`
     /// and waits for `cluster_state:ok` on every node.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_cluster_node()).collect();
+        Self::start_with(0)
+    }
+
+    /// Three masters with one replica each (replicas sync without delay, or a replica killed
+    /// early never syncs).
+    pub fn start_with_replicas() -> Self {
+        let cluster = Self::start_with(1);
+        let started = Instant::now();
+        for node in &cluster.nodes {
+            loop {
+                let info = redis_cli(node.port(), &["info", "replication"]);
+                let synced = info.contains("role:master") && info.contains("connected_slaves:1")
+                    || info.contains("master_link_status:up");
+                if synced {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "replicas never synced"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        cluster
+    }
+
+    fn start_with(replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
+            .map(|_| RedisServer::start_with(true, true, &["--repl-diskless-sync-delay", "0"]))
+            .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
@@ -259,7 +288,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli (package redis-tools)");
@@ -288,11 +317,15 @@ impl RedisCluster {
 }
 
 fn cluster_ok(port: u16) -> bool {
-    let Ok(out) = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "cluster", "info"])
+    redis_cli(port, &["cluster", "info"]).contains("cluster_state:ok")
+}
+
+/// Runs `redis-cli -p <port> <args>` and returns its output ("" if it cannot run).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
         .output()
-    else {
-        return false;
-    };
-    String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
 }
