@@ -153,9 +153,11 @@ where
     }
 }
 
-/// `(port, node id, master id or "-")` of every node, from `CLUSTER NODES`, with the slot
-/// ranges of masters.
-fn topology(port: u16) -> Vec<(u16, String, String, Vec<(u16, u16)>)> {
+/// One line of `CLUSTER NODES`: port, node id, master id (`-` for masters), slot ranges.
+type Node = (u16, String, String, Vec<(u16, u16)>);
+
+/// Every node of the cluster, as `port` sees it.
+fn topology(port: u16) -> Vec<Node> {
     support::redis_cli(port, &["cluster", "nodes"])
         .lines()
         .filter_map(|line| {
