@@ -157,3 +157,48 @@ fn trace_flag_logs_one_event_per_adapter_call() {
     assert!(err.contains("backend=\"memory\""), "{err}");
     assert!(err.contains("duration_us="), "{err}");
 }
+
+#[test]
+fn bench_reports_ratios_to_a_baseline_measured_in_the_same_run() {
+    let out = chat_state(&[
+        "bench",
+        "--url",
+        "memory://",
+        "--baseline",
+        "memory://",
+        "--iterations",
+        "100",
+        "--workload",
+        "cache-set-get",
+        "--workload",
+        "subscriptions",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(json["baseline"]["backend"], "memory");
+    let ratios = json["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 2);
+    assert_eq!(ratios[0]["workload"], "cache-set-get");
+    assert!(
+        ratios
+            .iter()
+            .all(|r| r["perSecVsBaseline"].as_f64().unwrap_or(0.0) > 0.0)
+    );
+
+    let out = chat_state(&[
+        "bench",
+        "--url",
+        "memory://",
+        "--baseline",
+        "memory://",
+        "--iterations",
+        "50",
+        "--workload",
+        "lock-cycle",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("x baseline"), "{text}");
+    assert!(text.contains("(baseline: memory)"), "{text}");
+}

@@ -63,6 +63,11 @@ pub struct BenchArgs {
     /// Iterations per workload, split over the workers.
     #[arg(long, default_value_t = 5_000)]
     pub iterations: usize,
+    /// Also run every workload against this URL (e.g. `memory://`) in the same run, and
+    /// report each throughput as a ratio to it: comparable across machines, unlike raw
+    /// numbers.
+    #[arg(long)]
+    pub baseline: Option<String>,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -84,9 +89,9 @@ pub struct BenchResult {
     /// Iterations per second.
     pub per_sec: f64,
     /// Median iteration latency, microseconds.
-    pub p50_us: u64,
+    pub p50_us: f64,
     /// 99th percentile iteration latency, microseconds.
-    pub p99_us: u64,
+    pub p99_us: f64,
 }
 
 /// Runs one workload and measures it.
@@ -113,7 +118,8 @@ pub async fn run_workload(
                 if one(&*state, workload, &ns, worker, i).await? {
                     successes += 1;
                 }
-                latencies.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                // Nanoseconds: the memory backend's calls take well under a microsecond.
+                latencies.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
                 progress.inc(1);
             }
             Ok::<_, chat_state_core::Error>((latencies, successes))
@@ -137,8 +143,8 @@ pub async fn run_workload(
         successes,
         seconds,
         per_sec: latencies.len() as f64 / seconds.max(1e-9),
-        p50_us: percentile(&latencies, 0.50),
-        p99_us: percentile(&latencies, 0.99),
+        p50_us: percentile(&latencies, 0.50) as f64 / 1000.0,
+        p99_us: percentile(&latencies, 0.99) as f64 / 1000.0,
     })
 }
 
@@ -209,15 +215,28 @@ async fn one(
     }
 }
 
-/// Renders results as an aligned table.
-pub fn render_table(backend: &str, results: &[BenchResult]) -> String {
-    let mut out = format!(
-        "backend: {backend}\n{:<16} {:>6} {:>9} {:>9} {:>11} {:>9} {:>9}\n",
+/// Renders results as an aligned table; with baseline results (same workloads, same order),
+/// adds each throughput's ratio to the baseline's.
+pub fn render_table(
+    backend: &str,
+    results: &[BenchResult],
+    baseline: Option<(&str, &[BenchResult])>,
+) -> String {
+    let mut out = match baseline {
+        Some((name, _)) => format!("backend: {backend} (baseline: {name})\n"),
+        None => format!("backend: {backend}\n"),
+    };
+    out.push_str(&format!(
+        "{:<16} {:>6} {:>9} {:>9} {:>11} {:>9} {:>9}",
         "workload", "conc", "iters", "ok", "iters/s", "p50 us", "p99 us"
-    );
-    for r in results {
+    ));
+    if baseline.is_some() {
+        out.push_str(&format!(" {:>10}", "x baseline"));
+    }
+    out.push('\n');
+    for (i, r) in results.iter().enumerate() {
         out.push_str(&format!(
-            "{:<16} {:>6} {:>9} {:>9} {:>11.0} {:>9} {:>9}\n",
+            "{:<16} {:>6} {:>9} {:>9} {:>11.0} {:>9.1} {:>9.1}",
             r.workload.name(),
             r.concurrency,
             r.iterations,
@@ -226,8 +245,45 @@ pub fn render_table(backend: &str, results: &[BenchResult]) -> String {
             r.p50_us,
             r.p99_us
         ));
+        if let Some(base) = baseline.and_then(|(_, b)| b.get(i)) {
+            out.push_str(&format!(" {:>10.3}", r.per_sec / base.per_sec.max(1e-9)));
+        }
+        out.push('\n');
     }
     out
+}
+
+async fn run_all(
+    state: &Arc<dyn StateAdapter>,
+    workload: Workload,
+    args: &BenchArgs,
+) -> Result<BenchResult, CliError> {
+    // Only long runs get a bar, and only on a terminal (indicatif hides it otherwise).
+    let progress = if args.iterations >= 1_000 && !args.json {
+        let bar = ProgressBar::with_draw_target(
+            Some(args.iterations as u64),
+            ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {per_sec}")
+                .map_err(|e| format!("progress template: {e}"))?
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{} {}", state.backend_name(), workload.name()));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let result = run_workload(
+        state.clone(),
+        workload,
+        args.concurrency,
+        args.iterations,
+        &progress,
+    )
+    .await;
+    progress.finish_and_clear();
+    result
 }
 
 pub(crate) async fn command(args: BenchArgs, trace: bool) -> Result<bool, CliError> {
@@ -236,51 +292,51 @@ pub(crate) async fn command(args: BenchArgs, trace: bool) -> Result<bool, CliErr
         None => super::default_url()?,
     };
     let state = super::open(&url, trace).await?;
+    let baseline = match &args.baseline {
+        Some(url) => Some(super::open(url, trace).await?),
+        None => None,
+    };
     let workloads = if args.workloads.is_empty() {
         Workload::ALL.to_vec()
     } else {
         args.workloads.clone()
     };
     let mut results = Vec::new();
+    let mut base_results = Vec::new();
     for workload in workloads {
-        // Only long runs get a bar, and only on a terminal (indicatif hides it otherwise).
-        let progress = if args.iterations >= 1_000 && !args.json {
-            let bar = ProgressBar::with_draw_target(
-                Some(args.iterations as u64),
-                ProgressDrawTarget::stderr(),
-            );
-            bar.set_style(
-                ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {per_sec}")
-                    .map_err(|e| format!("progress template: {e}"))?
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix(workload.name());
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
-        let result = run_workload(
-            state.clone(),
-            workload,
-            args.concurrency,
-            args.iterations,
-            &progress,
-        )
-        .await;
-        progress.finish_and_clear();
-        results.push(result?);
+        results.push(run_all(&state, workload, &args).await?);
+        if let Some(baseline) = &baseline {
+            base_results.push(run_all(baseline, workload, &args).await?);
+        }
     }
     let _ = state.close().await;
+    if let Some(baseline) = &baseline {
+        let _ = baseline.close().await;
+    }
+    let base = baseline
+        .as_ref()
+        .map(|b| (b.backend_name(), base_results.as_slice()));
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "backend": state.backend_name(),
-                "results": results,
-            }))?
-        );
+        let mut json = serde_json::json!({
+            "backend": state.backend_name(),
+            "results": results,
+        });
+        if let Some((name, base)) = base {
+            json["baseline"] = serde_json::json!({ "backend": name, "results": base });
+            json["ratios"] = results
+                .iter()
+                .zip(base)
+                .map(|(r, b)| {
+                    serde_json::json!({
+                        "workload": r.workload,
+                        "perSecVsBaseline": r.per_sec / b.per_sec.max(1e-9),
+                    })
+                })
+                .collect();
+        }
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        print!("{}", render_table(state.backend_name(), &results));
+        print!("{}", render_table(state.backend_name(), &results, base));
     }
     Ok(true)
 }
