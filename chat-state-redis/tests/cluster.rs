@@ -210,15 +210,21 @@ async fn failover_of_the_lock_master_the_adapter_recovers_and_reloads_scripts() 
         .parse()
         .unwrap();
     let nodes = topology(any);
-    let (master_port, master_id) = nodes
+    let master_port = nodes
         .iter()
         .find(|(_, _, _, ranges)| ranges.iter().any(|&(a, b)| a <= slot && slot <= b))
-        .map(|(p, id, _, _)| (*p, id.clone()))
-        .expect("a master serves the slot");
-    let replica_port = nodes
-        .iter()
-        .find(|(_, _, master, _)| *master == master_id)
         .map(|(p, _, _, _)| *p)
+        .expect("a master serves the slot");
+    // From each replica's own replication info (gossip may not have told node 0 yet).
+    let replica_port = cluster
+        .nodes
+        .iter()
+        .map(|n| n.port())
+        .find(|&p| {
+            support::redis_cli(p, &["info", "replication"])
+                .lines()
+                .any(|l| l.trim_end() == format!("master_port:{master_port}"))
+        })
         .expect("the master has a replica");
     // Replication is asynchronous: wait until the replica has everything the master has
     // (otherwise the failover loses the lock, which is the documented cluster caveat).
