@@ -208,3 +208,47 @@ impl InspectLocks for RedisLockReader {
         }))
     }
 }
+
+/// Deletes every key of a single-node Redis whose name starts with `prefix` (SCAN + DEL in
+/// batches, never `KEYS`, so a large server is not blocked). Returns how many were removed.
+/// Used by `chat-state conformance` to leave no test keys (the fence counters, which never
+/// expire by design, would otherwise stay forever) in the operator's deployment.
+#[cfg(all(feature = "redis", feature = "cli"))]
+pub(crate) async fn redis_delete_prefixed(url: &str, prefix: &str) -> Result<u64> {
+    let fail = |e: redis::RedisError| {
+        Error::new(ErrorKind::Backend, format!("cannot remove test keys: {e}"))
+            .context("redis", Operation::Maintenance)
+            .with_source(e)
+    };
+    let client = redis::Client::open(url).map_err(fail)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(fail)?;
+    let pattern = format!("{prefix}*");
+    let mut cursor: u64 = 0;
+    let mut removed = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(fail)?;
+        if !keys.is_empty() {
+            let n: u64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(fail)?;
+            removed += n;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}

@@ -33,8 +33,9 @@ pub fn compiled_schemes() -> &'static [&'static str] {
 #[non_exhaustive]
 pub struct ConnectOptions {
     /// Wrap the adapter in [`Traced`](crate::Traced), emitting a `tracing` span per call.
-    /// Off by default: the spans cost a few hundred nanoseconds per call even with no
-    /// subscriber that records them.
+    /// Off by default: the spans cost time on every call even with no subscriber that
+    /// records them. Native targets only (ignored on wasm32, where there is no monotonic
+    /// clock to time calls with).
     pub trace: bool,
     /// Key prefix for backends that share storage (SQLite, Redis); overrides the URL's
     /// `prefix=` parameter. Ignored by `memory://`, whose every connection is private anyway.

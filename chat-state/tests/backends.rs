@@ -412,6 +412,30 @@ mod redis {
         );
     }
 
+    #[test]
+    fn conformance_binary_passes_and_leaves_no_keys_behind() {
+        let server = RedisServer::start();
+        let out = Command::new(env!("CARGO_BIN_EXE_chat-state"))
+            .args(["conformance", "--url", &server.url(), "--filter", "lock"])
+            .output()
+            .expect("runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}\n{out:?}");
+        assert!(text.contains("backend: redis"), "{text}");
+        assert!(text.contains(" 0 failed"), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("removed "), "{err}");
+        let size = Command::new("redis-cli")
+            .args(["-p", &server.port.to_string(), "dbsize"])
+            .output()
+            .expect("redis-cli");
+        assert_eq!(
+            String::from_utf8_lossy(&size.stdout).trim(),
+            "0",
+            "{size:?}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn unreachable_server_is_a_typed_error() {
         let port = TcpListener::bind("127.0.0.1:0")

@@ -31,7 +31,15 @@ pub struct ConformanceArgs {
 /// Durable backends (an SQLite file, Redis) also get the reopen hook, so the suite checks
 /// that data survives a reconnect.
 pub async fn run(url: &str, filter: Option<&str>, trace: bool) -> Report {
-    let run = super::run_id();
+    run_with_id(url, filter, trace, &super::run_id()).await
+}
+
+/// The key prefix shared by every case of run `run` (each case appends `-<n>`).
+fn run_prefix(run: &str) -> String {
+    format!("chat-state-conformance-{run}")
+}
+
+async fn run_with_id(url: &str, filter: Option<&str>, trace: bool, run: &str) -> Report {
     let counter = Arc::new(AtomicUsize::new(0));
     let shared = crate::connect::Target::parse(url)
         .map(|t| t.is_shared())
@@ -41,7 +49,7 @@ pub async fn run(url: &str, filter: Option<&str>, trace: bool) -> Report {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let options = ConnectOptions::new()
             .trace(trace)
-            .prefix(format!("chat-state-conformance-{run}-{n}"));
+            .prefix(format!("{}-{n}", run_prefix(run)));
         let url = url.to_string();
         async move {
             let adapter = connect_with(&url, &options)
@@ -115,7 +123,22 @@ pub(crate) async fn command(args: ConformanceArgs, trace: bool) -> Result<bool, 
     // of one "factory failed" line per case.
     let probe: Arc<dyn StateAdapter> = super::open(&url, false).await?;
     let _ = probe.close().await;
-    let report = run(&url, args.filter.as_deref(), trace).await;
+    let run = super::run_id();
+    let report = run_with_id(&url, args.filter.as_deref(), trace, &run).await;
+    // Leave nothing behind in a live Redis (fence counters never expire by design).
+    #[cfg(feature = "redis")]
+    if let Ok(crate::connect::Target::Redis {
+        nodes,
+        cluster: false,
+        ..
+    }) = crate::connect::Target::parse(&url)
+        && let [node] = nodes.as_slice()
+    {
+        match crate::backends::redis_delete_prefixed(node, &run_prefix(&run)).await {
+            Ok(n) => eprintln!("removed {n} test keys ({}-*)", run_prefix(&run)),
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
     if report.cases.is_empty() {
         return Err(format!("no conformance case matches {:?}", args.filter).into());
     }
