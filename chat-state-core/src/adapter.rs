@@ -126,3 +126,28 @@ pub trait StateAdapter: Subscriptions + Locks + Cache + Lists + Queues {
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed). Closing twice is fine.
     async fn close(&self) -> Result<()>;
 }
+
+/// The current holder of a lock, as read by [`InspectLocks::lock_info`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockInfo {
+    /// The holder's token (as returned to it by `acquire_lock`).
+    pub token: String,
+    /// Unix milliseconds at which the lock expires on the backend.
+    pub expires_at: u64,
+    /// The holder's fencing number, when the backend can tell it (a lock written by a client
+    /// without fencing, such as a TypeScript bot sharing a Redis, has none).
+    pub fence: Option<u64>,
+}
+
+/// Optional capability: read who holds a lock, without changing anything.
+///
+/// Not part of [`StateAdapter`] on purpose: a bot must never act on a lock it does not hold
+/// (the answer may be stale by the time it arrives). This is for operators looking at a stuck
+/// thread. Implemented by the memory, SQLite and Redis backends.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait InspectLocks: MaybeSendSync {
+    /// The live holder of `lock_id`, or `None` if it is free (or its holder expired).
+    async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>>;
+}

@@ -77,6 +77,8 @@ pub enum Operation {
     Enqueue,
     Dequeue,
     QueueDepth,
+    /// [`InspectLocks::lock_info`](crate::InspectLocks::lock_info).
+    LockInfo,
     /// Building or configuring an adapter, before any contract operation.
     Open,
     /// Background work such as expiry cleanup.
@@ -105,6 +107,7 @@ impl Operation {
             Operation::Enqueue => "enqueue",
             Operation::Dequeue => "dequeue",
             Operation::QueueDepth => "queue_depth",
+            Operation::LockInfo => "lock_info",
             Operation::Open => "open",
             Operation::Maintenance => "maintenance",
         }

@@ -11,7 +11,9 @@ mod token;
 mod types;
 pub mod validate;
 
-pub use adapter::{Cache, Lists, Locks, MaybeSendSync, Queues, StateAdapter, Subscriptions};
+pub use adapter::{
+    Cache, InspectLocks, Lists, LockInfo, Locks, MaybeSendSync, Queues, StateAdapter, Subscriptions,
+};
 /// Re-exported so backends implement the traits with the same macro version.
 pub use async_trait::async_trait;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};

@@ -160,6 +160,11 @@ pub fn force_release_lock(backend: &'static str, lock_id: &str) -> Result<()> {
     key(backend, Operation::ForceReleaseLock, "lock id", lock_id)
 }
 
+/// Rules for `lock_info` ([`InspectLocks`](crate::InspectLocks)).
+pub fn lock_info(backend: &'static str, lock_id: &str) -> Result<()> {
+    key(backend, Operation::LockInfo, "lock id", lock_id)
+}
+
 /// Rules for `get` and `delete` (and any key-only cache or list operation).
 pub fn cache_key(backend: &'static str, op: Operation, k: &str) -> Result<()> {
     key(backend, op, "key", k)

@@ -8,8 +8,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use chat_state_core::{
-    Cache, Clock, ListOptions, Lists, Lock, Locks, OpenState, Operation, QueueEntry, Queues,
-    Result, SharedClock, StateAdapter, Subscriptions, new_lock_token, system_clock, validate,
+    Cache, Clock, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, OpenState, Operation,
+    QueueEntry, Queues, Result, SharedClock, StateAdapter, Subscriptions, new_lock_token,
+    system_clock, validate,
 };
 
 const BACKEND: &str = "memory";
@@ -52,6 +53,7 @@ enum Namespace {
 struct LockRow {
     token: String,
     expires_at: u64,
+    fence: u64,
 }
 
 #[derive(Debug)]
@@ -274,6 +276,7 @@ impl Locks for MemoryState {
                 LockRow {
                     token: token.clone(),
                     expires_at,
+                    fence,
                 },
             );
             s.set_expiry(Namespace::Lock, lock_id, old_expiry, Some(expires_at));
@@ -324,6 +327,24 @@ impl Locks for MemoryState {
                 s.set_expiry(Namespace::Lock, lock_id, Some(row.expires_at), None);
             }
             Ok(())
+        })
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
+#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
+impl InspectLocks for MemoryState {
+    async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>> {
+        validate::lock_info(BACKEND, lock_id)?;
+        self.with_shard(Operation::LockInfo, lock_id, |s, now| {
+            Ok(s.locks
+                .get(lock_id)
+                .filter(|row| now < row.expires_at)
+                .map(|row| LockInfo {
+                    token: row.token.clone(),
+                    expires_at: row.expires_at,
+                    fence: Some(row.fence),
+                }))
         })
     }
 }
@@ -568,6 +589,33 @@ mod tests {
         // ...and a purge removes the rest, leaving exactly the live rows.
         state.purge_expired();
         assert_eq!(state.stored_rows(), 400);
+    }
+
+    #[tokio::test]
+    async fn lock_info_shows_the_live_holder_only() {
+        let clock = ManualClock::new(1_000);
+        let state = MemoryState::with_clock(clock.clone());
+        assert_eq!(state.lock_info("t").await.unwrap(), None);
+        let lock = state
+            .acquire_lock("t", Duration::from_millis(50))
+            .await
+            .unwrap()
+            .unwrap();
+        let info = state.lock_info("t").await.unwrap().unwrap();
+        assert_eq!(
+            (info.token.as_str(), info.expires_at, info.fence),
+            (lock.token.as_str(), 1_050, Some(lock.fence))
+        );
+        clock.advance(Duration::from_millis(50));
+        assert_eq!(
+            state.lock_info("t").await.unwrap(),
+            None,
+            "expired holder is not shown"
+        );
+        assert_eq!(
+            state.lock_info("").await.unwrap_err().kind(),
+            chat_state_core::ErrorKind::InvalidInput
+        );
     }
 
     #[tokio::test]

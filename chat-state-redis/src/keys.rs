@@ -100,6 +100,10 @@ impl Keys {
         self.plain(kind, &format!("{{{tag}}}"))
     }
 
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
     pub(crate) fn subscriptions(&self) -> String {
         format!("{}:subscriptions", self.prefix)
     }

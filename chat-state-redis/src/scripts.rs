@@ -113,10 +113,19 @@ end
 return live
 ";
 
+/// KEYS: lock, fence. Returns nil when free, else `{token, pttl, last fence or nil}` read in
+/// one atomic step (the two keys share a slot on a cluster). Read-only.
+const INSPECT: &str = r"
+local token = redis.call('GET', KEYS[1])
+if not token then return nil end
+return {token, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
+";
+
 /// The scripts, hashed once per adapter.
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub(crate) acquire: Script,
+    pub(crate) inspect: Script,
     pub(crate) release: Script,
     pub(crate) extend: Script,
     pub(crate) append: Script,
@@ -129,6 +138,7 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
             acquire: Script::new(ACQUIRE),
+            inspect: Script::new(INSPECT),
             release: Script::new(RELEASE),
             extend: Script::new(EXTEND),
             append: Script::new(APPEND),

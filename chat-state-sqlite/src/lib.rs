@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use chat_state_core::{
-    Cache, Error, ErrorKind, ListOptions, Lists, Lock, Locks, OpenState, Operation, QueueEntry,
-    Queues, Result, SharedClock, StateAdapter, Subscriptions, new_lock_token, validate,
+    Cache, Error, ErrorKind, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, OpenState,
+    Operation, QueueEntry, Queues, Result, SharedClock, StateAdapter, Subscriptions,
+    new_lock_token, validate,
 };
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, SqliteConnection, SqlitePool};
@@ -480,6 +481,42 @@ impl Subscriptions for SqliteState {
         .await
         .map_err(|e| map_sqlx(e, op))?;
         Ok(found.is_some())
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
+#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
+impl InspectLocks for SqliteState {
+    /// Reads the lock row on a read connection; never writes. Open with
+    /// [`SchemaMode::VerifyOnly`] to inspect a deployment's file without migrating it.
+    async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>> {
+        let op = Operation::LockInfo;
+        validate::lock_info(BACKEND, lock_id)?;
+        self.inner.check(op)?;
+        let now = to_i64(self.inner.now());
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT token, expires_at, fence FROM chat_state_locks \
+             WHERE scope = ?1 AND lock_id = ?2 AND expires_at > ?3",
+        )
+        .bind(&*self.inner.scope)
+        .bind(lock_id)
+        .bind(now)
+        .fetch_optional(&mut *self.inner.readers.get(op).await?)
+        .await
+        .map_err(|e| map_sqlx(e, op))?;
+        row.map(|(token, expires_at, fence)| {
+            Ok(LockInfo {
+                token,
+                expires_at: u64::try_from(expires_at).map_err(|_| {
+                    corrupt(op, format!("lock {lock_id:?} has expiry {expires_at}"))
+                })?,
+                fence: Some(
+                    u64::try_from(fence)
+                        .map_err(|_| corrupt(op, format!("lock {lock_id:?} has fence {fence}")))?,
+                ),
+            })
+        })
+        .transpose()
     }
 }
 

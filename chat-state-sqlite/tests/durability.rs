@@ -529,3 +529,43 @@ async fn key_prefixes_isolate_bots_sharing_one_file() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(err.to_string().contains("key prefix"), "{err}");
 }
+
+#[tokio::test]
+async fn lock_info_reads_the_live_holder_from_another_verify_only_handle() {
+    use chat_state_core::InspectLocks;
+    let clock = ManualClock::starting_now();
+    let t = TempState::new(|b| {
+        b.key_prefix("bot")
+            .clock(clock.clone())
+            .cleanup_interval(None)
+    })
+    .await;
+    let lock = t
+        .state
+        .acquire_lock("thread", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("free");
+    // An operator's handle: verify-only, so inspecting never migrates the deployment's file.
+    let inspector = SqliteState::builder(&t.path)
+        .key_prefix("bot")
+        .clock(clock.clone())
+        .schema_mode(SchemaMode::VerifyOnly)
+        .cleanup_interval(None)
+        .open()
+        .await
+        .unwrap();
+    let info = inspector.lock_info("thread").await.unwrap().expect("held");
+    assert_eq!(info.token, lock.token);
+    assert_eq!(info.expires_at, lock.expires_at);
+    assert_eq!(info.fence, Some(lock.fence));
+    assert_eq!(inspector.lock_info("other").await.unwrap(), None);
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(
+        inspector.lock_info("thread").await.unwrap(),
+        None,
+        "expired is free"
+    );
+    let err = inspector.lock_info("").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}

@@ -1,68 +1,43 @@
-//! Reading who holds a lock: an optional capability, outside the core traits.
+//! Reading who holds a lock, for operators: finds the backend's own
+//! [`InspectLocks`] implementation for a URL.
 //!
 //! The contract's `Locks` trait has no "read lock" operation on purpose (a bot must never
-//! decide on a lock it does not hold), but an operator looking at a stuck thread needs to
-//! see the holder, its expiry and fence. Backends that can answer without side effects
-//! implement [`InspectLocks`]; [`lock_inspector`] finds the one for a URL.
+//! decide on a lock it does not hold); the optional [`InspectLocks`] capability in core is
+//! implemented by the backends that can answer without side effects.
 
 use std::sync::Arc;
 
 use chat_state_core::{Error, ErrorKind, Operation, Result};
-use serde_json::json;
-
-/// What a backend holds for one lock id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockInfo {
-    /// The holder's token (as returned to it by `acquire_lock`).
-    pub token: String,
-    /// Unix milliseconds at which the lock expires on the backend.
-    pub expires_at: u64,
-    /// The fencing number of the current holder, when the backend can tell it.
-    pub fence: Option<u64>,
-}
-
-impl LockInfo {
-    /// As JSON, in the wire's camelCase.
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({ "token": self.token, "expiresAt": self.expires_at, "fence": self.fence })
-    }
-}
-
-/// Reads lock state without changing it. Implemented for the backends that can.
-#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
-#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
-pub trait InspectLocks: chat_state_core::MaybeSendSync {
-    /// The live holder of `lock_id`, or `None` if it is free (or its holder expired).
-    async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>>;
-}
+pub use chat_state_core::{InspectLocks, LockInfo};
 
 /// The lock inspector for `url`, or an [`ErrorKind::InvalidInput`] error saying why the
 /// backend cannot show lock holders.
 ///
-/// Supported: `sqlite://` (reads the lock row; never creates or migrates the file) and
-/// single-node `redis://` (reads the lock and fence keys in one `MULTI`). `memory://` never
-/// can, since every connection is a fresh private store; `redis+cluster://` is not
-/// supported yet.
+/// Supported: `sqlite://` (opened verify-only with cleanup off, so inspecting never creates,
+/// migrates or writes the file) and `redis://` / `redis+cluster://`. `memory://` never can,
+/// since every connection is a fresh private store.
 pub async fn lock_inspector(url: &str) -> Result<Arc<dyn InspectLocks>> {
     use crate::connect::Target;
     let target = Target::parse(url)?;
     #[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
     if let Target::Sqlite { path, prefix } = &target {
-        return Ok(Arc::new(
-            crate::backends::SqliteLockReader::open(path, prefix.as_deref()).await?,
-        ));
+        let mut builder = chat_state_sqlite::SqliteState::builder(path)
+            .schema_mode(chat_state_sqlite::SchemaMode::VerifyOnly)
+            .cleanup_interval(None);
+        if let Some(prefix) = prefix {
+            builder = builder.key_prefix(prefix);
+        }
+        return Ok(Arc::new(builder.open().await?));
     }
     #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
     if let Target::Redis {
         nodes,
-        cluster: false,
+        cluster,
         prefix,
     } = &target
-        && let [url] = nodes.as_slice()
     {
-        return Ok(Arc::new(
-            crate::backends::RedisLockReader::open(url, prefix.as_deref()).await?,
-        ));
+        let state = crate::backends::redis_state(nodes, *cluster, prefix.as_deref()).await?;
+        return Ok(Arc::new(state));
     }
     Err(Error::new(
         ErrorKind::InvalidInput,

@@ -134,7 +134,9 @@ pub(crate) async fn command(args: ConformanceArgs, trace: bool) -> Result<bool, 
     }) = crate::connect::Target::parse(&url)
         && let [node] = nodes.as_slice()
     {
-        match crate::backends::redis_delete_prefixed(node, &run_prefix(&run)).await {
+        // One prefix per case, numbered from 0 by the factory.
+        let prefixes = (0..=report.cases.len()).map(|n| format!("{}-{n}", run_prefix(&run)));
+        match crate::backends::redis_delete_prefixes(node, prefixes).await {
             Ok(n) => eprintln!("removed {n} test keys ({}-*)", run_prefix(&run)),
             Err(e) => eprintln!("warning: {e}"),
         }

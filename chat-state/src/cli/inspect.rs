@@ -34,7 +34,7 @@ pub struct ForceReleaseArgs {
 pub async fn snapshot(state: &dyn StateAdapter, url: &str, id: &str) -> Result<Value, CliError> {
     let lock = match lock_inspector(url).await {
         Ok(inspector) => match inspector.lock_info(id).await? {
-            Some(info) => json!({ "held": true, "holder": info.to_json() }),
+            Some(info) => json!({ "held": true, "holder": info }),
             None => json!({ "held": false }),
         },
         Err(e) => json!({ "held": null, "unavailable": e.message() }),
