@@ -98,7 +98,17 @@ pub struct Harness {
     /// For durable backends: how to open the same storage again after `adapter` was closed.
     /// `None` (the default) makes `lifecycle_reopen_keeps_data` report itself skipped.
     pub reopen: Option<Reopen>,
+    /// Dropped with the harness, after the adapter: whatever the storage needs to outlive the
+    /// case (a temporary directory, a server process guard). See [`Harness::keep_alive`].
+    guards: Vec<Guard>,
 }
+
+/// Something a [`Harness`] owns only so that it lives as long as the case.
+#[cfg(not(target_arch = "wasm32"))]
+type Guard = Arc<dyn std::any::Any + Send + Sync>;
+/// Something a [`Harness`] owns only so that it lives as long as the case.
+#[cfg(target_arch = "wasm32")]
+type Guard = Arc<dyn std::any::Any>;
 
 impl std::fmt::Debug for Harness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,7 +127,25 @@ impl Harness {
             adapter,
             time,
             reopen: None,
+            guards: Vec::new(),
         }
+    }
+
+    /// Keeps `guard` alive until the harness (and every clone of it) is dropped, after the
+    /// case has run and closed the adapter: for a temporary directory holding the database
+    /// file, a server process that stops on drop, and the like. Saves wrapping the adapter
+    /// in a type whose only job is to own them.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn keep_alive(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.guards.push(Arc::new(guard));
+        self
+    }
+
+    /// Keeps `guard` alive until the harness (and every clone of it) is dropped.
+    #[cfg(target_arch = "wasm32")]
+    pub fn keep_alive(mut self, guard: impl std::any::Any) -> Self {
+        self.guards.push(Arc::new(guard));
+        self
     }
 
     /// Adds the reopen hook of a durable backend: `reopen()` must return a new, connected
