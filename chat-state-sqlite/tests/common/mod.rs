@@ -4,7 +4,6 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use chat_state_core::ManualClock;
 use chat_state_sqlite::{SqliteBuilder, SqliteState};
