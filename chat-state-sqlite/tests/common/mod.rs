@@ -44,3 +44,8 @@ impl TempState {
         self._dir.path()
     }
 }
+
+/// A file's exact bytes, to show it was not modified (the test databases are small).
+pub fn fingerprint(path: &Path) -> Vec<u8> {
+    std::fs::read(path).expect("read file")
+}
