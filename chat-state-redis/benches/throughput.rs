@@ -26,30 +26,11 @@ use redis::aio::ConnectionManager;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-// The same script texts the adapter runs (see src/scripts.rs), so both sides send identical
-// commands.
-const ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
-end
-return 0
-";
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-const APPEND: &str = r"
-redis.call('RPUSH', KEYS[1], ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
-end
-if ARGV[3] ~= '' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-return 1
-";
+// The adapter's own script texts, so both sides send identical commands.
+#[path = "../src/scripts.rs"]
+#[allow(dead_code, unreachable_pub)] // the benchmark runs only some of them
+mod scripts;
+use scripts::{ACQUIRE, APPEND, RELEASE};
 
 struct Raw {
     conn: ConnectionManager,

@@ -7,7 +7,7 @@ use redis::Script;
 /// `KEYS[1]` lock, `KEYS[2]` fence counter; `ARGV[1]` token, `ARGV[2]` TTL in ms.
 /// Returns the new fence, or 0 if the lock is held. The fence counter never expires and is
 /// bumped in the same script as the `SET NX`, so fences strictly increase per lock id.
-const ACQUIRE: &str = r"
+pub(crate) const ACQUIRE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('INCR', KEYS[2])
 end
@@ -15,7 +15,7 @@ return 0
 ";
 
 /// Upstream's compare-and-delete: `KEYS[1]` lock, `ARGV[1]` token.
-const RELEASE: &str = r"
+pub(crate) const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -34,7 +34,7 @@ return 0
 /// `KEYS[1]` list; `ARGV[1]` value, `ARGV[2]` max length or '', `ARGV[3]` TTL ms or ''.
 /// Upstream does the same three commands in a MULTI; a script keeps it one round trip on a
 /// cluster too.
-const APPEND: &str = r"
+pub(crate) const APPEND: &str = r"
 redis.call('RPUSH', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)

@@ -13,6 +13,9 @@ use redis::AsyncCommands;
 
 mod support;
 
+/// How long a failover may take to heal.
+const RECOVERY: Duration = Duration::from_secs(30);
+
 async fn connect(urls: &[String], prefix: &str) -> chat_state_core::Result<RedisState> {
     RedisState::cluster_builder(urls.iter().cloned())
         .key_prefix(prefix)
@@ -128,31 +131,6 @@ async fn lock_keys_share_a_slot_built_from_the_id() {
     assert_eq!(v, "\"v\"");
 }
 
-/// Retries `f` until it succeeds (every failure must be retryable), for at most 30 s.
-async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = chat_state_core::Result<T>>,
-{
-    let started = Instant::now();
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => {
-                assert!(
-                    e.is_retryable(),
-                    "{what}: non-retryable error during failover: {e}"
-                );
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "{what}: never recovered: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 /// One line of `CLUSTER NODES`: port, node id, master id (`-` for masters), slot ranges.
 type Node = (u16, String, String, Vec<(u16, u16)>);
 
@@ -251,7 +229,7 @@ async fn failover_of_the_lock_master_the_adapter_recovers_and_reloads_scripts() 
 
     // Retryable errors while the replica is promoted, then the same adapter works again. The
     // lock was replicated: still held, by the same token.
-    let again = until_ok("acquire after failover", || {
+    let again = support::until_ok("acquire after failover", RECOVERY, || {
         state.acquire_lock("t", Duration::from_secs(60))
     })
     .await;
@@ -261,7 +239,7 @@ async fn failover_of_the_lock_master_the_adapter_recovers_and_reloads_scripts() 
     );
     // The promoted replica has an empty script cache: NOSCRIPT, reloaded transparently.
     assert!(
-        until_ok("extend after failover", || state
+        support::until_ok("extend after failover", RECOVERY, || state
             .extend_lock(&lock, Duration::from_secs(60)))
         .await
     );

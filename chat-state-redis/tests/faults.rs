@@ -13,6 +13,9 @@ use serde_json::json;
 
 mod support;
 
+/// How long the adapter may take to recover once the server is back.
+const RECOVERY: Duration = Duration::from_secs(15);
+
 /// Slack allowed on top of the command timeout before a failing call counts as hung
 /// (scheduling on a loaded 2-core CI machine).
 const SLACK: Duration = Duration::from_secs(2);
@@ -31,31 +34,6 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as u64
-}
-
-/// Retries `f` until it succeeds (every failure must be retryable), for at most 15 s.
-async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let started = Instant::now();
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => {
-                assert!(
-                    e.is_retryable(),
-                    "{what}: non-retryable error while recovering: {e}"
-                );
-                assert!(
-                    started.elapsed() < Duration::from_secs(15),
-                    "{what}: never recovered: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +70,7 @@ async fn kill_9_and_restart_with_aof_keeps_acknowledged_writes_and_locks() {
     server.restart();
 
     // The same adapter: the first calls may fail (retryably) while it reconnects.
-    let first = until_ok("get after restart", || state.get("k0")).await;
+    let first = support::until_ok("get after restart", RECOVERY, || state.get("k0")).await;
     assert_eq!(first.as_deref(), Some(&b"0"[..]));
     for i in 0..200u32 {
         let v = state.get(&format!("k{i}")).await.unwrap();
@@ -184,7 +162,10 @@ async fn outage_gives_retryable_errors_within_the_timeout_then_recovers() {
 
     // Back on the same port (no AOF: the data is gone, the adapter works again).
     server.restart();
-    until_ok("set after the outage", || state.set("after", b"2", None)).await;
+    support::until_ok("set after the outage", RECOVERY, || {
+        state.set("after", b"2", None)
+    })
+    .await;
     assert_eq!(
         state.get("after").await.unwrap().as_deref(),
         Some(&b"2"[..])
@@ -215,7 +196,7 @@ async fn a_stopped_server_gives_timeouts_not_hangs() {
     assert!(elapsed >= timeout, "failed before the timeout: {elapsed:?}");
     assert!(elapsed < timeout + SLACK, "took {elapsed:?}");
     assert_eq!(
-        until_ok("get after resume", || state.get("k"))
+        support::until_ok("get after resume", RECOVERY, || state.get("k"))
             .await
             .as_deref(),
         Some(&b"v"[..])
@@ -241,7 +222,7 @@ async fn pause_longer_than_the_ttl_loses_the_lock_and_fences_grow() {
     tokio::time::sleep(ttl * 2).await;
     server.resume();
 
-    let extended = until_ok("extend after resume", || {
+    let extended = support::until_ok("extend after resume", RECOVERY, || {
         holder.extend_lock(&lock, Duration::from_secs(10))
     })
     .await;
@@ -314,7 +295,7 @@ async fn kill_9_mid_stream_loses_no_acknowledged_write() {
     );
 
     server.restart();
-    until_ok("get after restart", || state.get("w0:0")).await;
+    support::until_ok("get after restart", RECOVERY, || state.get("w0:0")).await;
     let mut lost = Vec::new();
     for key in &acked {
         if state.get(key).await.unwrap().as_deref() != Some(key.as_bytes()) {

@@ -329,3 +329,26 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
         .unwrap_or_default()
 }
+
+/// Retries `f` until it succeeds, for at most `within`: every failure on the way must be
+/// retryable (a fault must never surface as a permanent error).
+pub async fn until_ok<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = chat_state_core::Result<T>>,
+{
+    let started = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(
+                    e.is_retryable(),
+                    "{what}: non-retryable error while recovering: {e}"
+                );
+                assert!(started.elapsed() < within, "{what}: never recovered: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
