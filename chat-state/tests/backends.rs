@@ -9,33 +9,11 @@
 
 use std::time::Duration;
 
-use chat_state::cli::simulate::{SimReport, SimulateArgs, simulate};
+use chat_state::cli::simulate::simulate;
+
+mod common;
 use chat_state::{ConnectOptions, ErrorKind, StateAdapter, StateExt, connect, connect_with};
-
-fn sim_args() -> SimulateArgs {
-    SimulateArgs {
-        instances: 16,
-        messages: 600,
-        threads: 24,
-        ..SimulateArgs::default()
-    }
-}
-
-fn assert_clean(report: &SimReport) {
-    println!("{}", report.render());
-    assert_eq!(report.instances, 16);
-    assert_eq!(report.handled_twice, 0, "handled twice");
-    assert_eq!(report.lost, 0, "lost");
-    assert_eq!(report.lost_updates, 0, "lost thread-state updates");
-    assert_eq!(
-        report.handled_once + report.conflicts_dropped as usize,
-        report.messages
-    );
-    assert_eq!(
-        report.deliveries - report.messages as u64,
-        report.duplicates_suppressed
-    );
-}
+use common::{assert_clean, sim_args};
 
 /// Two prefixes on one store never see each other's keys, and the same prefix does (the
 /// data is shared, as a second bot process would see it).

@@ -1,44 +1,16 @@
 //! The CLI's commands as library calls, against real backends: the simulation must report
 //! zero double-handled and zero lost messages at 16 instances on every backend.
 
-use chat_state::cli::simulate::{SimReport, SimulateArgs, simulate};
+use chat_state::cli::simulate::{SimulateArgs, simulate};
+
+mod common;
 use chat_state::connect;
-
-fn args() -> SimulateArgs {
-    SimulateArgs {
-        instances: 16,
-        messages: 600,
-        threads: 24,
-        ..SimulateArgs::default()
-    }
-}
-
-fn assert_clean(report: &SimReport) {
-    println!("{}", report.render());
-    assert_eq!(report.handled_twice, 0, "handled twice");
-    assert_eq!(report.lost, 0, "lost");
-    assert_eq!(report.lost_updates, 0, "lost thread-state updates");
-    assert_eq!(
-        report.handled_once + report.conflicts_dropped as usize,
-        report.messages,
-        "every message handled once or dropped by queue policy"
-    );
-    // Every delivery beyond the first of a message is a duplicate or retry, and dedupe must
-    // have caught each one.
-    assert_eq!(
-        report.deliveries - report.messages as u64,
-        report.duplicates_suppressed
-    );
-    assert!(
-        report.duplicates_suppressed > 0,
-        "the stream had redeliveries"
-    );
-}
+use common::{assert_clean, sim_args};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn simulate_memory_16_instances() {
     let state = connect("memory://").await.expect("memory connects");
-    let report = simulate(state, &args()).await.expect("simulation runs");
+    let report = simulate(state, &sim_args()).await.expect("simulation runs");
     assert_eq!(report.backend, "memory");
     assert_clean(&report);
     assert!(
@@ -54,7 +26,7 @@ async fn simulate_reports_redeliveries_only_when_there_are_some() {
         duplicates: 0.0,
         retries: 0.0,
         messages: 200,
-        ..args()
+        ..sim_args()
     };
     let report = simulate(state, &args).await.expect("simulation runs");
     assert_eq!(report.deliveries, 200);
@@ -67,7 +39,7 @@ async fn simulate_rejects_bad_arguments() {
     let state = connect("memory://").await.expect("memory connects");
     let bad = SimulateArgs {
         duplicates: 1.5,
-        ..args()
+        ..sim_args()
     };
     let err = simulate(state, &bad).await.err().map(|e| e.to_string());
     assert!(err.unwrap_or_default().contains("--duplicates"));
@@ -84,7 +56,7 @@ mod broken_backends {
         StateAdapter, Subscriptions, new_lock_token,
     };
 
-    use super::{args, simulate};
+    use super::{sim_args, simulate};
 
     #[derive(Clone, Copy, PartialEq)]
     enum Fault {
@@ -210,7 +182,7 @@ mod broken_backends {
             inner: MemoryState::new(),
             fault,
         });
-        simulate(state, &args()).await.expect("simulation runs")
+        simulate(state, &sim_args()).await.expect("simulation runs")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
