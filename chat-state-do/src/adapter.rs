@@ -16,6 +16,8 @@ use worker::{Date, Env, Method, ObjectNamespace, RequestInit};
 use crate::BACKEND;
 use crate::protocol::{Acquired, KIND_PROTOCOL_MISMATCH, REQUEST_URL, Request, WireError, b64};
 use crate::routing::{KeyRouteFn, Router, ShardFn, thread_of_key};
+#[cfg(feature = "test-introspection")]
+use chat_state_core::SharedClock;
 
 /// The default object name when none is configured (the same as the TypeScript package).
 pub const DEFAULT_OBJECT_NAME: &str = "default";
@@ -31,6 +33,9 @@ pub struct DurableObjectAdapter {
     router: Router,
     location_hint: Option<String>,
     open: OpenState,
+    /// Test-only: the clock for rule 12 and for the objects (sent with every request).
+    #[cfg(feature = "test-introspection")]
+    test_clock: Option<SharedClock>,
 }
 
 /// Configures a [`DurableObjectAdapter`]; see [`DurableObjectAdapter::builder`].
@@ -40,6 +45,8 @@ pub struct DurableObjectAdapterBuilder {
     router: Router,
     location_hint: Option<String>,
     jurisdiction: Option<String>,
+    #[cfg(feature = "test-introspection")]
+    test_clock: Option<SharedClock>,
 }
 
 impl DurableObjectAdapterBuilder {
@@ -85,6 +92,18 @@ impl DurableObjectAdapterBuilder {
         self
     }
 
+    /// Test-only (feature `test-introspection`): read time from `clock` instead of
+    /// `Date.now()`, both here (the `expires_at` of acquired locks) and in the objects: every
+    /// request carries the clock's time in the header
+    /// [`TEST_NOW_HEADER`](crate::protocol::TEST_NOW_HEADER), which objects built with the
+    /// same feature use as their time for that request. Objects built without the feature
+    /// reject such requests.
+    #[cfg(feature = "test-introspection")]
+    pub fn test_clock(mut self, clock: SharedClock) -> Self {
+        self.test_clock = Some(clock);
+        self
+    }
+
     /// The adapter. Fails with [`ErrorKind::InvalidInput`] if the default object name is not
     /// a valid key, or if the runtime rejects the jurisdiction.
     pub fn build(self) -> Result<DurableObjectAdapter> {
@@ -103,6 +122,8 @@ impl DurableObjectAdapterBuilder {
             router: self.router,
             location_hint: self.location_hint,
             open: OpenState::new(),
+            #[cfg(feature = "test-introspection")]
+            test_clock: self.test_clock,
         })
     }
 }
@@ -142,6 +163,8 @@ impl DurableObjectAdapter {
             router: Router::new(DEFAULT_OBJECT_NAME),
             location_hint: None,
             jurisdiction: None,
+            #[cfg(feature = "test-introspection")]
+            test_clock: None,
         }
     }
 
@@ -160,6 +183,15 @@ impl DurableObjectAdapter {
     /// The routing rules in use.
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// The adapter's current time, Unix ms: `Date.now()`, or the test clock if one is set.
+    fn now_ms(&self) -> u64 {
+        #[cfg(feature = "test-introspection")]
+        if let Some(clock) = &self.test_clock {
+            return clock.now_ms();
+        }
+        Date::now().as_millis()
     }
 
     /// Sends one request to the object named `object` and decodes its result.
@@ -187,6 +219,17 @@ impl DurableObjectAdapter {
         let mut init = RequestInit::new();
         init.with_method(Method::Post)
             .with_body(Some(JsValue::from_str(&body)));
+        #[cfg(feature = "test-introspection")]
+        if let Some(clock) = &self.test_clock {
+            let headers = worker::Headers::new();
+            headers
+                .set(
+                    crate::protocol::TEST_NOW_HEADER,
+                    &clock.now_ms().to_string(),
+                )
+                .map_err(|e| unavailable("building a request for", e))?;
+            init.with_headers(headers);
+        }
         let req = worker::Request::new_with_init(REQUEST_URL, &init)
             .map_err(|e| unavailable("building a request for", e))?;
         let mut resp = stub
@@ -303,8 +346,8 @@ impl Locks for DurableObjectAdapter {
         self.open.check(BACKEND, op)?;
         // Contract rule 12: the caller's expiry counts from before the request was sent, so
         // it can only be earlier than the object's own (which counts from its arrival).
-        let expires_at = validate::expiry_ms(Date::now().as_millis(), ttl)
-            .map_err(|e| e.context(BACKEND, op))?;
+        let expires_at =
+            validate::expiry_ms(self.now_ms(), ttl).map_err(|e| e.context(BACKEND, op))?;
         let r = Request::AcquireLock {
             lock_id: lock_id.into(),
             ttl_ms: ttl_ms(ttl),

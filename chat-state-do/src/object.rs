@@ -16,7 +16,9 @@ use worker::{
 };
 
 use crate::BACKEND;
-use crate::protocol::{Acquired, PROTOCOL_PATH, Request as Op, WireError, b64, decode_request};
+use crate::protocol::{
+    Acquired, PROTOCOL_PATH, Request as Op, TEST_NOW_HEADER, WireError, b64, decode_request,
+};
 
 /// The schema version this code writes. Bump it and add a step in [`migrate`] for every
 /// change; objects keep their data across deployments, so steps are never edited.
@@ -94,6 +96,10 @@ impl DurableObject for ChatStateDO {
             let e = Error::invalid_input("chat-state requests must use POST");
             return error_response(&WireError::from_error(&e));
         }
+        let now = match request_time(&req) {
+            Ok(now) => now,
+            Err(e) => return error_response(&WireError::from_error(&e)),
+        };
         let body = req.bytes().await?;
         let result = if body.len() > MAX_BODY_BYTES {
             Err(Error::invalid_input(format!(
@@ -102,7 +108,7 @@ impl DurableObject for ChatStateDO {
             )))
         } else {
             match decode_request(&body) {
-                Ok(op) => self.handle(op).await,
+                Ok(op) => self.handle(op, now).await,
                 Err(e) => Err(e),
             }
         };
@@ -141,6 +147,40 @@ fn error_response(e: &WireError) -> WorkerResult<Response> {
 
 fn now_ms() -> u64 {
     Date::now().as_millis()
+}
+
+/// The time a request runs at: `Date.now()`, unless it carries a test clock's time in
+/// [`TEST_NOW_HEADER`] (see the protocol docs).
+fn request_time(req: &Request) -> Result<u64, Error> {
+    let header = req.headers().get(TEST_NOW_HEADER).map_err(|e| {
+        Error::invalid_input(format!("cannot read the header {TEST_NOW_HEADER}: {e}"))
+    })?;
+    match header {
+        None => Ok(now_ms()),
+        Some(v) => test_time(&v),
+    }
+}
+
+/// With the test feature: the header's time is the request's time.
+#[cfg(feature = "test-introspection")]
+fn test_time(v: &str) -> Result<u64, Error> {
+    v.trim()
+        .parse::<u64>()
+        .map(|t| t.min(MAX_SAFE_MS))
+        .map_err(|_| {
+            Error::invalid_input(format!(
+                "header {TEST_NOW_HEADER}: {v:?} is not a Unix time in milliseconds"
+            ))
+        })
+}
+
+/// Without the test feature nobody may set the object's clock.
+#[cfg(not(feature = "test-introspection"))]
+fn test_time(_v: &str) -> Result<u64, Error> {
+    Err(Error::invalid_input(format!(
+        "the header {TEST_NOW_HEADER} sets the object's clock, which only objects built with \
+         the chat-state-do feature `test-introspection` allow"
+    )))
 }
 
 /// Milliseconds as an SQL integer, clamped to what JS numbers hold exactly.
@@ -225,11 +265,10 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Error> {
 }
 
 impl ChatStateDO {
-    async fn handle(&self, op: Op) -> Result<Vec<u8>, Error> {
+    async fn handle(&self, op: Op, now: u64) -> Result<Vec<u8>, Error> {
         if let Some(e) = &self.schema_error {
             return Err(Error::new(ErrorKind::Backend, e.clone()));
         }
-        let now = now_ms();
         if op == Op::Inspect {
             let alarm = self.state.storage().get_alarm().await.ok().flatten();
             return self.inspect(now, alarm.map(|v| v.max(0) as u64));

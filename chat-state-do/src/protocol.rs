@@ -20,6 +20,16 @@
 //! that into an error telling the user to deploy the Worker and the object from the same
 //! `chat-state-do` version. A new incompatible format gets a new path, so an old object and a
 //! new adapter (or the reverse) always fail loudly instead of misreading each other.
+//!
+//! # Test clock (feature `test-introspection` only)
+//!
+//! An adapter built with a test clock
+//! (`DurableObjectAdapterBuilder::test_clock`, which only exists with the feature) sends its clock's time with every request in the header [`TEST_NOW_HEADER`]
+//! (Unix ms, decimal). An object built with the feature uses that time instead of
+//! `Date.now()` for the request, so a test can drive both sides with one manual clock. An
+//! object built without the feature rejects any request that carries the header with
+//! `invalid_input`: a client can never set a production object's clock. Without a test clock
+//! the adapter never sends the header.
 
 use base64::Engine as _;
 use chat_state_core::{Error, ErrorKind, QueueEntry};
@@ -33,6 +43,10 @@ pub const PROTOCOL_PATH: &str = "/v1";
 
 /// The URL the adapter posts to (the host is never resolved: stubs route by object id).
 pub const REQUEST_URL: &str = "https://chat-state.internal/v1";
+
+/// The request header that carries a test clock's time (see the module docs). Honoured only
+/// by objects built with the feature `test-introspection`; rejected by all others.
+pub const TEST_NOW_HEADER: &str = "x-chat-state-test-now-ms";
 
 /// One operation, as the adapter sends it. Results (status 200 body) are noted per variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

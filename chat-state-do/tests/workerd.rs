@@ -226,12 +226,19 @@ impl Runtime {
 
     /// Sends a raw body to the object; returns (status, parsed body).
     fn raw(&self, object: &str, path: &str, body: &[u8]) -> (u64, Value) {
-        let resp = self
+        self.raw_at(object, path, None, body)
+    }
+
+    /// [`Runtime::raw`], with `now` (if given) in the test clock header.
+    fn raw_at(&self, object: &str, path: &str, now: Option<&str>, body: &[u8]) -> (u64, Value) {
+        let mut req = self
             .agent
             .post(&format!("{}/raw/{object}", self.url))
-            .query("path", path)
-            .send_bytes(body)
-            .expect("raw route answers 200");
+            .query("path", path);
+        if let Some(now) = now {
+            req = req.query("now", now);
+        }
+        let resp = req.send_bytes(body).expect("raw route answers 200");
         let v: Value = resp.into_json().expect("JSON");
         let status = v["status"].as_u64().expect("status");
         let body = v["body"].as_str().expect("body text");
@@ -318,12 +325,18 @@ fn err_kind(v: &Value) -> (&str, &str) {
     )
 }
 
-/// Runs the whole suite in the Worker and checks the report case by case.
-fn assert_conformance(shards: u32) {
+/// Runs the whole suite in the Worker and checks the report case by case. With
+/// `manual_clock`, one manual clock per case drives the adapter and the objects (test-only
+/// protocol header), and the report is returned for the caller's manual-clock checks.
+fn assert_conformance(shards: u32, manual_clock: bool) -> chat_state_conformance::Report {
     let rt = Runtime::start(None);
+    let prefix = unique(&format!(
+        "conf{shards}{}",
+        if manual_clock { "m" } else { "" }
+    ));
     let report = rt.post(
         "/conformance",
-        &json!({ "prefix": unique(&format!("conf{shards}")), "shards": shards }),
+        &json!({ "prefix": prefix, "shards": shards, "manual_clock": manual_clock }),
     );
     let cases = rt.get("/cases");
     rt.stop();
@@ -363,7 +376,8 @@ fn assert_conformance(shards: u32) {
         .collect();
     assert!(
         failed.is_empty(),
-        "{} of {} cases failed against the Durable Object (shards={shards}):\n{}",
+        "{} of {} cases failed against the Durable Object (shards={shards}, \
+         manual_clock={manual_clock}):\n{}",
         failed.len(),
         report.cases.len(),
         failed.join("\n")
@@ -382,16 +396,107 @@ fn assert_conformance(shards: u32) {
         assert_eq!(c.outcome, "passed", "{c:?}");
     }
     assert_eq!(report.passed() + report.skipped(), report.cases.len());
+    report
 }
 
 #[test]
 fn conformance_suite_passes_in_workerd_single_object() {
-    assert_conformance(0);
+    assert_conformance(0, false);
 }
 
 #[test]
 fn conformance_suite_passes_in_workerd_with_shards_and_key_routing() {
-    assert_conformance(4);
+    assert_conformance(4, false);
+}
+
+/// The test clock header (test builds only): the object runs the request at the header's
+/// time, and rejects a malformed one. Requests without it still use the object's own clock.
+#[test]
+fn test_clock_header_sets_the_objects_time_in_test_builds() {
+    let rt = Runtime::start(None);
+    let object = unique("testclock");
+    let at = |now: Option<u64>, body: Value| {
+        let now = now.map(|n| n.to_string());
+        rt.raw_at(&object, "/v1", now.as_deref(), body.to_string().as_bytes())
+    };
+    let get = json!({ "op": "get", "key": "k" });
+    let (status, body) = rt.raw_at(&object, "/v1", Some("soon"), get.to_string().as_bytes());
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["kind"], "invalid_input", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("soon"),
+        "{body}"
+    );
+    // A day ahead of the wall clock, so the object's own clock (and its alarm) sees it live.
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+        + 86_400_000;
+    let set = json!({ "op": "set", "key": "k", "value": b64("v"), "ttl_ms": 1000 });
+    assert_eq!(at(Some(t), set), (200, Value::Null));
+    let live = Value::String(b64("v"));
+    assert_eq!(at(Some(t + 999), get.clone()), (200, live.clone()));
+    assert_eq!(at(Some(t + 1000), get.clone()), (200, Value::Null));
+    assert_eq!(
+        at(None, get),
+        (200, live),
+        "without the header: the object's own clock"
+    );
+    rt.stop();
+}
+
+/// The exact-boundary cases skip on real time; a second run with a manual clock driving both
+/// the adapter and the objects must run them, and skip only what cannot apply in a Worker
+/// whatever the clock.
+#[test]
+fn conformance_suite_passes_in_workerd_with_a_manual_clock() {
+    let report = assert_conformance(0, true);
+    let outcome = |name: &str| {
+        report
+            .cases
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("case {name} is not in the report"))
+    };
+    for name in [
+        "lock_extend_sets_expiry_to_now_plus_ttl",
+        "queue_entry_expires_at_boundary",
+        "validation_sub_millisecond_ttl_rounds_up",
+    ] {
+        let c = outcome(name);
+        assert_eq!(c.outcome, "passed", "with a manual clock: {c:?}");
+    }
+    // The only acceptable skips: the native-only checks (they need threads) and cases that
+    // need the wall clock, each only if it is compiled for wasm32 at all.
+    let allowed = [
+        "locks_linearizable",
+        "model_based_operations",
+        "lock_guard_heartbeat_keeps_lock",
+    ];
+    let expected: Vec<&str> = report
+        .cases
+        .iter()
+        .map(|c| c.name.as_str())
+        .filter(|n| allowed.contains(n))
+        .collect();
+    let skipped: Vec<&str> = report
+        .cases
+        .iter()
+        .filter(|c| c.outcome == "skipped")
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(skipped, expected, "the manual-clock run's skips");
+    for name in ["locks_linearizable", "model_based_operations"] {
+        assert_eq!(
+            outcome(name).outcome,
+            "skipped",
+            "{name} needs native threads"
+        );
+    }
 }
 
 #[test]

@@ -2,10 +2,10 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_state_conformance::{Failure, Harness, TimeControl, run_all};
+use chat_state_conformance::{Failure, Harness, ManualTime, TimeControl, run_all};
 use chat_state_core::{
-    Cache as _, Error, ListOptions, Lists as _, Lock, Locks as _, Queues as _, StateAdapter,
-    StateExt as _, Subscriptions as _,
+    Cache as _, Error, ListOptions, Lists as _, Lock, Locks as _, ManualClock, Queues as _,
+    SharedClock, StateAdapter, StateExt as _, Subscriptions as _,
 };
 use chat_state_do::DurableObjectAdapter;
 use chat_state_do::protocol::{Request as Op, WireError, b64};
@@ -49,6 +49,9 @@ struct Config {
     route_thread_keys: bool,
     location_hint: Option<String>,
     jurisdiction: Option<String>,
+    /// A test clock for the adapter and, through it, the objects (never from JSON).
+    #[serde(skip)]
+    clock: Option<SharedClock>,
 }
 
 fn adapter(env: &Env, c: &Config) -> std::result::Result<DurableObjectAdapter, Error> {
@@ -69,6 +72,9 @@ fn adapter(env: &Env, c: &Config) -> std::result::Result<DurableObjectAdapter, E
     if let Some(j) = &c.jurisdiction {
         b = b.jurisdiction(j.clone());
     }
+    if let Some(clock) = &c.clock {
+        b = b.test_clock(clock.clone());
+    }
     b.build()
 }
 
@@ -79,7 +85,17 @@ struct ConformanceRun {
     shards: u32,
     #[serde(default)]
     filter: Option<Vec<String>>,
+    /// Drive the adapter and the objects with one manual clock per case (test-only protocol
+    /// header), so the exact-boundary cases run instead of skipping.
+    #[serde(default)]
+    manual_clock: bool,
 }
+
+/// How far ahead of the wall clock a manual clock starts: every expiry it produces (and so
+/// every alarm the objects arm) lies a day in the future, so no alarm cleanup, which runs on
+/// the object's own `Date.now()`, fires during the run and deletes rows that are live in
+/// manual time.
+const MANUAL_CLOCK_LEAD_MS: u64 = 86_400_000;
 
 async fn conformance(env: &Env, run: ConformanceRun) -> Result<Response> {
     let counter = Cell::new(0u32);
@@ -87,12 +103,20 @@ async fn conformance(env: &Env, run: ConformanceRun) -> Result<Response> {
     let report = run_all(
         || {
             counter.set(counter.get() + 1);
+            let manual = run
+                .manual_clock
+                .then(|| ManualClock::new(Date::now().as_millis() + MANUAL_CLOCK_LEAD_MS));
             // A fresh object (and fresh shards) per case: isolation without cleanup.
             let config = Config {
                 object: format!("{}-case{}", run.prefix, counter.get()),
                 shards: run.shards,
                 route_thread_keys: run.shards > 0,
+                clock: manual.clone().map(|c| Arc::new(c) as SharedClock),
                 ..Config::default()
+            };
+            let time: Arc<dyn TimeControl> = match manual {
+                Some(clock) => Arc::new(ManualTime(clock)),
+                None => Arc::new(WorkerTime),
             };
             let built = adapter(env, &config);
             let env = env.clone();
@@ -111,7 +135,7 @@ async fn conformance(env: &Env, run: ConformanceRun) -> Result<Response> {
                         Ok(Arc::new(a) as Arc<dyn StateAdapter>)
                     }
                 };
-                Ok(Harness::new(a, Arc::new(WorkerTime)).with_reopen(reopen))
+                Ok(Harness::new(a, time).with_reopen(reopen))
             }
         },
         |name| {
@@ -222,12 +246,24 @@ async fn script(env: &Env, s: Script) -> Result<Response> {
     Response::from_json(&out)
 }
 
-/// Sends `body` untouched to `object` at `path`, and answers the object's status and body.
-async fn raw(env: &Env, object: &str, path: &str, body: Vec<u8>) -> Result<Response> {
+/// Sends `body` untouched to `object` at `path` (with `now` in the test clock header, if
+/// given), and answers the object's status and body.
+async fn raw(
+    env: &Env,
+    object: &str,
+    path: &str,
+    now: Option<&str>,
+    body: Vec<u8>,
+) -> Result<Response> {
     let stub = env.durable_object(BINDING)?.get_by_name(object)?;
     let mut init = RequestInit::new();
     let array = worker::js_sys::Uint8Array::from(body.as_slice());
     init.with_method(Method::Post).with_body(Some(array.into()));
+    if let Some(now) = now {
+        let headers = worker::Headers::new();
+        headers.set(chat_state_do::protocol::TEST_NOW_HEADER, now)?;
+        init.with_headers(headers);
+    }
     let url = format!("https://chat-state.internal{path}");
     let mut resp = stub
         .fetch_with_request(Request::new_with_init(&url, &init)?)
@@ -299,17 +335,19 @@ async fn fetch(mut req: Request, env: Env, _ctx: worker::Context) -> Result<Resp
         }
         (Method::Post, ["raw", object]) => {
             let url = req.url()?;
-            let target = url
-                .query_pairs()
-                .find(|(k, _)| k == "path")
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_else(|| "/v1".to_string());
+            let query = |name: &str| {
+                url.query_pairs()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+            };
+            let target = query("path").unwrap_or_else(|| "/v1".to_string());
+            let now = query("now");
             let object = object.to_string();
             let body = req.bytes().await?;
-            raw(&env, &object, &target, body).await
+            raw(&env, &object, &target, now.as_deref(), body).await
         }
         (Method::Get, ["inspect", object]) => {
-            raw(&env, object, "/v1", br#"{"op":"inspect"}"#.to_vec()).await
+            raw(&env, object, "/v1", None, br#"{"op":"inspect"}"#.to_vec()).await
         }
         _ => Response::error("no such route", 404),
     }
