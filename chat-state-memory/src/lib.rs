@@ -108,6 +108,21 @@ impl Shard {
         }
     }
 
+    /// Stores a cache row, replacing value and expiry, and keeps the expiry index in step.
+    fn put_cache(&mut self, key: &str, value: &[u8], expires_at: Option<u64>) {
+        let old = self
+            .cache
+            .insert(
+                key.to_owned(),
+                CacheRow {
+                    value: value.to_vec(),
+                    expires_at,
+                },
+            )
+            .and_then(|row| row.expires_at);
+        self.set_expiry(Namespace::Cache, key, old, expires_at);
+    }
+
     /// Removes up to `limit` rows whose expiry has passed. Returns how many it removed.
     fn remove_expired(&mut self, now: u64, limit: usize) -> usize {
         let mut removed = 0;
@@ -224,6 +239,11 @@ fn lock_shard(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Rule 1 for rows whose expiry is optional: live while `now < expires_at`, forever without one.
+fn is_live(expires_at: Option<u64>, now: u64) -> bool {
+    expires_at.is_none_or(|at| now < at)
 }
 
 fn expiry(now: u64, ttl: Option<Duration>) -> Result<Option<u64>> {
@@ -357,7 +377,7 @@ impl Cache for MemoryState {
         self.with_shard(Operation::Get, key, |s, now| {
             Ok(s.cache
                 .get(key)
-                .filter(|row| row.expires_at.is_none_or(|at| now < at))
+                .filter(|row| is_live(row.expires_at, now))
                 .map(|row| row.value.clone()))
         })
     }
@@ -365,18 +385,7 @@ impl Cache for MemoryState {
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
         validate::set(BACKEND, Operation::Set, key, value, ttl)?;
         self.with_shard(Operation::Set, key, |s, now| {
-            let expires_at = expiry(now, ttl)?;
-            let old = s
-                .cache
-                .insert(
-                    key.to_owned(),
-                    CacheRow {
-                        value: value.to_vec(),
-                        expires_at,
-                    },
-                )
-                .and_then(|row| row.expires_at);
-            s.set_expiry(Namespace::Cache, key, old, expires_at);
+            s.put_cache(key, value, expiry(now, ttl)?);
             Ok(())
         })
     }
@@ -390,22 +399,11 @@ impl Cache for MemoryState {
         validate::set(BACKEND, Operation::SetIfNotExists, key, value, ttl)?;
         self.with_shard(Operation::SetIfNotExists, key, |s, now| {
             if let Some(row) = s.cache.get(key)
-                && row.expires_at.is_none_or(|at| now < at)
+                && is_live(row.expires_at, now)
             {
                 return Ok(false);
             }
-            let expires_at = expiry(now, ttl)?;
-            let old = s
-                .cache
-                .insert(
-                    key.to_owned(),
-                    CacheRow {
-                        value: value.to_vec(),
-                        expires_at,
-                    },
-                )
-                .and_then(|row| row.expires_at);
-            s.set_expiry(Namespace::Cache, key, old, expires_at);
+            s.put_cache(key, value, expiry(now, ttl)?);
             Ok(true)
         })
     }
@@ -430,7 +428,7 @@ impl Lists for MemoryState {
             let new_expiry = expiry(now, options.ttl)?;
             let row = s.lists.entry(key.to_owned()).or_default();
             let old_expiry = row.expires_at;
-            if row.expires_at.is_some_and(|at| at <= now) {
+            if !is_live(row.expires_at, now) {
                 // An expired list restarts empty, with no expiry unless this append sets one.
                 *row = ListRow::default();
             }
@@ -454,7 +452,7 @@ impl Lists for MemoryState {
         self.with_shard(Operation::GetList, key, |s, now| {
             Ok(s.lists
                 .get(key)
-                .filter(|row| row.expires_at.is_none_or(|at| now < at))
+                .filter(|row| is_live(row.expires_at, now))
                 .map(|row| row.items.iter().cloned().collect())
                 .unwrap_or_default())
         })
