@@ -1,8 +1,9 @@
 //! Configuration: URLs with password and database, the user's own connection manager, key
 //! prefixes (validated, isolating), the eviction-policy warning, and connect failures.
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_state_core::{Cache, ErrorKind, Locks, Operation, StateAdapter};
@@ -189,13 +190,16 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
     assert_eq!(state.get("k").await.unwrap_err().kind(), ErrorKind::Closed);
 }
 
-/// Collects everything `tracing` writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// What `tracing` wrote on this thread; a current-thread test's own log.
+    static CAPTURED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
-impl Write for Captured {
+struct ThreadBuffer;
+
+impl Write for ThreadBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURED.with(|captured| captured.borrow_mut().extend_from_slice(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -203,26 +207,33 @@ impl Write for Captured {
     }
 }
 
+fn captured() -> String {
+    CAPTURED.with(|captured| String::from_utf8_lossy(&captured.borrow()).into_owned())
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn warns_when_the_eviction_policy_can_evict_locks() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // A global subscriber, not `set_default`: callsite interest is cached process-wide and a
+    // scoped subscriber races with the other tests here, which connect (and so reach the
+    // same callsite) on threads without one.
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_writer(|| ThreadBuffer)
+            .with_ansi(false)
+            .finish(),
+    )
+    .expect("the only global subscriber in this binary");
 
     let safe = support::RedisServer::start();
     RedisState::connect(&safe.url()).await.unwrap();
     assert!(
-        !String::from_utf8_lossy(&captured.0.lock().unwrap()).contains("maxmemory-policy"),
+        !captured().contains("maxmemory-policy"),
         "no warning with noeviction"
     );
 
     let risky = support::RedisServer::start_with_args(&["--maxmemory-policy", "allkeys-lru"]);
     RedisState::connect(&risky.url()).await.unwrap();
-    let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let log = captured();
     assert!(log.contains("WARN"), "{log}");
     assert!(log.contains("allkeys-lru"), "{log}");
 }

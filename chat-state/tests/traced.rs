@@ -1,23 +1,26 @@
 //! The tracing decorator: one span per call with backend/operation/id, one event with the
 //! duration and outcome; errors pass through unchanged.
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use chat_state::{
     ConnectOptions, ErrorKind, MemoryState, StateAdapter, Subscriptions, Traced, connect_with,
 };
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// What `tracing` wrote on this thread. Each test runs on its own thread (a
+    /// current-thread runtime), so this is one test's log.
+    static CAPTURED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
-impl Write for Buffer {
+struct ThreadBuffer;
+
+impl Write for ThreadBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::ErrorKind::Other)?
-            .extend_from_slice(buf);
+        CAPTURED.with(|captured| captured.borrow_mut().extend_from_slice(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -25,21 +28,32 @@ impl Write for Buffer {
     }
 }
 
-fn capture() -> (Buffer, impl tracing::Subscriber) {
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (buffer, subscriber)
+/// Starts capturing this thread's log, empty.
+///
+/// One global subscriber rather than a `set_default` per test: callsite interest is cached
+/// process-wide, and a scoped subscriber races with tests on other threads that register the
+/// same callsites without one, which left the span and the debug event filtered out about
+/// once in 30 runs.
+fn capture() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(|| ThreadBuffer)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    });
+    CAPTURED.with(|captured| captured.borrow_mut().clear());
+}
+
+fn captured() -> String {
+    CAPTURED.with(|captured| String::from_utf8_lossy(&captured.borrow()).into_owned())
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn spans_carry_backend_operation_duration_and_outcome() {
-    let (buffer, subscriber) = capture();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    capture();
     let state = connect_with("memory://", &ConnectOptions::new().trace(true))
         .await
         .expect("connects");
@@ -56,7 +70,7 @@ async fn spans_carry_backend_operation_duration_and_outcome() {
         "errors pass through unchanged"
     );
 
-    let logged = String::from_utf8_lossy(&buffer.0.lock().expect("buffer")).into_owned();
+    let logged = captured();
     let lines: Vec<&str> = logged.lines().collect();
     let acquire = lines
         .iter()
@@ -76,12 +90,11 @@ async fn spans_carry_backend_operation_duration_and_outcome() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn tracing_is_off_by_default() {
-    let (buffer, subscriber) = capture();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    capture();
     let state = chat_state::connect("memory://").await.expect("connects");
     state.subscribe("t1").await.expect("subscribe");
     assert!(state.is_subscribed("t1").await.expect("read"));
-    assert!(buffer.0.lock().expect("buffer").is_empty());
+    assert_eq!(captured(), "");
 }
 
 #[tokio::test(flavor = "current_thread")]
