@@ -212,6 +212,25 @@ impl Error {
         &self.message
     }
 
+    /// Takes back the entry [`StateExt::dequeue_json`](crate::StateExt::dequeue_json) removed
+    /// from the queue but could not decode; any other error comes back unchanged as `Err`.
+    pub fn into_undecoded_entry(self) -> std::result::Result<crate::QueueEntry, Self> {
+        match self
+            .source
+            .map(|source| source.downcast::<crate::ext::UndecodedEntry>())
+        {
+            Some(Ok(undecoded)) => Ok(undecoded.entry),
+            Some(Err(source)) => Err(Self {
+                source: Some(source),
+                ..self
+            }),
+            None => Err(Self {
+                source: None,
+                ..self
+            }),
+        }
+    }
+
     fn render(&self) -> String {
         let mut out = String::new();
         if !self.backend.is_empty() {
@@ -228,5 +247,28 @@ impl Error {
             out.push_str(&self.message);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_errors_come_back_from_into_undecoded_entry_unchanged() {
+        let io = std::io::Error::other("disk on fire");
+        let err = Error::corrupt("bad bytes")
+            .context("memory", Operation::Get)
+            .with_source(io);
+        let back = err.into_undecoded_entry().expect_err("no entry in it");
+        assert_eq!(back.kind(), ErrorKind::CorruptData);
+        assert_eq!(back.operation(), Some(Operation::Get));
+        assert_eq!(back.message(), "bad bytes");
+        let source = std::error::Error::source(&back).expect("source kept");
+        assert_eq!(source.to_string(), "disk on fire");
+
+        let bare = Error::invalid_input("key is empty");
+        let back = bare.into_undecoded_entry().expect_err("no entry in it");
+        assert_eq!(back.to_string(), "invalid input: key is empty");
     }
 }

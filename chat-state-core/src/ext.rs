@@ -119,25 +119,56 @@ pub trait StateExt: StateAdapter {
 
     /// [`Queues::dequeue`](crate::Queues::dequeue) with the message decoded as `T`; returns
     /// the entry's timestamps alongside.
+    ///
+    /// Dequeueing removes the entry before it is decoded, so a message of another shape gives
+    /// a [`ErrorKind::CorruptData`] error that carries the removed entry: take it back with
+    /// [`Error::into_undecoded_entry`] to dead-letter or decode it another way, rather than
+    /// lose it.
+    ///
+    /// ```
+    /// # async fn demo(state: &dyn chat_state_core::StateAdapter) -> chat_state_core::Result<()> {
+    /// use chat_state_core::StateExt;
+    /// match state.dequeue_json::<u64>("thread-1").await {
+    ///     Ok(Some((number, _entry))) => println!("handle {number}"),
+    ///     Ok(None) => {}
+    ///     Err(err) => match err.into_undecoded_entry() {
+    ///         Ok(entry) => println!("dead-letter {}", entry.message),
+    ///         Err(err) => return Err(err),
+    ///     },
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn dequeue_json<T: DeserializeOwned>(
         &self,
         thread_id: &str,
     ) -> Result<Option<(T, QueueEntry)>> {
         let backend = self.backend_name();
         match self.dequeue(thread_id).await? {
-            Some(entry) => {
-                let message = serde_json::from_value(entry.message.clone()).map_err(|e| {
-                    Error::corrupt(format!(
-                        "queued message for thread {thread_id:?} is not the expected JSON: {e}"
-                    ))
-                    .context(backend, Operation::Dequeue)
-                    .with_source(e)
-                })?;
-                Ok(Some((message, entry)))
-            }
+            Some(entry) => match serde_json::from_value(entry.message.clone()) {
+                Ok(message) => Ok(Some((message, entry))),
+                Err(e) => Err(Error::corrupt(format!(
+                    "queued message for thread {thread_id:?} is not the expected JSON: {e}; \
+                     the removed entry is in this error (Error::into_undecoded_entry)"
+                ))
+                .context(backend, Operation::Dequeue)
+                .with_source(UndecodedEntry { entry, source: e })),
+            },
             None => Ok(None),
         }
     }
+}
+
+/// The entry [`StateExt::dequeue_json`] removed from its queue but could not decode; the
+/// source of the `CorruptData` error it returns (see [`Error::into_undecoded_entry`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the dequeued message is not the expected JSON")]
+pub struct UndecodedEntry {
+    /// The entry as it was stored, no longer in the queue.
+    pub entry: QueueEntry,
+    /// Why it did not decode.
+    #[source]
+    pub source: serde_json::Error,
 }
 
 impl<A: StateAdapter + ?Sized> StateExt for A {}

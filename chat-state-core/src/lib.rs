@@ -18,7 +18,7 @@ pub use adapter::{
 pub use async_trait::async_trait;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use error::{BoxError, Error, ErrorKind, Operation, Result};
-pub use ext::StateExt;
+pub use ext::{StateExt, UndecodedEntry};
 #[cfg(not(target_arch = "wasm32"))]
 pub use guard::{LockRun, LockWatch, with_lock};
 pub use lifecycle::OpenState;

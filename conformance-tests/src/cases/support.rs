@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 use std::time::Duration;
 
-use chat_state_core::{ErrorKind, Operation, Result};
+use chat_state_core::{Error, ErrorKind, Operation, Result};
 
 use crate::{CaseResult, Failure, Harness};
 
@@ -85,24 +85,43 @@ pub(crate) fn check_error<T: Debug>(
         Ok(v) => Err(Failure::new(format!(
             "{op} with {what}: expected a {kind:?} error, got Ok({v:?})"
         ))),
-        Err(e) if e.kind() != kind => Err(Failure::new(format!(
+        Err(e) => check_error_details(h, &e, kind, op, what),
+    }
+}
+
+/// [`check_error`] for an error the case still needs afterwards.
+pub(crate) fn check_error_details(
+    h: &Harness,
+    e: &Error,
+    kind: ErrorKind,
+    op: Operation,
+    what: &str,
+) -> CaseResult {
+    if e.kind() != kind {
+        return Err(Failure::new(format!(
             "{op} with {what}: expected a {kind:?} error, got {:?}: {e}",
             e.kind()
-        ))),
-        Err(e) if e.operation() != Some(op) => Err(Failure::new(format!(
+        )));
+    }
+    if e.operation() != Some(op) {
+        return Err(Failure::new(format!(
             "{op} with {what}: the error names operation {:?}, not {op}: {e}",
             e.operation()
-        ))),
-        Err(e) if e.backend() != h.adapter.backend_name() => Err(Failure::new(format!(
+        )));
+    }
+    if e.backend() != h.adapter.backend_name() {
+        return Err(Failure::new(format!(
             "{op} with {what}: the error names backend {:?}, not {:?}: {e}",
             e.backend(),
             h.adapter.backend_name()
-        ))),
-        Err(e) if e.message().is_empty() => Err(Failure::new(format!(
-            "{op} with {what}: the error does not say what was wrong: {e}"
-        ))),
-        Err(_) => Ok(()),
+        )));
     }
+    if e.message().is_empty() {
+        return Err(Failure::new(format!(
+            "{op} with {what}: the error does not say what was wrong: {e}"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that nothing is stored under `key` in any namespace: no cache value, an empty list,

@@ -7,8 +7,8 @@ use chat_state_core::{ErrorKind, ListOptions, Operation, QueueEntry, StateExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::support::{LONG_LIFETIME, check_error};
-use crate::{CaseResult, Harness, ensure, ensure_eq};
+use super::support::{LONG_LIFETIME, check_error, check_error_details};
+use crate::{CaseResult, Failure, Harness, ensure, ensure_eq};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -169,17 +169,40 @@ pub async fn typed_corrupt_list_item_is_corrupt_data(h: &Harness) -> CaseResult 
     Ok(())
 }
 
-/// Rule 14: a queued message of the wrong shape gives `CorruptData` from `dequeue_json`.
+/// Rule 14: a queued message of the wrong shape gives `CorruptData` from `dequeue_json`, and
+/// the error hands back the entry it removed, unchanged, so nothing is lost.
 pub async fn typed_queue_message_wrong_shape_is_corrupt_data(h: &Harness) -> CaseResult {
     let a = &h.adapter;
     let entry = QueueEntry::new(json!({"unexpected": true}), h.time.now_ms(), LONG_LIFETIME);
-    a.enqueue("t", entry, 10).await?;
-    check_error(
+    a.enqueue("t", entry.clone(), 10).await?;
+    let err = match a.dequeue_json::<ThreadState>("t").await {
+        Err(err) => err,
+        Ok(other) => {
+            return Err(Failure::new(format!(
+                "dequeue with a queued message of another shape: expected a CorruptData error, \
+                 got Ok({other:?})"
+            )));
+        }
+    };
+    check_error_details(
         h,
-        a.dequeue_json::<ThreadState>("t").await,
+        &err,
         ErrorKind::CorruptData,
         Operation::Dequeue,
         "a queued message of another shape",
     )?;
+    match err.into_undecoded_entry() {
+        Ok(back) => ensure_eq!(back, entry, "the entry handed back is the one enqueued"),
+        Err(err) => {
+            return Err(Failure::new(format!(
+                "the CorruptData error does not hand back the removed entry: {err}"
+            )));
+        }
+    }
+    ensure_eq!(
+        a.queue_depth("t").await?,
+        0,
+        "the entry was removed from the queue"
+    );
     Ok(())
 }
