@@ -8,7 +8,7 @@
 //! `$CHAT_STATE_TOOLS`, default `<repo>/.tools`, plus `worker-build` and `wasm-bindgen` on
 //! `PATH` or in `~/.cargo/bin`).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
@@ -138,6 +138,8 @@ fn worker_build(crate_path: &str) -> Result<PathBuf, String> {
 struct Runtime {
     child: Child,
     stdin: Option<ChildStdin>,
+    /// Answers to [`Runtime::direct`], in order.
+    responses: mpsc::Receiver<String>,
     url: String,
     agent: ureq::Agent,
 }
@@ -165,10 +167,13 @@ impl Runtime {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
+        let (responses_tx, responses) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("READY ") {
                     let _ = tx.send(url.trim_end_matches('/').to_string());
+                } else if let Some(answer) = line.strip_prefix("RESPONSE ") {
+                    let _ = responses_tx.send(answer.to_string());
                 } else {
                     eprintln!("[miniflare] {line}");
                 }
@@ -187,6 +192,7 @@ impl Runtime {
         Runtime {
             child,
             stdin,
+            responses,
             url,
             agent,
         }
@@ -245,6 +251,26 @@ impl Runtime {
         (
             status,
             serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+        )
+    }
+
+    /// POSTs `body` with `headers` straight to `object`, past the Worker (through Miniflare's
+    /// namespace API), so objects of builds without test routes can be reached too; returns
+    /// (status, body text).
+    fn direct(&mut self, object: &str, path: &str, headers: Value, body: &str) -> (u64, String) {
+        let request = json!({ "object": object, "path": path, "headers": headers, "body": body });
+        let stdin = self.stdin.as_mut().expect("runtime running");
+        writeln!(stdin, "{request}").expect("write to run-miniflare.mjs");
+        stdin.flush().expect("flush to run-miniflare.mjs");
+        let answer = self
+            .responses
+            .recv_timeout(Duration::from_secs(60))
+            .expect("run-miniflare.mjs answers within 60 s");
+        let answer: Value = serde_json::from_str(&answer).expect("JSON answer line");
+        assert!(answer["error"].is_null(), "direct request failed: {answer}");
+        (
+            answer["status"].as_u64().expect("status"),
+            answer["body"].as_str().expect("body").to_owned(),
         )
     }
 
@@ -908,5 +934,38 @@ fn example_worker_handles_messages_like_a_bot() {
     assert!(second["fence"].as_u64() > Some(0), "{second}");
     let history = rt.get(&format!("/history/{thread}"));
     assert_eq!(history, json!(["hello", "again"]));
+    rt.stop();
+}
+
+/// A production build (the example Worker's, without `test-introspection`) refuses the test
+/// clock header, so nobody can move a deployed object's clock and expire someone else's lock;
+/// the same request without the header works, and the refusal changed nothing.
+#[test]
+fn production_objects_refuse_the_test_clock_header() {
+    let mut rt = Runtime::start_build(example_worker_build(), None);
+    let object = unique("production");
+    let set = json!({ "op": "set", "key": "k", "value": "dg==" }).to_string();
+    let get = json!({ "op": "get", "key": "k" }).to_string();
+    let far_future = json!({ chat_state_do::protocol::TEST_NOW_HEADER: "99999999999999" });
+
+    let (status, body) = rt.direct(&object, "/v1", far_future.clone(), &set);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("test-introspection"), "{body}");
+    let (status, body) = rt.direct(&object, "/v1", json!({}), &get);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "null"),
+        "the refused set wrote nothing"
+    );
+
+    let (status, body) = rt.direct(&object, "/v1", json!({}), &set);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = rt.direct(&object, "/v1", far_future, &get);
+    assert_eq!(
+        status, 400,
+        "a clock in the far future would expire every row: {body}"
+    );
+    let (status, body) = rt.direct(&object, "/v1", json!({}), &get);
+    assert_eq!((status, body.as_str()), (200, "\"dg==\""), "{body}");
     rt.stop();
 }
