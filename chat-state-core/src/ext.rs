@@ -145,7 +145,7 @@ pub trait StateExt: StateAdapter {
     ) -> Result<Option<(T, QueueEntry)>> {
         let backend = self.backend_name();
         match self.dequeue(thread_id).await? {
-            Some(entry) => match serde_json::from_value(entry.message.clone()) {
+            Some(entry) => match T::deserialize(&entry.message) {
                 Ok(message) => Ok(Some((message, entry))),
                 Err(e) => Err(Error::corrupt(format!(
                     "queued message for thread {thread_id:?} is not the expected JSON: {e}; \
