@@ -1,8 +1,6 @@
 //! Configuration: URLs with password and database, the user's own connection manager, key
-//! prefixes (validated, isolating), the eviction-policy warning, and connect failures.
+//! prefixes (validated, isolating), and connect failures.
 
-use std::cell::RefCell;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,54 +186,6 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
     state.close().await.unwrap();
     state.close().await.unwrap();
     assert_eq!(state.get("k").await.unwrap_err().kind(), ErrorKind::Closed);
-}
-
-thread_local! {
-    /// What `tracing` wrote on this thread; a current-thread test's own log.
-    static CAPTURED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-struct ThreadBuffer;
-
-impl Write for ThreadBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        CAPTURED.with(|captured| captured.borrow_mut().extend_from_slice(buf));
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn captured() -> String {
-    CAPTURED.with(|captured| String::from_utf8_lossy(&captured.borrow()).into_owned())
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn warns_when_the_eviction_policy_can_evict_locks() {
-    // A global subscriber, not `set_default`: callsite interest is cached process-wide and a
-    // scoped subscriber races with the other tests here, which connect (and so reach the
-    // same callsite) on threads without one.
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .with_writer(|| ThreadBuffer)
-            .with_ansi(false)
-            .finish(),
-    )
-    .expect("the only global subscriber in this binary");
-
-    let safe = support::RedisServer::start();
-    RedisState::connect(&safe.url()).await.unwrap();
-    assert!(
-        !captured().contains("maxmemory-policy"),
-        "no warning with noeviction"
-    );
-
-    let risky = support::RedisServer::start_with_args(&["--maxmemory-policy", "allkeys-lru"]);
-    RedisState::connect(&risky.url()).await.unwrap();
-    let log = captured();
-    assert!(log.contains("WARN"), "{log}");
-    assert!(log.contains("allkeys-lru"), "{log}");
 }
 
 #[tokio::test]
