@@ -7,10 +7,23 @@
 //! where the Durable Object backend awaits JS promises that cannot cross threads (and there
 //! are no threads). Implement them with the same pair of attributes:
 //!
-//! ```ignore
+//! ```
+//! use chat_state_core::{Operation, Result, Subscriptions, validate};
+//!
+//! struct MyBackend;
+//!
 //! #[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
 //! #[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
-//! impl chat_state_core::Cache for MyBackend { /* ... */ }
+//! impl Subscriptions for MyBackend {
+//!     async fn subscribe(&self, thread_id: &str) -> Result<()> {
+//!         validate::thread_id("my-backend", Operation::Subscribe, thread_id)?;
+//!         // ... the backend's own I/O ...
+//! #       Ok(())
+//!     }
+//! #   async fn unsubscribe(&self, _: &str) -> Result<()> { Ok(()) }
+//! #   async fn is_subscribed(&self, _: &str) -> Result<bool> { Ok(false) }
+//!     // unsubscribe, is_subscribed ...
+//! }
 //! ```
 //!
 //! On native targets every adapter is also `Send + Sync` (see [`MaybeSendSync`]).

@@ -152,13 +152,22 @@ impl Harness {
     /// adapter on the same storage as `adapter`. The suite calls it after closing `adapter`
     /// and checks that subscriptions, held locks, fences, cache, lists and queues survived.
     ///
-    /// ```ignore
-    /// let path = temp_dir.path().join("state.db");
-    /// Harness::with_real_time(Arc::new(open(&path).await?))
+    /// ```
+    /// # use std::{path::Path, sync::Arc};
+    /// # use chat_state_conformance::Harness;
+    /// # use chat_state_core::StateAdapter;
+    /// # // Stands in for a durable backend's constructor.
+    /// # async fn open(_: &Path) -> chat_state_core::Result<chat_state_memory::MemoryState> {
+    /// #     Ok(chat_state_memory::MemoryState::new())
+    /// # }
+    /// # async fn factory(temp_dir: &Path) -> chat_state_core::Result<Harness> {
+    /// let path = temp_dir.join("state.db");
+    /// let harness = Harness::with_real_time(Arc::new(open(&path).await?))
     ///     .with_reopen(move || {
     ///         let path = path.clone();
     ///         async move { Ok(Arc::new(open(&path).await?) as Arc<dyn StateAdapter>) }
-    ///     })
+    ///     });
+    /// # Ok(harness) }
     /// ```
     #[cfg(not(target_arch = "wasm32"))]
     pub fn with_reopen<F, Fut>(mut self, reopen: F) -> Self
@@ -244,9 +253,17 @@ where
 /// Emits one `#[test]` per conformance case, each calling `$factory().await` for a fresh
 /// [`Harness`]. The factory is a path to an `async fn() -> Harness`.
 ///
-/// ```ignore
-/// async fn factory() -> chat_state_conformance::Harness { /* fresh adapter */ }
+/// ```
+/// use std::sync::Arc;
+/// # use chat_state_memory::MemoryState as MyBackend;
+///
+/// async fn factory() -> chat_state_conformance::Harness {
+///     // A fresh, isolated adapter per case: unique key prefix, temp file, ...
+///     chat_state_conformance::Harness::with_real_time(Arc::new(MyBackend::new()))
+/// }
 /// chat_state_conformance::conformance_tests!(factory);
+/// # // `#[test]` functions are compiled out of doctests; this checks the factory's type.
+/// # fn main() { let _ = chat_state_conformance::run_all(|| async { Ok(factory().await) }, |_| false, || 0); }
 /// ```
 ///
 /// Failures name the case (the test's name) and say what was expected.
