@@ -168,7 +168,7 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
         "{err}"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(8), // hang detector, not a speed check
         "took {:?}",
         started.elapsed()
     );

@@ -16,9 +16,10 @@ mod support;
 /// How long the adapter may take to recover once the server is back.
 const RECOVERY: Duration = Duration::from_secs(15);
 
-/// Slack allowed on top of the command timeout before a failing call counts as hung
-/// (scheduling on a loaded 2-core CI machine).
-const SLACK: Duration = Duration::from_secs(2);
+/// Slack allowed on top of the command timeout before a failing call counts as hung. It only
+/// has to tell "bounded" from "hung", so it is generous: CI machines are shared and a loaded
+/// 2-core machine can stall a task for a second or more.
+const SLACK: Duration = Duration::from_secs(5);
 
 async fn adapter(server: &support::RedisServer, timeout: Duration) -> RedisState {
     RedisState::builder(server.url())
