@@ -2,6 +2,7 @@
 // stub.fetch + a JSON body, as chat-state-do's adapter does, instead of Workers RPC. Comparing
 // it with ts-worker.mjs separates the cost of the transport from the cost of Rust/wasm.
 import { ChatStateDO as RpcChatStateDO } from "chat-state-cloudflare-do";
+import { hashedShardName } from "./shard-name.mjs";
 
 export class ChatStateDO extends RpcChatStateDO {
   async fetch(req) {
@@ -10,20 +11,11 @@ export class ChatStateDO extends RpcChatStateDO {
   }
 }
 
-function fnv1a(s) {
-  let h = 0xcbf29ce484222325n;
-  for (const b of new TextEncoder().encode(s)) {
-    h ^= BigInt(b);
-    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
-  }
-  return h;
-}
-
 export default {
   async fetch(req, env) {
     const { config, thread } = await req.json();
     const shards = config.shards ?? 0;
-    const name = (id) => (shards > 0 && id ? `${config.object}-shard-${fnv1a(id) % BigInt(shards)}` : config.object);
+    const name = (id) => (shards > 0 && id ? hashedShardName(`${config.object}-shard`, shards, id) : config.object);
     const call = async (id, m, ...a) => {
       const stub = env.CHAT_STATE.get(env.CHAT_STATE.idFromName(name(id)));
       const r = await stub.fetch("https://chat-state.internal/v1", { method: "POST", body: JSON.stringify({ m, a }) });

@@ -1,23 +1,15 @@
 // The baseline: the TypeScript package `chat-state-cloudflare-do` (npm) doing the same message
 // cycle as the Rust test Worker's POST /cycle, in the same runtime. Bundled by bench.mjs.
 import { createCloudflareState, ChatStateDO } from "chat-state-cloudflare-do";
+import { hashedShardName } from "./shard-name.mjs";
 
 export { ChatStateDO };
-
-function fnv1a(s) {
-  let h = 0xcbf29ce484222325n;
-  for (const b of new TextEncoder().encode(s)) {
-    h ^= BigInt(b);
-    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
-  }
-  return h;
-}
 
 export default {
   async fetch(req, env) {
     const { config, thread } = await req.json();
     const shards = config.shards ?? 0;
-    const shardKey = shards > 0 ? (id) => `${config.object}-shard-${fnv1a(id) % BigInt(shards)}` : undefined;
+    const shardKey = shards > 0 ? (id) => hashedShardName(`${config.object}-shard`, shards, id) : undefined;
     const s = createCloudflareState({ namespace: env.CHAT_STATE, name: config.object, shardKey });
     await s.connect();
     const subscribed = await s.isSubscribed(thread);
