@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use chat_state_core::{Clock, SystemClock};
 use chat_state_do::protocol::Inspection;
 use chat_state_do::routing::hashed_shards;
 use serde_json::{Value, json};
@@ -325,13 +326,6 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{nanos:x}")
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
-
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
@@ -457,11 +451,7 @@ fn test_clock_header_sets_the_objects_time_in_test_builds() {
         "{body}"
     );
     // A day ahead of the wall clock, so the object's own clock (and its alarm) sees it live.
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
-        + 86_400_000;
+    let t = SystemClock.now_ms() + 86_400_000;
     let set = json!({ "op": "set", "key": "k", "value": b64("v"), "ttl_ms": 1000 });
     assert_eq!(at(Some(t), set), (200, Value::Null));
     let live = Value::String(b64("v"));
@@ -529,9 +519,8 @@ fn conformance_suite_passes_in_workerd_with_a_manual_clock() {
 fn data_and_fences_survive_a_runtime_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = json!({ "object": "restart" });
-    let expires = now_ms() + 3_600_000;
-    let entry =
-        json!({ "enqueuedAt": now_ms(), "expiresAt": expires, "message": { "text": "hi" } });
+    let expires = SystemClock.now_ms() + 3_600_000;
+    let entry = json!({ "enqueuedAt": SystemClock.now_ms(), "expiresAt": expires, "message": { "text": "hi" } });
 
     let rt = Runtime::start(Some(dir.path()));
     let r = rt.script(
@@ -594,7 +583,7 @@ fn alarm_deletes_expired_rows_in_every_table_and_keeps_live_ones() {
     // Long enough that the writes below finish before the first expiry even on a loaded
     // machine, so the alarm is still at that expiry when inspected.
     let short = 1500u64;
-    let now = now_ms();
+    let now = SystemClock.now_ms();
     let dying = json!({ "enqueuedAt": now, "expiresAt": now + short, "message": { "n": 1 } });
     let living = json!({ "enqueuedAt": now, "expiresAt": now + 3_600_000, "message": { "n": 2 } });
     let r = rt.script(
@@ -614,7 +603,7 @@ fn alarm_deletes_expired_rows_in_every_table_and_keeps_live_ones() {
             json!({ "op": "subscribe", "thread_id": "s" }),
         ],
     );
-    let written = now_ms();
+    let written = SystemClock.now_ms();
     for v in &r {
         ok(v);
     }
@@ -623,7 +612,7 @@ fn alarm_deletes_expired_rows_in_every_table_and_keeps_live_ones() {
         .alarm_ms
         .expect("an alarm is armed after writes with TTLs");
     assert!(
-        alarm <= now_ms() + short + 50,
+        alarm <= SystemClock.now_ms() + short + 50,
         "the alarm sits at the earliest expiry, not later: {before:?}"
     );
 
@@ -708,7 +697,7 @@ fn sharding_puts_thread_operations_on_their_shard_and_keys_by_the_rule() {
     let shards = 4;
     let shard_of = hashed_shards(&format!("{object}-shard"), shards);
     let threads: Vec<String> = (0..12).map(|i| format!("slack:C1:{i}")).collect();
-    let entry = json!({ "enqueuedAt": now_ms(), "expiresAt": now_ms() + 3_600_000, "message": {} });
+    let entry = json!({ "enqueuedAt": SystemClock.now_ms(), "expiresAt": SystemClock.now_ms() + 3_600_000, "message": {} });
     let mut ops = Vec::new();
     for t in &threads {
         ops.push(json!({ "op": "subscribe", "thread_id": t }));

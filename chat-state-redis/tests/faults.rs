@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use chat_state_core::{
-    Cache, ErrorKind, ListOptions, Lists, Locks, QueueEntry, Queues, Result, StateAdapter,
-    Subscriptions,
+    Cache, Clock, ErrorKind, ListOptions, Lists, Locks, QueueEntry, Queues, Result, StateAdapter,
+    Subscriptions, SystemClock,
 };
 use chat_state_redis::RedisState;
 use serde_json::json;
@@ -30,13 +30,6 @@ async fn adapter(server: &support::RedisServer, timeout: Duration) -> RedisState
         .expect("connect")
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_with_aof_keeps_acknowledged_writes_and_locks() {
     let mut server = support::RedisServer::start_with_aof();
@@ -54,7 +47,7 @@ async fn kill_9_and_restart_with_aof_keeps_acknowledged_writes_and_locks() {
         .append_to_list("l", b"\"a\"", ListOptions::new().max_length(10))
         .await
         .unwrap();
-    let now = now_ms();
+    let now = SystemClock.now_ms();
     let entry = QueueEntry {
         enqueued_at: now,
         expires_at: now + 600_000,
@@ -135,7 +128,7 @@ async fn outage_gives_retryable_errors_within_the_timeout_then_recovers() {
             state
                 .enqueue(
                     "q",
-                    QueueEntry::new(json!(1), now_ms(), Duration::from_secs(60)),
+                    QueueEntry::new(json!(1), SystemClock.now_ms(), Duration::from_secs(60)),
                     5,
                 )
                 .await

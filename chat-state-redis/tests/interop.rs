@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use chat_state_core::{
-    Cache, ErrorKind, ListOptions, Lists, Lock, Locks, QueueEntry, Queues, StateExt, Subscriptions,
+    Cache, Clock, ErrorKind, ListOptions, Lists, Lock, Locks, QueueEntry, Queues, StateExt,
+    Subscriptions, SystemClock,
 };
 use chat_state_redis::RedisState;
 use redis::AsyncCommands;
@@ -30,13 +31,6 @@ async fn setup(server: &support::RedisServer) -> (RedisState, MultiplexedConnect
         .await
         .expect("raw connection");
     (adapter, raw)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
 }
 
 #[tokio::test]
@@ -75,7 +69,7 @@ async fn typescript_writes_are_read_by_rust() {
     let ts_lock = Lock {
         thread_id: "slack:C1:t1".into(),
         token: ts_token.into(),
-        expires_at: now_ms() + 30_000,
+        expires_at: SystemClock.now_ms() + 30_000,
         fence: 0,
     };
     assert!(
@@ -132,7 +126,7 @@ async fn typescript_writes_are_read_by_rust() {
 
     // queues: RPUSH <p>:queue:<id> JSON.stringify({message, enqueuedAt, expiresAt})
     // (upstream's field order differs from ours: JSON objects are unordered).
-    let now = now_ms();
+    let now = SystemClock.now_ms();
     let message =
         json!({"id": "m1", "text": "hi", "author": {"userId": "U1"}, "big": 9007199254740993u64});
     let ts_entry = json!({"message": message, "enqueuedAt": now, "expiresAt": now + 90_000});
@@ -265,7 +259,7 @@ async fn rust_writes_are_read_by_typescript() {
         vec![json!({"i": 1}), json!({"i": 2}), json!({"i": 3})]
     );
 
-    let now = now_ms();
+    let now = SystemClock.now_ms();
     let entry = QueueEntry {
         enqueued_at: now,
         expires_at: now + 90_000,
@@ -315,7 +309,7 @@ async fn foreign_data_gives_typed_errors() {
     // A queue entry that is not the upstream shape: reported, not returned, not a hang; the
     // live entry behind it is still delivered.
     let _: () = ts.rpush("chat-sdk:queue:q", "garbage").await.unwrap();
-    let now = now_ms();
+    let now = SystemClock.now_ms();
     let good = QueueEntry {
         enqueued_at: now,
         expires_at: now + 60_000,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_state_core::{Cache, Locks, Subscriptions, new_lock_token};
+use chat_state_core::{Cache, Clock, Locks, Subscriptions, SystemClock, new_lock_token};
 use chat_state_sqlite::{SqliteState, Synchronous};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, SqliteConnection};
@@ -108,10 +108,8 @@ const IS_SUBSCRIBED: &str =
     "SELECT 1 FROM chat_state_subscriptions WHERE scope = ?1 AND thread_id = ?2";
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    // The column type; the wall clock is far inside i64 milliseconds.
+    SystemClock.now_ms() as i64
 }
 
 impl Raw {
