@@ -40,6 +40,45 @@ struct Raw {
     seq: AtomicU64,
 }
 
+impl Raw {
+    /// The fenced acquire script with a fresh token and a 30 s TTL, as the adapter runs it;
+    /// returns the token.
+    async fn lock(
+        &self,
+        c: &mut ConnectionManager,
+        lock_key: &str,
+        fence_key: &str,
+    ) -> Result<String, Error> {
+        let token = chat_state_core::new_lock_token()?;
+        let fence: u64 = self
+            .acquire
+            .key(lock_key)
+            .key(fence_key)
+            .arg(&token)
+            .arg(30_000)
+            .invoke_async(c)
+            .await?;
+        assert!(fence > 0);
+        Ok(token)
+    }
+
+    /// The compare-and-delete release script.
+    async fn unlock(
+        &self,
+        c: &mut ConnectionManager,
+        lock_key: &str,
+        token: &str,
+    ) -> Result<(), Error> {
+        let _: i64 = self
+            .release
+            .key(lock_key)
+            .arg(token)
+            .invoke_async(c)
+            .await?;
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Workload {
     Lock,
@@ -72,22 +111,8 @@ async fn raw_cycle(raw: &Raw, w: Workload, worker: usize) -> Result<(), Error> {
     let fence_key = format!("raw:fence:t{worker}");
     match w {
         Workload::Lock => {
-            let token = chat_state_core::new_lock_token()?;
-            let fence: u64 = raw
-                .acquire
-                .key(&lock_key)
-                .key(&fence_key)
-                .arg(&token)
-                .arg(30_000)
-                .invoke_async(&mut c)
-                .await?;
-            assert!(fence > 0);
-            let _: i64 = raw
-                .release
-                .key(&lock_key)
-                .arg(&token)
-                .invoke_async(&mut c)
-                .await?;
+            let token = raw.lock(&mut c, &lock_key, &fence_key).await?;
+            raw.unlock(&mut c, &lock_key, &token).await?;
         }
         Workload::Cache => {
             let key = format!("raw:cache:thread-state:t{worker}");
@@ -113,16 +138,7 @@ async fn raw_cycle(raw: &Raw, w: Workload, worker: usize) -> Result<(), Error> {
                 .query_async(&mut c)
                 .await?;
             assert!(fresh.is_some());
-            let token = chat_state_core::new_lock_token()?;
-            let fence: u64 = raw
-                .acquire
-                .key(&lock_key)
-                .key(&fence_key)
-                .arg(&token)
-                .arg(30_000)
-                .invoke_async(&mut c)
-                .await?;
-            assert!(fence > 0);
+            let token = raw.lock(&mut c, &lock_key, &fence_key).await?;
             let _: i64 = raw
                 .append
                 .key(format!("raw:list:msg-history:t{worker}"))
@@ -131,12 +147,7 @@ async fn raw_cycle(raw: &Raw, w: Workload, worker: usize) -> Result<(), Error> {
                 .arg("604800000")
                 .invoke_async(&mut c)
                 .await?;
-            let _: i64 = raw
-                .release
-                .key(&lock_key)
-                .arg(&token)
-                .invoke_async(&mut c)
-                .await?;
+            raw.unlock(&mut c, &lock_key, &token).await?;
         }
     }
     Ok(())
