@@ -5,24 +5,36 @@
 //! The traits are declared with `async_trait`, whose futures are `Send` on native targets
 //! (so `Arc<dyn StateAdapter>` can be used from any tokio task) and `?Send` on `wasm32`,
 //! where the Durable Object backend awaits JS promises that cannot cross threads (and there
-//! are no threads). Implement them with the same pair of attributes:
+//! are no threads). A backend implements [`Backend`](crate::Backend), not these traits, with
+//! the same pair of attributes (see [`Backend`](crate::Backend) for a complete example):
 //!
 //! ```
-//! use chat_state_core::{Operation, Result, Subscriptions, validate};
-//!
-//! struct MyBackend;
-//!
+//! # use chat_state_core::{Backend, Result};
+//! # struct MyBackend;
 //! #[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
 //! #[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
-//! impl Subscriptions for MyBackend {
+//! impl Backend for MyBackend {
+//!     fn name(&self) -> &'static str { "my-backend" }
 //!     async fn subscribe(&self, thread_id: &str) -> Result<()> {
-//!         validate::thread_id("my-backend", Operation::Subscribe, thread_id)?;
-//!         // ... the backend's own I/O ...
+//!         // ... the backend's own I/O; `thread_id` is already validated ...
 //! #       Ok(())
 //!     }
+//!     // unsubscribe, is_subscribed, ...
 //! #   async fn unsubscribe(&self, _: &str) -> Result<()> { Ok(()) }
 //! #   async fn is_subscribed(&self, _: &str) -> Result<bool> { Ok(false) }
-//!     // unsubscribe, is_subscribed ...
+//! #   async fn acquire_lock(&self, _: &chat_state_core::LockRequest<'_>) -> Result<Option<u64>> { Ok(None) }
+//! #   async fn release_lock(&self, _: &chat_state_core::Lock) -> Result<()> { Ok(()) }
+//! #   async fn extend_lock(&self, _: &chat_state_core::LockRequest<'_>) -> Result<bool> { Ok(false) }
+//! #   async fn force_release_lock(&self, _: &str) -> Result<()> { Ok(()) }
+//! #   async fn get(&self, _: &str) -> Result<Option<Vec<u8>>> { Ok(None) }
+//! #   async fn set(&self, _: &str, _: &[u8], _: Option<std::time::Duration>) -> Result<()> { Ok(()) }
+//! #   async fn set_if_not_exists(&self, _: &str, _: &[u8], _: Option<std::time::Duration>) -> Result<bool> { Ok(false) }
+//! #   async fn delete(&self, _: &str) -> Result<()> { Ok(()) }
+//! #   async fn append_to_list(&self, _: &str, _: &[u8], _: chat_state_core::ListOptions) -> Result<()> { Ok(()) }
+//! #   async fn get_list(&self, _: &str) -> Result<Vec<Vec<u8>>> { Ok(vec![]) }
+//! #   async fn enqueue(&self, _: &str, _: chat_state_core::QueueEntry, _: usize) -> Result<usize> { Ok(1) }
+//! #   async fn dequeue(&self, _: &str) -> Result<Option<chat_state_core::QueueEntry>> { Ok(None) }
+//! #   async fn queue_depth(&self, _: &str) -> Result<usize> { Ok(0) }
 //! }
 //! ```
 //!
@@ -126,7 +138,9 @@ pub trait Queues: MaybeSendSync {
 
 /// Everything a bot needs: the five capabilities plus lifecycle.
 ///
-/// Use it as `Arc<dyn StateAdapter>`; every backend implements it.
+/// Use it as `Arc<dyn StateAdapter>`; every backend implements it through
+/// [`Checked`](crate::Checked). It is also implemented for `Arc<T>`, `Box<T>` and `&T` of
+/// any adapter, so those can be passed wherever an adapter is expected.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 pub trait StateAdapter: Subscriptions + Locks + Cache + Lists + Queues {
@@ -151,6 +165,17 @@ pub struct LockInfo {
     /// The holder's fencing number, when the backend can tell it (a lock written by a client
     /// without fencing, such as a TypeScript bot sharing a Redis, has none).
     pub fence: Option<u64>,
+}
+
+impl LockInfo {
+    /// The holder with `token`, expiring at `expires_at` (Unix ms), with its fence if known.
+    pub fn new(token: impl Into<String>, expires_at: u64, fence: Option<u64>) -> Self {
+        Self {
+            token: token.into(),
+            expires_at,
+            fence,
+        }
+    }
 }
 
 /// Optional capability: read who holds a lock, without changing anything.

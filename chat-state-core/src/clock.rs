@@ -29,9 +29,15 @@ impl Clock for SystemClock {
 
     #[cfg(target_arch = "wasm32")]
     fn now_ms(&self) -> u64 {
-        // std::time::SystemTime panics on wasm32-unknown-unknown; JS `Date.now()` is the clock
-        // there, and the Durable Object backend injects its own clock built on it.
-        0
+        // std::time::SystemTime panics on wasm32-unknown-unknown: JavaScript's `Date.now()`
+        // is the wall clock there (in a Worker it is the request's time, frozen while the
+        // isolate computes, which is exactly when expiry may not move anyway).
+        let now = js_sys::Date::now();
+        if now.is_finite() && now > 0.0 {
+            now as u64
+        } else {
+            0
+        }
     }
 }
 

@@ -181,6 +181,16 @@ impl Error {
         self
     }
 
+    /// Attaches the backend name and operation unless the error already names an operation
+    /// (an error passed up from a nested call keeps the context it was raised in).
+    pub fn or_context(self, backend: &'static str, operation: Operation) -> Self {
+        if self.operation.is_some() {
+            self
+        } else {
+            self.context(backend, operation)
+        }
+    }
+
     /// Attaches the underlying error.
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());

@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod adapter;
+mod backend;
 mod clock;
 mod error;
 mod ext;
 #[cfg(not(target_arch = "wasm32"))]
 mod guard;
+mod layer;
 mod lifecycle;
 mod token;
 mod types;
@@ -16,11 +18,13 @@ pub use adapter::{
 };
 /// Re-exported so backends implement the traits with the same macro version.
 pub use async_trait::async_trait;
+pub use backend::{Backend, Checked, LockInspector, LockRequest};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use error::{BoxError, Error, ErrorKind, Operation, Result};
 pub use ext::{StateExt, UndecodedEntry};
 #[cfg(not(target_arch = "wasm32"))]
 pub use guard::{LockRun, LockWatch, with_lock};
+pub use layer::{Call, Layer, Layered, MaybeSend, Next};
 pub use lifecycle::OpenState;
 pub use token::new_lock_token;
 pub use types::{ListOptions, Lock, QueueEntry};

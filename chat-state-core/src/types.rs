@@ -79,6 +79,11 @@ impl ListOptions {
         Self::default()
     }
 
+    /// Options from optional parts, as a wire format or a config carries them.
+    pub fn from_parts(max_length: Option<usize>, ttl: Option<Duration>) -> Self {
+        Self { max_length, ttl }
+    }
+
     /// Keep only the newest `max_length` items.
     pub fn max_length(mut self, max_length: usize) -> Self {
         self.max_length = Some(max_length);

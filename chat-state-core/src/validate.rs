@@ -1,8 +1,10 @@
 //! Input rules (contract rules 2 and 9), checked once here so every backend rejects the
 //! same inputs with the same error before any I/O.
 //!
-//! Every backend method starts with the validator of the same name, for example
-//! `validate::acquire_lock(BACKEND, id, ttl)?`. The conformance suite checks that it does.
+//! Each contract method has the validator of the same name (`validate::acquire_lock` for
+//! `acquire_lock`). [`Checked`](crate::Checked), the layer every [`Backend`](crate::Backend)
+//! runs behind, calls them for you; call them yourself only in an adapter that implements
+//! the public traits directly. The conformance suite checks that the rules hold.
 
 use std::time::Duration;
 
@@ -30,17 +32,31 @@ pub fn duration_ms(d: Duration) -> u64 {
     u64::try_from(rounded).unwrap_or(u64::MAX)
 }
 
-/// `now_ms + ttl` in milliseconds, or an invalid-input error if it leaves the `i64` range
-/// every backend can store (contract rule 2: overflow is an error, never a wrap).
-pub fn expiry_ms(now_ms: u64, ttl: Duration) -> std::result::Result<u64, Error> {
+/// `now_ms + ttl` in milliseconds, or an invalid-input error naming `backend` and `op` if
+/// it leaves the `i64` range every backend can store (contract rule 2: overflow is an error,
+/// never a wrap).
+pub fn expiry_ms(backend: &'static str, op: Operation, now_ms: u64, ttl: Duration) -> Result<u64> {
     now_ms
         .checked_add(duration_ms(ttl))
         .filter(|&at| at <= i64::MAX as u64)
         .ok_or_else(|| {
-            Error::invalid_input(format!(
-                "a TTL of {ttl:?} from now ({now_ms} ms) overflows the time range"
-            ))
+            fail(
+                backend,
+                op,
+                format!("a TTL of {ttl:?} from now ({now_ms} ms) overflows the time range"),
+            )
         })
+}
+
+/// [`expiry_ms`] of an optional TTL: `None` (no expiry) stays `None`.
+pub fn optional_expiry_ms(
+    backend: &'static str,
+    op: Operation,
+    now_ms: u64,
+    ttl: Option<Duration>,
+) -> Result<Option<u64>> {
+    ttl.map(|ttl| expiry_ms(backend, op, now_ms, ttl))
+        .transpose()
 }
 
 fn fail(backend: &'static str, op: Operation, message: String) -> Error {
@@ -128,26 +144,15 @@ fn length(backend: &'static str, op: Operation, what: &str, n: usize) -> Result<
     Ok(())
 }
 
-/// Rules for `subscribe`, `unsubscribe`, `is_subscribed`.
-pub fn thread_id(backend: &'static str, op: Operation, thread_id: &str) -> Result<()> {
+// One validator per method, named after it, so a backend (or the rule layer, `Checked`)
+// cannot pair a method with the wrong rules.
+
+fn thread(backend: &'static str, op: Operation, thread_id: &str) -> Result<()> {
     key(backend, op, "thread id", thread_id)
 }
 
-/// Rules for `acquire_lock`.
-pub fn acquire_lock(backend: &'static str, lock_id: &str, lock_ttl: Duration) -> Result<()> {
-    key(backend, Operation::AcquireLock, "lock id", lock_id)?;
-    ttl(backend, Operation::AcquireLock, lock_ttl)
-}
-
-/// Rules for `release_lock` (a lock handed back by the caller).
-pub fn release_lock(backend: &'static str, lock: &Lock) -> Result<()> {
-    lock_handle(backend, Operation::ReleaseLock, lock)
-}
-
-/// Rules for `extend_lock`.
-pub fn extend_lock(backend: &'static str, lock: &Lock, lock_ttl: Duration) -> Result<()> {
-    lock_handle(backend, Operation::ExtendLock, lock)?;
-    ttl(backend, Operation::ExtendLock, lock_ttl)
+fn cache_key(backend: &'static str, op: Operation, k: &str) -> Result<()> {
+    key(backend, op, "key", k)
 }
 
 fn lock_handle(backend: &'static str, op: Operation, lock: &Lock) -> Result<()> {
@@ -155,35 +160,88 @@ fn lock_handle(backend: &'static str, op: Operation, lock: &Lock) -> Result<()> 
     key(backend, op, "lock token", &lock.token)
 }
 
-/// Rules for `force_release_lock`.
-pub fn force_release_lock(backend: &'static str, lock_id: &str) -> Result<()> {
-    key(backend, Operation::ForceReleaseLock, "lock id", lock_id)
-}
-
-/// Rules for `lock_info` ([`InspectLocks`](crate::InspectLocks)).
-pub fn lock_info(backend: &'static str, lock_id: &str) -> Result<()> {
-    key(backend, Operation::LockInfo, "lock id", lock_id)
-}
-
-/// Rules for `get` and `delete` (and any key-only cache or list operation).
-pub fn cache_key(backend: &'static str, op: Operation, k: &str) -> Result<()> {
-    key(backend, op, "key", k)
-}
-
-/// Rules for `set` and `set_if_not_exists`.
-pub fn set(
+fn value_write(
     backend: &'static str,
     op: Operation,
     k: &str,
     v: &[u8],
     t: Option<Duration>,
 ) -> Result<()> {
-    key(backend, op, "key", k)?;
+    cache_key(backend, op, k)?;
     value(backend, op, v)?;
     optional_ttl(backend, op, t)
 }
 
-/// Rules for `append_to_list`.
+/// Rules for `subscribe`: a valid thread id.
+pub fn subscribe(backend: &'static str, thread_id: &str) -> Result<()> {
+    thread(backend, Operation::Subscribe, thread_id)
+}
+
+/// Rules for `unsubscribe`: a valid thread id.
+pub fn unsubscribe(backend: &'static str, thread_id: &str) -> Result<()> {
+    thread(backend, Operation::Unsubscribe, thread_id)
+}
+
+/// Rules for `is_subscribed`: a valid thread id.
+pub fn is_subscribed(backend: &'static str, thread_id: &str) -> Result<()> {
+    thread(backend, Operation::IsSubscribed, thread_id)
+}
+
+/// Rules for `acquire_lock`: a valid lock id and a lock TTL (non-zero, at most [`MAX_TTL`]).
+pub fn acquire_lock(backend: &'static str, lock_id: &str, lock_ttl: Duration) -> Result<()> {
+    key(backend, Operation::AcquireLock, "lock id", lock_id)?;
+    ttl(backend, Operation::AcquireLock, lock_ttl)
+}
+
+/// Rules for `release_lock`: the handed-back lock has a valid id and token.
+pub fn release_lock(backend: &'static str, lock: &Lock) -> Result<()> {
+    lock_handle(backend, Operation::ReleaseLock, lock)
+}
+
+/// Rules for `extend_lock`: a valid lock handle and a lock TTL.
+pub fn extend_lock(backend: &'static str, lock: &Lock, lock_ttl: Duration) -> Result<()> {
+    lock_handle(backend, Operation::ExtendLock, lock)?;
+    ttl(backend, Operation::ExtendLock, lock_ttl)
+}
+
+/// Rules for `force_release_lock`: a valid lock id.
+pub fn force_release_lock(backend: &'static str, lock_id: &str) -> Result<()> {
+    key(backend, Operation::ForceReleaseLock, "lock id", lock_id)
+}
+
+/// Rules for `lock_info` ([`InspectLocks`](crate::InspectLocks)): a valid lock id.
+pub fn lock_info(backend: &'static str, lock_id: &str) -> Result<()> {
+    key(backend, Operation::LockInfo, "lock id", lock_id)
+}
+
+/// Rules for `get`: a valid key.
+pub fn get(backend: &'static str, key: &str) -> Result<()> {
+    cache_key(backend, Operation::Get, key)
+}
+
+/// Rules for `set`: a valid key, a value of at most [`MAX_VALUE_BYTES`], an optional TTL
+/// that is not zero.
+pub fn set(backend: &'static str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+    value_write(backend, Operation::Set, key, value, ttl)
+}
+
+/// Rules for `set_if_not_exists`: the same as [`set`].
+pub fn set_if_not_exists(
+    backend: &'static str,
+    key: &str,
+    value: &[u8],
+    ttl: Option<Duration>,
+) -> Result<()> {
+    value_write(backend, Operation::SetIfNotExists, key, value, ttl)
+}
+
+/// Rules for `delete`: a valid key.
+pub fn delete(backend: &'static str, key: &str) -> Result<()> {
+    cache_key(backend, Operation::Delete, key)
+}
+
+/// Rules for `append_to_list`: a valid key and value, `max_length` in
+/// 1..=[`MAX_COLLECTION_LEN`], an optional TTL that is not zero.
 pub fn append_to_list(
     backend: &'static str,
     k: &str,
@@ -199,15 +257,21 @@ pub fn append_to_list(
     optional_ttl(backend, op, options.ttl)
 }
 
-/// Rules for `enqueue`.
+/// Rules for `get_list`: a valid key.
+pub fn get_list(backend: &'static str, key: &str) -> Result<()> {
+    cache_key(backend, Operation::GetList, key)
+}
+
+/// Rules for `enqueue`: a valid thread id, `max_size` in 1..=[`MAX_COLLECTION_LEN`],
+/// timestamps in the `i64` millisecond range, a message of at most [`MAX_VALUE_BYTES`] as JSON.
 pub fn enqueue(
     backend: &'static str,
-    thread: &str,
+    thread_id: &str,
     entry: &QueueEntry,
     max_size: usize,
 ) -> Result<()> {
     let op = Operation::Enqueue;
-    key(backend, op, "thread id", thread)?;
+    thread(backend, op, thread_id)?;
     length(backend, op, "max_size", max_size)?;
     if entry.expires_at > i64::MAX as u64 || entry.enqueued_at > i64::MAX as u64 {
         return Err(fail(
@@ -235,6 +299,16 @@ pub fn enqueue(
     Ok(())
 }
 
+/// Rules for `dequeue`: a valid thread id.
+pub fn dequeue(backend: &'static str, thread_id: &str) -> Result<()> {
+    thread(backend, Operation::Dequeue, thread_id)
+}
+
+/// Rules for `queue_depth`: a valid thread id.
+pub fn queue_depth(backend: &'static str, thread_id: &str) -> Result<()> {
+    thread(backend, Operation::QueueDepth, thread_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,11 +322,17 @@ mod tests {
 
     #[test]
     fn expiry_overflow_is_invalid_input() {
-        let err = expiry_ms(u64::MAX - 5, Duration::from_millis(10)).unwrap_err();
+        let op = Operation::Set;
+        let err = expiry_ms("t", op, u64::MAX - 5, Duration::from_millis(10)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        let err = expiry_ms(i64::MAX as u64, Duration::from_millis(1)).unwrap_err();
+        assert_eq!((err.backend(), err.operation()), ("t", Some(op)));
+        let err = expiry_ms("t", op, i64::MAX as u64, Duration::from_millis(1)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        assert_eq!(expiry_ms(10, Duration::from_millis(5)).unwrap(), 15);
+        assert_eq!(
+            expiry_ms("t", op, 10, Duration::from_millis(5)).unwrap(),
+            15
+        );
+        assert_eq!(optional_expiry_ms("t", op, 10, None).unwrap(), None);
     }
 
     #[test]

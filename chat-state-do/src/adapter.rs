@@ -1,17 +1,17 @@
-//! The adapter, [`DurableObjectAdapter`] (wasm32 only): the core traits implemented by
-//! sending [`protocol`](crate::protocol) requests to [`ChatStateDO`](crate::ChatStateDO)
-//! objects from inside a Worker.
+//! The adapter (wasm32 only): [`DurableObjectBackend`], the storage logic that sends
+//! [`protocol`](crate::protocol) requests to [`ChatStateDO`](crate::ChatStateDO) objects from
+//! inside a Worker, and [`DurableObjectAdapter`], that backend behind core's rule layer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chat_state_core::{
-    Cache, Error, ErrorKind, ListOptions, Lists, Lock, Locks, OpenState, Operation, QueueEntry,
-    Queues, Result, StateAdapter, Subscriptions, validate,
+    Backend, Checked, Error, ErrorKind, ListOptions, Lock, LockRequest, Operation, QueueEntry,
+    Result, validate,
 };
 use serde::de::DeserializeOwned;
 use wasm_bindgen::{JsCast, JsValue};
-use worker::{Date, Env, Method, ObjectNamespace, RequestInit};
+use worker::{Env, Method, ObjectNamespace, RequestInit};
 
 use crate::BACKEND;
 use crate::protocol::{Acquired, KIND_PROTOCOL_MISMATCH, REQUEST_URL, Request, WireError, b64};
@@ -22,23 +22,33 @@ use chat_state_core::SharedClock;
 /// The default object name when none is configured (the same as the TypeScript package).
 pub const DEFAULT_OBJECT_NAME: &str = "default";
 
-/// A [`StateAdapter`] backed by [`ChatStateDO`](crate::ChatStateDO) objects.
+/// A [`StateAdapter`](chat_state_core::StateAdapter) backed by
+/// [`ChatStateDO`](crate::ChatStateDO) objects: [`DurableObjectBackend`] behind core's rule
+/// layer, which validates inputs, checks the adapter is open, draws lock tokens and computes
+/// `Lock::expires_at` before any request leaves the Worker.
 ///
-/// Build it per request (it is cheap: no I/O until the first operation) from the namespace
-/// binding. Every call gets a fresh stub, so a broken stub after an object reset never
-/// poisons later calls.
+/// Build it per request (it is cheap: no I/O until the first operation) with
+/// [`DurableObjectBackend::builder`] or [`DurableObjectBackend::from_env`]. It dereferences to
+/// the backend, so [`DurableObjectBackend::router`] stays reachable.
+pub type DurableObjectAdapter = Checked<DurableObjectBackend>;
+
+/// The storage logic of [`DurableObjectAdapter`]: each operation is one request to the object
+/// that owns its thread or key.
+///
+/// Every call gets a fresh stub, so a broken stub after an object reset never poisons later
+/// calls. Inputs arrive validated (the rule layer checks them; the object checks them again,
+/// since requests can reach it without this adapter).
 #[derive(Debug)]
-pub struct DurableObjectAdapter {
+pub struct DurableObjectBackend {
     namespace: ObjectNamespace,
     router: Router,
     location_hint: Option<String>,
-    open: OpenState,
     /// Test-only: the clock for rule 12 and for the objects (sent with every request).
     #[cfg(feature = "test-introspection")]
     test_clock: Option<SharedClock>,
 }
 
-/// Configures a [`DurableObjectAdapter`]; see [`DurableObjectAdapter::builder`].
+/// Configures a [`DurableObjectAdapter`]; see [`DurableObjectBackend::builder`].
 #[derive(Debug)]
 pub struct DurableObjectAdapterBuilder {
     namespace: ObjectNamespace,
@@ -50,6 +60,19 @@ pub struct DurableObjectAdapterBuilder {
 }
 
 impl DurableObjectAdapterBuilder {
+    /// A builder over the namespace binding (`env.durable_object("CHAT_STATE")?`); the same
+    /// as [`DurableObjectBackend::builder`].
+    pub fn new(namespace: ObjectNamespace) -> Self {
+        Self {
+            namespace,
+            router: Router::new(DEFAULT_OBJECT_NAME),
+            location_hint: None,
+            jurisdiction: None,
+            #[cfg(feature = "test-introspection")]
+            test_clock: None,
+        }
+    }
+
     /// The default object's name (default [`DEFAULT_OBJECT_NAME`]). Cache and list keys go
     /// there unless a key router says otherwise; with no shard function, everything does.
     pub fn object_name(mut self, name: impl Into<String>) -> Self {
@@ -104,8 +127,8 @@ impl DurableObjectAdapterBuilder {
         self
     }
 
-    /// The adapter. Fails with [`ErrorKind::InvalidInput`] if the default object name is not
-    /// a valid key, or if the runtime rejects the jurisdiction.
+    /// The adapter, open. Fails with [`ErrorKind::InvalidInput`] if the default object name
+    /// is not a valid key, or if the runtime rejects the jurisdiction.
     pub fn build(self) -> Result<DurableObjectAdapter> {
         validate::key(
             BACKEND,
@@ -117,14 +140,13 @@ impl DurableObjectAdapterBuilder {
             Some(j) => jurisdiction_namespace(&self.namespace, j)?,
             None => self.namespace,
         };
-        Ok(DurableObjectAdapter {
+        Ok(Checked::new(DurableObjectBackend {
             namespace,
             router: self.router,
             location_hint: self.location_hint,
-            open: OpenState::new(),
             #[cfg(feature = "test-introspection")]
             test_clock: self.test_clock,
-        })
+        }))
     }
 }
 
@@ -155,21 +177,14 @@ fn js_message(e: &JsValue) -> String {
     }
 }
 
-impl DurableObjectAdapter {
+impl DurableObjectBackend {
     /// A builder over the namespace binding (`env.durable_object("CHAT_STATE")?`).
     pub fn builder(namespace: ObjectNamespace) -> DurableObjectAdapterBuilder {
-        DurableObjectAdapterBuilder {
-            namespace,
-            router: Router::new(DEFAULT_OBJECT_NAME),
-            location_hint: None,
-            jurisdiction: None,
-            #[cfg(feature = "test-introspection")]
-            test_clock: None,
-        }
+        DurableObjectAdapterBuilder::new(namespace)
     }
 
     /// An adapter with defaults over the binding named `binding` in `env`.
-    pub fn from_env(env: &Env, binding: &str) -> Result<Self> {
+    pub fn from_env(env: &Env, binding: &str) -> Result<DurableObjectAdapter> {
         let namespace = env.durable_object(binding).map_err(|e| {
             Error::invalid_input(format!(
                 "no Durable Object namespace bound as {binding:?} ({e}); add it to \
@@ -185,32 +200,17 @@ impl DurableObjectAdapter {
         &self.router
     }
 
-    /// The adapter's current time, Unix ms: `Date.now()`, or the test clock if one is set.
-    fn now_ms(&self) -> u64 {
-        #[cfg(feature = "test-introspection")]
-        if let Some(clock) = &self.test_clock {
-            return clock.now_ms();
-        }
-        Date::now().as_millis()
-    }
-
-    /// Sends one request to the object named `object` and decodes its result.
-    async fn call<T: DeserializeOwned>(
-        &self,
-        op: Operation,
-        object: &str,
-        request: &Request,
-    ) -> Result<T> {
+    /// Sends one request to the object named `object` and decodes its result. Errors carry
+    /// no context; the rule layer attaches backend and operation.
+    async fn call<T: DeserializeOwned>(&self, object: &str, request: &Request) -> Result<T> {
         let unavailable = |what: &str, e: worker::Error| {
             Error::new(
                 ErrorKind::Unavailable,
                 format!("{what} Durable Object {object:?} failed: {e}; retry later"),
             )
-            .context(BACKEND, op)
         };
-        let body = serde_json::to_string(request).map_err(|e| {
-            Error::invalid_input(format!("cannot encode the request: {e}")).context(BACKEND, op)
-        })?;
+        let body = serde_json::to_string(request)
+            .map_err(|e| Error::invalid_input(format!("cannot encode the request: {e}")))?;
         let stub = match &self.location_hint {
             Some(hint) => self.namespace.get_by_name_with_location_hint(object, hint),
             None => self.namespace.get_by_name(object),
@@ -250,14 +250,11 @@ impl DurableObjectAdapter {
                          is the binding's class chat_state_do::ChatStateDO of the same version?"
                     ),
                 )
-                .context(BACKEND, op)
             });
         }
-        let err = match serde_json::from_slice::<WireError>(&bytes) {
-            Ok(w) if w.kind == KIND_PROTOCOL_MISMATCH => {
-                Error::new(ErrorKind::Backend, w.message).context(BACKEND, op)
-            }
-            Ok(w) => Error::new(w.error_kind(), w.message).context(BACKEND, op),
+        Err(match serde_json::from_slice::<WireError>(&bytes) {
+            Ok(w) if w.kind == KIND_PROTOCOL_MISMATCH => Error::new(ErrorKind::Backend, w.message),
+            Ok(w) => Error::new(w.error_kind(), w.message),
             Err(_) => Error::new(
                 if status >= 500 {
                     ErrorKind::Unavailable
@@ -270,30 +267,24 @@ impl DurableObjectAdapter {
                      chat_state_do::ChatStateDO",
                     String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
                 ),
-            )
-            .context(BACKEND, op),
-        };
-        Err(err)
+            ),
+        })
     }
 
+    /// A thread-scoped request (subscriptions, locks, queues): to the thread's object.
     async fn thread_call<T: DeserializeOwned>(
         &self,
-        op: Operation,
         thread_id: &str,
         request: Request,
     ) -> Result<T> {
         let object = self.router.object_for_thread(thread_id);
-        self.call(op, &object, &request).await
+        self.call(&object, &request).await
     }
 
-    async fn key_call<T: DeserializeOwned>(
-        &self,
-        op: Operation,
-        key: &str,
-        request: Request,
-    ) -> Result<T> {
+    /// A cache or list request: to the object the key routes to.
+    async fn key_call<T: DeserializeOwned>(&self, key: &str, request: Request) -> Result<T> {
         let object = self.router.object_for_key(key);
-        self.call(op, &object, &request).await
+        self.call(&object, &request).await
     }
 }
 
@@ -301,121 +292,109 @@ fn ttl_ms(t: Duration) -> u64 {
     validate::duration_ms(t)
 }
 
-fn decode_b64(op: Operation, s: &str) -> Result<Vec<u8>> {
-    b64::decode(s).map_err(|e| Error::corrupt(e).context(BACKEND, op))
+fn decode_b64(s: &str) -> Result<Vec<u8>> {
+    b64::decode(s).map_err(Error::corrupt)
 }
 
 #[chat_state_core::async_trait(?Send)]
-impl Subscriptions for DurableObjectAdapter {
+impl Backend for DurableObjectBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    /// `Date.now()` (the system clock on wasm32), or the test clock if one is set.
+    fn now_ms(&self) -> u64 {
+        #[cfg(feature = "test-introspection")]
+        if let Some(clock) = &self.test_clock {
+            return clock.now_ms();
+        }
+        chat_state_core::Clock::now_ms(&chat_state_core::SystemClock)
+    }
+
+    // `connect` and `close` keep the defaults: objects are created on first use, and the
+    // adapter holds nothing that needs releasing.
+
     async fn subscribe(&self, thread_id: &str) -> Result<()> {
-        let op = Operation::Subscribe;
-        validate::thread_id(BACKEND, op, thread_id)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::Subscribe {
             thread_id: thread_id.into(),
         };
-        self.thread_call(op, thread_id, r).await
+        self.thread_call(thread_id, r).await
     }
 
     async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
-        let op = Operation::Unsubscribe;
-        validate::thread_id(BACKEND, op, thread_id)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::Unsubscribe {
             thread_id: thread_id.into(),
         };
-        self.thread_call(op, thread_id, r).await
+        self.thread_call(thread_id, r).await
     }
 
     async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
-        let op = Operation::IsSubscribed;
-        validate::thread_id(BACKEND, op, thread_id)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::IsSubscribed {
             thread_id: thread_id.into(),
         };
-        self.thread_call(op, thread_id, r).await
+        self.thread_call(thread_id, r).await
     }
-}
 
-#[chat_state_core::async_trait(?Send)]
-impl Locks for DurableObjectAdapter {
-    async fn acquire_lock(&self, lock_id: &str, ttl: Duration) -> Result<Option<Lock>> {
-        let op = Operation::AcquireLock;
-        validate::acquire_lock(BACKEND, lock_id, ttl)?;
-        self.open.check(BACKEND, op)?;
-        // Contract rule 12: the caller's expiry counts from before the request was sent, so
-        // it can only be earlier than the object's own (which counts from its arrival).
-        let expires_at =
-            validate::expiry_ms(self.now_ms(), ttl).map_err(|e| e.context(BACKEND, op))?;
+    /// The object stores the layer's token and keeps its own expiry, counted from the
+    /// request's arrival: later than `request.expires_at`, which the layer read before
+    /// sending (contract rule 12).
+    async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>> {
         let r = Request::AcquireLock {
-            lock_id: lock_id.into(),
-            ttl_ms: ttl_ms(ttl),
+            lock_id: request.lock_id.into(),
+            ttl_ms: ttl_ms(request.ttl),
+            token: Some(request.token.into()),
         };
-        let acquired: Option<Acquired> = self.thread_call(op, lock_id, r).await?;
-        Ok(acquired.map(|a| Lock {
-            thread_id: lock_id.to_owned(),
-            token: a.token,
-            expires_at,
-            fence: a.fence,
-        }))
+        let acquired: Option<Acquired> = self.thread_call(request.lock_id, r).await?;
+        match acquired {
+            None => Ok(None),
+            Some(a) if a.token == request.token => Ok(Some(a.fence)),
+            // An object from before tokens were sent draws its own and ignores ours.
+            Some(_) => Err(Error::new(
+                ErrorKind::Backend,
+                "the Durable Object stored a lock token other than the one sent; it runs an \
+                 older chat-state-do than this Worker: deploy the Worker and the Durable Object \
+                 class from the same chat-state-do version",
+            )),
+        }
     }
 
     async fn release_lock(&self, lock: &Lock) -> Result<()> {
-        let op = Operation::ReleaseLock;
-        validate::release_lock(BACKEND, lock)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::ReleaseLock {
             lock_id: lock.thread_id.clone(),
             token: lock.token.clone(),
         };
-        self.thread_call(op, &lock.thread_id, r).await
+        self.thread_call(&lock.thread_id, r).await
     }
 
-    async fn extend_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool> {
-        let op = Operation::ExtendLock;
-        validate::extend_lock(BACKEND, lock, ttl)?;
-        self.open.check(BACKEND, op)?;
+    async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool> {
         let r = Request::ExtendLock {
-            lock_id: lock.thread_id.clone(),
-            token: lock.token.clone(),
-            ttl_ms: ttl_ms(ttl),
+            lock_id: request.lock_id.into(),
+            token: request.token.into(),
+            ttl_ms: ttl_ms(request.ttl),
         };
-        self.thread_call(op, &lock.thread_id, r).await
+        self.thread_call(request.lock_id, r).await
     }
 
     async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
-        let op = Operation::ForceReleaseLock;
-        validate::force_release_lock(BACKEND, lock_id)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::ForceReleaseLock {
             lock_id: lock_id.into(),
         };
-        self.thread_call(op, lock_id, r).await
+        self.thread_call(lock_id, r).await
     }
-}
 
-#[chat_state_core::async_trait(?Send)]
-impl Cache for DurableObjectAdapter {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let op = Operation::Get;
-        validate::cache_key(BACKEND, op, key)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::Get { key: key.into() };
-        let v: Option<String> = self.key_call(op, key, r).await?;
-        v.map(|s| decode_b64(op, &s)).transpose()
+        let v: Option<String> = self.key_call(key, r).await?;
+        v.map(|s| decode_b64(&s)).transpose()
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        let op = Operation::Set;
-        validate::set(BACKEND, op, key, value, ttl)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::Set {
             key: key.into(),
             value: value.to_vec(),
             ttl_ms: ttl.map(ttl_ms),
         };
-        self.key_call(op, key, r).await
+        self.key_call(key, r).await
     }
 
     async fn set_if_not_exists(
@@ -424,99 +403,55 @@ impl Cache for DurableObjectAdapter {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool> {
-        let op = Operation::SetIfNotExists;
-        validate::set(BACKEND, op, key, value, ttl)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::SetIfNotExists {
             key: key.into(),
             value: value.to_vec(),
             ttl_ms: ttl.map(ttl_ms),
         };
-        self.key_call(op, key, r).await
+        self.key_call(key, r).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let op = Operation::Delete;
-        validate::cache_key(BACKEND, op, key)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::Delete { key: key.into() };
-        self.key_call(op, key, r).await
+        self.key_call(key, r).await
     }
-}
 
-#[chat_state_core::async_trait(?Send)]
-impl Lists for DurableObjectAdapter {
     async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()> {
-        let op = Operation::AppendToList;
-        validate::append_to_list(BACKEND, key, value, &options)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::AppendToList {
             key: key.into(),
             value: value.to_vec(),
             max_length: options.max_length.map(|n| n as u64),
             ttl_ms: options.ttl.map(ttl_ms),
         };
-        self.key_call(op, key, r).await
+        self.key_call(key, r).await
     }
 
     async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
-        let op = Operation::GetList;
-        validate::cache_key(BACKEND, op, key)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::GetList { key: key.into() };
-        let items: Vec<String> = self.key_call(op, key, r).await?;
-        items.iter().map(|s| decode_b64(op, s)).collect()
+        let items: Vec<String> = self.key_call(key, r).await?;
+        items.iter().map(|s| decode_b64(s)).collect()
     }
-}
 
-#[chat_state_core::async_trait(?Send)]
-impl Queues for DurableObjectAdapter {
     async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
-        let op = Operation::Enqueue;
-        validate::enqueue(BACKEND, thread_id, &entry, max_size)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::Enqueue {
             thread_id: thread_id.into(),
             entry,
             max_size: max_size as u64,
         };
-        self.thread_call(op, thread_id, r).await
+        self.thread_call(thread_id, r).await
     }
 
     async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
-        let op = Operation::Dequeue;
-        validate::thread_id(BACKEND, op, thread_id)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::Dequeue {
             thread_id: thread_id.into(),
         };
-        self.thread_call(op, thread_id, r).await
+        self.thread_call(thread_id, r).await
     }
 
     async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
-        let op = Operation::QueueDepth;
-        validate::thread_id(BACKEND, op, thread_id)?;
-        self.open.check(BACKEND, op)?;
         let r = Request::QueueDepth {
             thread_id: thread_id.into(),
         };
-        self.thread_call(op, thread_id, r).await
-    }
-}
-
-#[chat_state_core::async_trait(?Send)]
-impl StateAdapter for DurableObjectAdapter {
-    fn backend_name(&self) -> &'static str {
-        BACKEND
-    }
-
-    /// Nothing to connect: objects are created on first use. Only checks the adapter is open.
-    async fn connect(&self) -> Result<()> {
-        self.open.check(BACKEND, Operation::Connect)
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.open.close();
-        Ok(())
+        self.thread_call(thread_id, r).await
     }
 }

@@ -11,7 +11,9 @@ mod adapter;
 mod object;
 
 #[cfg(target_arch = "wasm32")]
-pub use adapter::{DEFAULT_OBJECT_NAME, DurableObjectAdapter, DurableObjectAdapterBuilder};
+pub use adapter::{
+    DEFAULT_OBJECT_NAME, DurableObjectAdapter, DurableObjectAdapterBuilder, DurableObjectBackend,
+};
 #[cfg(target_arch = "wasm32")]
 pub use object::{ChatStateDO, SCHEMA_VERSION};
 

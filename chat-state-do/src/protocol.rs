@@ -4,7 +4,7 @@
 //!
 //! One operation per HTTP request: `POST https://chat-state.internal/v1` whose body is one
 //! JSON [`Request`], tagged by `op` (snake_case), for example
-//! `{"op":"acquire_lock","lock_id":"t1","ttl_ms":30000}`.
+//! `{"op":"acquire_lock","lock_id":"t1","ttl_ms":30000,"token":"9f86d0..."}`.
 //!
 //! * Success: status 200, body = the operation's result as JSON (see [`Request`] for the
 //!   shape of each).
@@ -20,6 +20,11 @@
 //! that into an error telling the user to deploy the Worker and the object from the same
 //! `chat-state-do` version. A new incompatible format gets a new path, so an old object and a
 //! new adapter (or the reverse) always fail loudly instead of misreading each other.
+//!
+//! Fields added within a version are optional: `acquire_lock`'s `token` (the caller's token
+//! for the new holder) may be absent, and the object then draws one. An object that predates
+//! the field ignores it and answers a token of its own, which the adapter detects and reports
+//! as a version mismatch instead of handing out a lock whose token the object does not know.
 //!
 //! # Test clock (feature `test-introspection` only)
 //!
@@ -73,6 +78,10 @@ pub enum Request {
         lock_id: String,
         /// Lock TTL in milliseconds (> 0).
         ttl_ms: u64,
+        /// The new holder's token, drawn by the caller (the adapter's rule layer draws 128
+        /// random bits, hex). Absent: the object draws one and answers it in [`Acquired`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// Result: `null`.
     ReleaseLock {
@@ -182,7 +191,8 @@ pub enum Request {
 /// Result of a successful [`Request::AcquireLock`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Acquired {
-    /// The new holder's token (128 random bits, hex).
+    /// The new holder's token: the request's, or one the object drew (128 random bits, hex)
+    /// if the request carried none.
     pub token: String,
     /// Fencing number, strictly increasing per object (hence per lock id).
     pub fence: u64,
@@ -363,9 +373,21 @@ mod tests {
             r,
             Request::AcquireLock {
                 lock_id: "t".into(),
-                ttl_ms: 5
+                ttl_ms: 5,
+                token: None,
             }
         );
+        let r = Request::AcquireLock {
+            lock_id: "t".into(),
+            ttl_ms: 5,
+            token: Some("ab12".into()),
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"op":"acquire_lock","lock_id":"t","ttl_ms":5,"token":"ab12"}"#
+        );
+        assert_eq!(decode_request(json.as_bytes()).unwrap(), r);
         assert_eq!(
             decode_request(br#"{"op":"inspect"}"#).unwrap(),
             Request::Inspect

@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use chat_state_conformance::Outcome;
 use chat_state_core::{Clock, SystemClock};
 use chat_state_do::protocol::Inspection;
 use chat_state_do::routing::hashed_shards;
@@ -391,7 +392,7 @@ fn assert_conformance(shards: u32, manual_clock: bool) -> chat_state_conformance
     let failed: Vec<String> = report
         .cases
         .iter()
-        .filter(|c| c.outcome != "passed" && c.outcome != "skipped")
+        .filter(|c| c.outcome != Outcome::Passed && c.outcome != Outcome::Skipped)
         .map(|c| format!("{} ({}): {}", c.name, c.outcome, c.message))
         .collect();
     assert!(
@@ -405,7 +406,7 @@ fn assert_conformance(shards: u32, manual_clock: bool) -> chat_state_conformance
     // Skips are the suite's own verdict that a case cannot apply here (exact expiry
     // boundaries need a manual clock; some checks need native threads). Durability does
     // apply: the Worker provides the reopen hook, so that case must really run.
-    for c in report.cases.iter().filter(|c| c.outcome == "skipped") {
+    for c in report.with_outcome(Outcome::Skipped) {
         eprintln!("skipped in workerd: {}: {}", c.name, c.message);
     }
     if let Some(c) = report
@@ -413,7 +414,7 @@ fn assert_conformance(shards: u32, manual_clock: bool) -> chat_state_conformance
         .iter()
         .find(|c| c.name == "lifecycle_reopen_keeps_data")
     {
-        assert_eq!(c.outcome, "passed", "{c:?}");
+        assert_eq!(c.outcome, Outcome::Passed, "{c:?}");
     }
     assert_eq!(report.passed() + report.skipped(), report.cases.len());
     report
@@ -465,6 +466,85 @@ fn test_clock_header_sets_the_objects_time_in_test_builds() {
     rt.stop();
 }
 
+/// The memory backend on the system clock, inside workerd (route `/memory-expiry`): a key and
+/// a lock with a short TTL are live, then, after a real wait, the key has expired and the lock
+/// can be taken again, and each lock's `expires_at` is the Worker's `Date.now()` plus the TTL.
+///
+/// The checks fail if `SystemClock` read 0 on wasm32 (as it did before it read `Date.now()`):
+/// the first lock would expire at `ttl` ms after 1970, far from `Date.now()`, and the backend's
+/// time would never pass, so after the wait the key would still be live and the lock still
+/// held. The route's `zero_clock` switch runs the same steps on a clock stuck at 0, and the
+/// test asserts that the checks reject it. (A clock that panicked, as `std::time::SystemTime`
+/// does on wasm32, would fail the route with a 500.)
+#[test]
+fn memory_backend_expires_on_the_system_clock_in_workerd() {
+    let rt = Runtime::start(None);
+    let ttl = 300u64;
+    let before = SystemClock.now_ms();
+    let real = rt.post("/memory-expiry", &json!({ "ttl_ms": ttl }));
+    let after = SystemClock.now_ms();
+    let zero = rt.post(
+        "/memory-expiry",
+        &json!({ "ttl_ms": ttl, "zero_clock": true }),
+    );
+    rt.stop();
+    eprintln!("memory backend in workerd: {real}");
+    let failed = memory_expiry_failures(&real, ttl, (before, after));
+    assert!(failed.is_empty(), "{}\n{real}", failed.join("\n"));
+    // The same checks on a clock stuck at 0: the expiry is in 1970, nothing expires.
+    let failed = memory_expiry_failures(&zero, ttl, (before, after));
+    for check in ["first expiry", "key expired", "lock re-acquired"] {
+        assert!(
+            failed.iter().any(|f| f.starts_with(check)),
+            "a zero clock must fail the check {check:?}; failures: {failed:?}\n{zero}"
+        );
+    }
+}
+
+/// The checks of [`memory_backend_expires_on_the_system_clock_in_workerd`] on one answer of
+/// `/memory-expiry`; returns the failed ones, each starting with its name.
+fn memory_expiry_failures(r: &Value, ttl: u64, (before, after): (u64, u64)) -> Vec<String> {
+    let mut failed = Vec::new();
+    let mut check = |ok: bool, what: &str| {
+        if !ok {
+            failed.push(what.to_string());
+        }
+    };
+    let ms = |v: &Value| v.as_u64().unwrap_or(0);
+    let started = ms(&r["started_ms"]);
+    let waited = ms(&r["waited_ms"]);
+    let (first, second) = (&r["first_lock"], &r["second_lock"]);
+    // workerd and this process read the same machine clock.
+    check(
+        before.saturating_sub(5_000) <= started && started <= after + 5_000,
+        "Date.now() in the Worker is the wall clock",
+    );
+    // Date.now() (nearly) stands still while the Worker computes, so an expiry is now + ttl
+    // within a millisecond or two (local workerd was seen moving 1 ms); 100 ms of slack.
+    let close_to = |expiry: u64, now: u64| (now + ttl..=now + ttl + 100).contains(&expiry);
+    check(
+        close_to(ms(&first["expiresAt"]), started),
+        "first expiry: Lock::expires_at is Date.now() + ttl (not ttl ms after 1970)",
+    );
+    check(r["live_before"] == json!(true), "key live before the wait");
+    check(
+        r["held_before"] == json!(true),
+        "lock held before the wait: not handed out twice",
+    );
+    check(waited >= started + ttl, "the wait let real time pass");
+    check(r["value_after"].is_null(), "key expired after its TTL");
+    check(second.is_object(), "lock re-acquired after its TTL");
+    if second.is_object() {
+        check(second["token"] != first["token"], "a fresh token");
+        check(ms(&second["fence"]) > ms(&first["fence"]), "fences grow");
+        check(
+            close_to(ms(&second["expiresAt"]), waited),
+            "second expiry: counted from Date.now() after the wait",
+        );
+    }
+    failed
+}
+
 /// The exact-boundary cases skip on real time; a second run with a manual clock driving both
 /// the adapter and the objects must run them, and skip only what cannot apply in a Worker
 /// whatever the clock.
@@ -478,21 +558,16 @@ fn conformance_suite_passes_in_workerd_with_a_manual_clock() {
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("case {name} is not in the report"))
     };
-    for name in [
-        "lock_extend_sets_expiry_to_now_plus_ttl",
-        "queue_entry_expires_at_boundary",
-        "validation_sub_millisecond_ttl_rounds_up",
-    ] {
+    for name in chat_state_conformance::WALL_CLOCK_SKIPS {
         let c = outcome(name);
-        assert_eq!(c.outcome, "passed", "with a manual clock: {c:?}");
+        assert_eq!(c.outcome, Outcome::Passed, "with a manual clock: {c:?}");
     }
     // The only acceptable skips: the native-only checks (they need threads) and cases that
     // need the wall clock, each only if it is compiled for wasm32 at all.
-    let allowed = [
-        "locks_linearizable",
-        "model_based_operations",
-        "lock_guard_heartbeat_keeps_lock",
-    ];
+    let allowed: Vec<&str> = ["locks_linearizable", "model_based_operations"]
+        .into_iter()
+        .chain(chat_state_conformance::MANUAL_CLOCK_SKIPS.iter().copied())
+        .collect();
     let expected: Vec<&str> = report
         .cases
         .iter()
@@ -500,16 +575,14 @@ fn conformance_suite_passes_in_workerd_with_a_manual_clock() {
         .filter(|n| allowed.contains(n))
         .collect();
     let skipped: Vec<&str> = report
-        .cases
-        .iter()
-        .filter(|c| c.outcome == "skipped")
+        .with_outcome(Outcome::Skipped)
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(skipped, expected, "the manual-clock run's skips");
     for name in ["locks_linearizable", "model_based_operations"] {
         assert_eq!(
             outcome(name).outcome,
-            "skipped",
+            Outcome::Skipped,
             "{name} needs native threads"
         );
     }

@@ -17,7 +17,7 @@ const MESSAGES: usize = 2_000;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let state: Arc<dyn StateAdapter> = Arc::new(MemoryState::new());
+    let state: Arc<dyn StateAdapter> = Arc::new(MemoryState::default());
     let handled: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
     let (tx, rx) = async_channel();
     // Every message is delivered once, and one in five a second time (platform retries).

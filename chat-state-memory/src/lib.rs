@@ -8,9 +8,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use chat_state_core::{
-    Cache, Clock, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, OpenState, Operation,
-    QueueEntry, Queues, Result, SharedClock, StateAdapter, Subscriptions, new_lock_token,
-    system_clock, validate,
+    Backend, Checked, Clock, ListOptions, Lock, LockInfo, LockInspector, LockRequest, Operation,
+    QueueEntry, Result, SharedClock, system_clock, validate,
 };
 
 const BACKEND: &str = "memory";
@@ -23,7 +22,12 @@ const SHARDS: usize = 32;
 /// load that keeps touching the shard.
 const CLEANUP_PER_OP: usize = 8;
 
-/// The in-process backend.
+/// The in-process backend as a [`StateAdapter`](chat_state_core::StateAdapter): the
+/// [`MemoryBackend`] behind core's rule layer. `MemoryState::default()` is an empty store on
+/// the system clock; `MemoryState::new(MemoryBackend::with_clock(clock))` reads another clock.
+pub type MemoryState = Checked<MemoryBackend>;
+
+/// The in-process backend's storage.
 ///
 /// Every operation locks exactly one shard (chosen by the key's hash), does its work without
 /// awaiting, and unlocks, so no lock is ever held across an `.await` and unrelated keys do
@@ -31,14 +35,13 @@ const CLEANUP_PER_OP: usize = 8;
 /// expired entries of its shard, so memory does not grow with dead entries
 /// ([`MemoryState::purge_expired`] removes all of them at once).
 #[derive(Debug)]
-pub struct MemoryState {
+pub struct MemoryBackend {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     clock: SharedClock,
     /// One counter for every lock id: strictly increasing per id follows from strictly
     /// increasing overall, and no per-id state has to outlive the lock.
     fence: AtomicU64,
-    open: OpenState,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -156,13 +159,13 @@ impl Shard {
     }
 }
 
-impl Default for MemoryState {
+impl Default for MemoryBackend {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl MemoryState {
+impl MemoryBackend {
     /// An empty store on the system clock.
     pub fn new() -> Self {
         Self::with_shared_clock(system_clock())
@@ -181,7 +184,6 @@ impl MemoryState {
             hasher: RandomState::new(),
             clock,
             fence: AtomicU64::new(0),
-            open: OpenState::new(),
         }
     }
 
@@ -210,26 +212,14 @@ impl MemoryState {
             .sum()
     }
 
-    /// Checks input and lifecycle, then runs `f` on the key's shard with the current time,
-    /// after removing a few expired entries of that shard.
-    fn with_shard<T>(
-        &self,
-        op: Operation,
-        key: &str,
-        f: impl FnOnce(&mut Shard, u64) -> Result<T>,
-    ) -> Result<T> {
-        self.open.check(BACKEND, op)?;
+    /// Runs `f` on the key's shard with the current time, after removing a few expired
+    /// entries of that shard.
+    fn with_shard<T>(&self, key: &str, f: impl FnOnce(&mut Shard, u64) -> Result<T>) -> Result<T> {
         let index = (self.hasher.hash_one(key) as usize) & (SHARDS - 1);
         let mut shard = lock_shard(&self.shards[index]);
         let now = self.clock.now_ms();
         shard.remove_expired(now, CLEANUP_PER_OP);
-        f(&mut shard, now).map_err(|e| {
-            if e.operation().is_none() {
-                e.context(BACKEND, op)
-            } else {
-                e
-            }
-        })
+        f(&mut shard, now)
     }
 }
 
@@ -246,229 +236,15 @@ fn is_live(expires_at: Option<u64>, now: u64) -> bool {
     expires_at.is_none_or(|at| now < at)
 }
 
-fn expiry(now: u64, ttl: Option<Duration>) -> Result<Option<u64>> {
-    ttl.map(|ttl| validate::expiry_ms(now, ttl)).transpose()
+fn expiry(op: Operation, now: u64, ttl: Option<Duration>) -> Result<Option<u64>> {
+    validate::optional_expiry_ms(BACKEND, op, now, ttl)
 }
 
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
-impl Subscriptions for MemoryState {
-    async fn subscribe(&self, thread_id: &str) -> Result<()> {
-        validate::thread_id(BACKEND, Operation::Subscribe, thread_id)?;
-        self.with_shard(Operation::Subscribe, thread_id, |s, _| {
-            s.subscriptions.insert(thread_id.to_owned());
-            Ok(())
-        })
-    }
-
-    async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
-        validate::thread_id(BACKEND, Operation::Unsubscribe, thread_id)?;
-        self.with_shard(Operation::Unsubscribe, thread_id, |s, _| {
-            s.subscriptions.remove(thread_id);
-            Ok(())
-        })
-    }
-
-    async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
-        validate::thread_id(BACKEND, Operation::IsSubscribed, thread_id)?;
-        self.with_shard(Operation::IsSubscribed, thread_id, |s, _| {
-            Ok(s.subscriptions.contains(thread_id))
-        })
-    }
-}
-
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
-impl Locks for MemoryState {
-    async fn acquire_lock(&self, lock_id: &str, ttl: Duration) -> Result<Option<Lock>> {
-        validate::acquire_lock(BACKEND, lock_id, ttl)?;
-        self.with_shard(Operation::AcquireLock, lock_id, |s, now| {
-            let old_expiry = match s.locks.get(lock_id) {
-                Some(row) if now < row.expires_at => return Ok(None),
-                Some(row) => Some(row.expires_at),
-                None => None,
-            };
-            let expires_at = validate::expiry_ms(now, ttl)?;
-            let token = new_lock_token()?;
-            let fence = self.fence.fetch_add(1, Ordering::SeqCst) + 1;
-            s.locks.insert(
-                lock_id.to_owned(),
-                LockRow {
-                    token: token.clone(),
-                    expires_at,
-                    fence,
-                },
-            );
-            s.set_expiry(Namespace::Lock, lock_id, old_expiry, Some(expires_at));
-            Ok(Some(Lock {
-                thread_id: lock_id.to_owned(),
-                token,
-                expires_at,
-                fence,
-            }))
-        })
-    }
-
-    async fn release_lock(&self, lock: &Lock) -> Result<()> {
-        validate::release_lock(BACKEND, lock)?;
-        self.with_shard(Operation::ReleaseLock, &lock.thread_id, |s, _| {
-            if s.locks
-                .get(&lock.thread_id)
-                .is_some_and(|row| row.token == lock.token)
-                && let Some(row) = s.locks.remove(&lock.thread_id)
-            {
-                s.set_expiry(Namespace::Lock, &lock.thread_id, Some(row.expires_at), None);
-            }
-            Ok(())
-        })
-    }
-
-    async fn extend_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool> {
-        validate::extend_lock(BACKEND, lock, ttl)?;
-        self.with_shard(Operation::ExtendLock, &lock.thread_id, |s, now| {
-            let Some(row) = s.locks.get_mut(&lock.thread_id) else {
-                return Ok(false);
-            };
-            if row.token != lock.token || now >= row.expires_at {
-                return Ok(false);
-            }
-            let old = row.expires_at;
-            let new = validate::expiry_ms(now, ttl)?;
-            row.expires_at = new;
-            s.set_expiry(Namespace::Lock, &lock.thread_id, Some(old), Some(new));
-            Ok(true)
-        })
-    }
-
-    async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
-        validate::force_release_lock(BACKEND, lock_id)?;
-        self.with_shard(Operation::ForceReleaseLock, lock_id, |s, _| {
-            if let Some(row) = s.locks.remove(lock_id) {
-                s.set_expiry(Namespace::Lock, lock_id, Some(row.expires_at), None);
-            }
-            Ok(())
-        })
-    }
-}
-
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
-impl InspectLocks for MemoryState {
-    async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>> {
-        validate::lock_info(BACKEND, lock_id)?;
-        self.with_shard(Operation::LockInfo, lock_id, |s, now| {
-            Ok(s.locks
-                .get(lock_id)
-                .filter(|row| now < row.expires_at)
-                .map(|row| LockInfo {
-                    token: row.token.clone(),
-                    expires_at: row.expires_at,
-                    fence: Some(row.fence),
-                }))
-        })
-    }
-}
-
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
-impl Cache for MemoryState {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        validate::cache_key(BACKEND, Operation::Get, key)?;
-        self.with_shard(Operation::Get, key, |s, now| {
-            Ok(s.cache
-                .get(key)
-                .filter(|row| is_live(row.expires_at, now))
-                .map(|row| row.value.clone()))
-        })
-    }
-
-    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        validate::set(BACKEND, Operation::Set, key, value, ttl)?;
-        self.with_shard(Operation::Set, key, |s, now| {
-            s.put_cache(key, value, expiry(now, ttl)?);
-            Ok(())
-        })
-    }
-
-    async fn set_if_not_exists(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<bool> {
-        validate::set(BACKEND, Operation::SetIfNotExists, key, value, ttl)?;
-        self.with_shard(Operation::SetIfNotExists, key, |s, now| {
-            if let Some(row) = s.cache.get(key)
-                && is_live(row.expires_at, now)
-            {
-                return Ok(false);
-            }
-            s.put_cache(key, value, expiry(now, ttl)?);
-            Ok(true)
-        })
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        validate::cache_key(BACKEND, Operation::Delete, key)?;
-        self.with_shard(Operation::Delete, key, |s, _| {
-            if let Some(row) = s.cache.remove(key) {
-                s.set_expiry(Namespace::Cache, key, row.expires_at, None);
-            }
-            Ok(())
-        })
-    }
-}
-
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
-impl Lists for MemoryState {
-    async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()> {
-        validate::append_to_list(BACKEND, key, value, &options)?;
-        self.with_shard(Operation::AppendToList, key, |s, now| {
-            let new_expiry = expiry(now, options.ttl)?;
-            let row = s.lists.entry(key.to_owned()).or_default();
-            let old_expiry = row.expires_at;
-            if !is_live(row.expires_at, now) {
-                // An expired list restarts empty, with no expiry unless this append sets one.
-                *row = ListRow::default();
-            }
-            row.items.push_back(value.to_vec());
-            if let Some(max) = options.max_length {
-                while row.items.len() > max {
-                    row.items.pop_front();
-                }
-            }
-            if new_expiry.is_some() {
-                row.expires_at = new_expiry;
-            }
-            let current = row.expires_at;
-            s.set_expiry(Namespace::List, key, old_expiry, current);
-            Ok(())
-        })
-    }
-
-    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
-        validate::cache_key(BACKEND, Operation::GetList, key)?;
-        self.with_shard(Operation::GetList, key, |s, now| {
-            Ok(s.lists
-                .get(key)
-                .filter(|row| is_live(row.expires_at, now))
-                .map(|row| row.items.iter().cloned().collect())
-                .unwrap_or_default())
-        })
-    }
-}
-
-impl MemoryState {
+impl MemoryBackend {
     /// Runs `f` on the thread's queue with expired entries already dropped, then keeps the
     /// expiry index in step (and drops the queue once it is empty).
-    fn with_queue<T>(
-        &self,
-        op: Operation,
-        thread_id: &str,
-        f: impl FnOnce(&mut QueueRow, u64) -> T,
-    ) -> Result<T> {
-        self.with_shard(op, thread_id, |s, now| {
+    fn with_queue<T>(&self, thread_id: &str, f: impl FnOnce(&mut QueueRow, u64) -> T) -> Result<T> {
+        self.with_shard(thread_id, |s, now| {
             let Some(mut row) = s.queues.remove(thread_id) else {
                 let mut empty = QueueRow::default();
                 let out = f(&mut empty, now);
@@ -494,10 +270,181 @@ impl MemoryState {
 
 #[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
 #[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
-impl Queues for MemoryState {
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    async fn close(&self) -> Result<()> {
+        for shard in self.shards.iter() {
+            *lock_shard(shard) = Shard::default();
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, thread_id: &str) -> Result<()> {
+        self.with_shard(thread_id, |s, _| {
+            s.subscriptions.insert(thread_id.to_owned());
+            Ok(())
+        })
+    }
+
+    async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
+        self.with_shard(thread_id, |s, _| {
+            s.subscriptions.remove(thread_id);
+            Ok(())
+        })
+    }
+
+    async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
+        self.with_shard(thread_id, |s, _| Ok(s.subscriptions.contains(thread_id)))
+    }
+
+    async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>> {
+        let lock_id = request.lock_id;
+        self.with_shard(lock_id, |s, now| {
+            let old_expiry = match s.locks.get(lock_id) {
+                Some(row) if now < row.expires_at => return Ok(None),
+                Some(row) => Some(row.expires_at),
+                None => None,
+            };
+            // The same clock the layer read just before: its expiry is exactly ours.
+            let expires_at = request.expires_at;
+            let fence = self.fence.fetch_add(1, Ordering::SeqCst) + 1;
+            s.locks.insert(
+                lock_id.to_owned(),
+                LockRow {
+                    token: request.token.to_owned(),
+                    expires_at,
+                    fence,
+                },
+            );
+            s.set_expiry(Namespace::Lock, lock_id, old_expiry, Some(expires_at));
+            Ok(Some(fence))
+        })
+    }
+
+    async fn release_lock(&self, lock: &Lock) -> Result<()> {
+        self.with_shard(&lock.thread_id, |s, _| {
+            if s.locks
+                .get(&lock.thread_id)
+                .is_some_and(|row| row.token == lock.token)
+                && let Some(row) = s.locks.remove(&lock.thread_id)
+            {
+                s.set_expiry(Namespace::Lock, &lock.thread_id, Some(row.expires_at), None);
+            }
+            Ok(())
+        })
+    }
+
+    async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool> {
+        let lock_id = request.lock_id;
+        self.with_shard(lock_id, |s, now| {
+            let Some(row) = s.locks.get_mut(lock_id) else {
+                return Ok(false);
+            };
+            if row.token != request.token || now >= row.expires_at {
+                return Ok(false);
+            }
+            let old = row.expires_at;
+            let new = validate::expiry_ms(BACKEND, Operation::ExtendLock, now, request.ttl)?;
+            row.expires_at = new;
+            s.set_expiry(Namespace::Lock, lock_id, Some(old), Some(new));
+            Ok(true)
+        })
+    }
+
+    async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
+        self.with_shard(lock_id, |s, _| {
+            if let Some(row) = s.locks.remove(lock_id) {
+                s.set_expiry(Namespace::Lock, lock_id, Some(row.expires_at), None);
+            }
+            Ok(())
+        })
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.with_shard(key, |s, now| {
+            Ok(s.cache
+                .get(key)
+                .filter(|row| is_live(row.expires_at, now))
+                .map(|row| row.value.clone()))
+        })
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        self.with_shard(key, |s, now| {
+            s.put_cache(key, value, expiry(Operation::Set, now, ttl)?);
+            Ok(())
+        })
+    }
+
+    async fn set_if_not_exists(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        self.with_shard(key, |s, now| {
+            if let Some(row) = s.cache.get(key)
+                && is_live(row.expires_at, now)
+            {
+                return Ok(false);
+            }
+            s.put_cache(key, value, expiry(Operation::SetIfNotExists, now, ttl)?);
+            Ok(true)
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.with_shard(key, |s, _| {
+            if let Some(row) = s.cache.remove(key) {
+                s.set_expiry(Namespace::Cache, key, row.expires_at, None);
+            }
+            Ok(())
+        })
+    }
+
+    async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()> {
+        self.with_shard(key, |s, now| {
+            let new_expiry = expiry(Operation::AppendToList, now, options.ttl)?;
+            let row = s.lists.entry(key.to_owned()).or_default();
+            let old_expiry = row.expires_at;
+            if !is_live(row.expires_at, now) {
+                // An expired list restarts empty, with no expiry unless this append sets one.
+                *row = ListRow::default();
+            }
+            row.items.push_back(value.to_vec());
+            if let Some(max) = options.max_length {
+                while row.items.len() > max {
+                    row.items.pop_front();
+                }
+            }
+            if new_expiry.is_some() {
+                row.expires_at = new_expiry;
+            }
+            let current = row.expires_at;
+            s.set_expiry(Namespace::List, key, old_expiry, current);
+            Ok(())
+        })
+    }
+
+    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
+        self.with_shard(key, |s, now| {
+            Ok(s.lists
+                .get(key)
+                .filter(|row| is_live(row.expires_at, now))
+                .map(|row| row.items.iter().cloned().collect())
+                .unwrap_or_default())
+        })
+    }
+
     async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
-        validate::enqueue(BACKEND, thread_id, &entry, max_size)?;
-        self.with_queue(Operation::Enqueue, thread_id, |row, now| {
+        self.with_queue(thread_id, |row, now| {
             // An entry already dead on arrival is accepted but, by rule 7, never counted.
             if !entry.is_expired_at(now) {
                 row.entries.push_back(entry);
@@ -510,48 +457,44 @@ impl Queues for MemoryState {
     }
 
     async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
-        validate::thread_id(BACKEND, Operation::Dequeue, thread_id)?;
-        self.with_queue(Operation::Dequeue, thread_id, |row, _| {
-            row.entries.pop_front()
-        })
+        self.with_queue(thread_id, |row, _| row.entries.pop_front())
     }
 
     async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
-        validate::thread_id(BACKEND, Operation::QueueDepth, thread_id)?;
-        self.with_queue(Operation::QueueDepth, thread_id, |row, _| row.entries.len())
+        self.with_queue(thread_id, |row, _| row.entries.len())
     }
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
 #[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
-impl StateAdapter for MemoryState {
-    fn backend_name(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn connect(&self) -> Result<()> {
-        self.open.check(BACKEND, Operation::Connect)
-    }
-
-    async fn close(&self) -> Result<()> {
-        if self.open.close() {
-            for shard in self.shards.iter() {
-                *lock_shard(shard) = Shard::default();
-            }
-        }
-        Ok(())
+impl LockInspector for MemoryBackend {
+    async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>> {
+        self.with_shard(lock_id, |s, now| {
+            Ok(s.locks
+                .get(lock_id)
+                .filter(|row| now < row.expires_at)
+                .map(|row| LockInfo {
+                    token: row.token.clone(),
+                    expires_at: row.expires_at,
+                    fence: Some(row.fence),
+                }))
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_state_core::ManualClock;
+    use chat_state_core::{Cache, InspectLocks, Lists, Locks, ManualClock, Queues};
+
+    fn state_on(clock: &ManualClock) -> MemoryState {
+        Checked::new(MemoryBackend::with_clock(clock.clone()))
+    }
 
     #[tokio::test]
     async fn expired_rows_are_cleaned_without_being_read() {
         let clock = ManualClock::new(1_000);
-        let state = MemoryState::with_clock(clock.clone());
+        let state = state_on(&clock);
         for i in 0..500 {
             let key = format!("k{i}");
             state
@@ -592,7 +535,7 @@ mod tests {
     #[tokio::test]
     async fn lock_info_shows_the_live_holder_only() {
         let clock = ManualClock::new(1_000);
-        let state = MemoryState::with_clock(clock.clone());
+        let state = state_on(&clock);
         assert_eq!(state.lock_info("t").await.unwrap(), None);
         let lock = state
             .acquire_lock("t", Duration::from_millis(50))
@@ -619,7 +562,7 @@ mod tests {
     #[tokio::test]
     async fn overwriting_a_key_keeps_one_index_entry() {
         let clock = ManualClock::new(0);
-        let state = MemoryState::with_clock(clock.clone());
+        let state = state_on(&clock);
         for ttl in 1..=100 {
             state
                 .set("k", b"v", Some(Duration::from_secs(ttl)))
@@ -627,6 +570,7 @@ mod tests {
                 .unwrap();
         }
         let indexed: usize = state
+            .backend()
             .shards
             .iter()
             .map(|s| lock_shard(s).expiries.len())
@@ -634,6 +578,7 @@ mod tests {
         assert_eq!(indexed, 1);
         state.set("k", b"v", None).await.unwrap();
         let indexed: usize = state
+            .backend()
             .shards
             .iter()
             .map(|s| lock_shard(s).expiries.len())

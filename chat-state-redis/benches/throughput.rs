@@ -19,12 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_state_core::{ListOptions, StateAdapter};
-use chat_state_redis::RedisState;
+use chat_state_redis::RedisBackend;
+use chat_state_test_support::RedisServer;
 use redis::Script;
 use redis::aio::ConnectionManager;
-
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 // The adapter's own script texts, so both sides send identical commands.
 #[path = "../src/scripts.rs"]
@@ -260,10 +258,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let server = support::RedisServer::start();
+    let server = RedisServer::start();
     runtime.block_on(async {
         let state: Arc<dyn StateAdapter> = Arc::new(
-            RedisState::builder(server.url()).key_prefix("bench").connect().await.expect("connect"),
+            RedisBackend::builder(server.url()).key_prefix("bench").connect().await.expect("connect"),
         );
         let client = redis::Client::open(server.url()).expect("url");
         let raw = Arc::new(Raw {

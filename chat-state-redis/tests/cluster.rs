@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_state_conformance::{Failure, Harness, run_all};
+use chat_state_conformance::{Failure, Harness, Outcome, run_all};
 use chat_state_core::{Cache, Locks, StateAdapter};
-use chat_state_redis::RedisState;
+use chat_state_redis::{RedisBackend, RedisState};
 use redis::AsyncCommands;
 
 mod support;
@@ -17,7 +17,7 @@ mod support;
 const RECOVERY: Duration = Duration::from_secs(30);
 
 async fn connect(urls: &[String], prefix: &str) -> chat_state_core::Result<RedisState> {
-    RedisState::cluster_builder(urls.iter().cloned())
+    RedisBackend::cluster_builder(urls.iter().cloned())
         .key_prefix(prefix)
         .connect()
         .await
@@ -60,7 +60,7 @@ async fn conformance_suite_on_a_three_master_cluster() {
     let failures: Vec<String> = report
         .cases
         .iter()
-        .filter(|c| c.outcome == "failed")
+        .filter(|c| c.outcome == Outcome::Failed)
         .map(|c| format!("{}: {}", c.name, c.message))
         .collect();
     eprintln!(
@@ -170,7 +170,7 @@ fn repl_offset(port: u16, field: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_of_the_lock_master_the_adapter_recovers_and_reloads_scripts() {
     let mut cluster = support::RedisCluster::start_with_replicas();
-    let state = RedisState::cluster_builder(cluster.urls())
+    let state = RedisBackend::cluster_builder(cluster.urls())
         .command_timeout(Duration::from_secs(2))
         .connect()
         .await

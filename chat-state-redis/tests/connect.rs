@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_state_core::{Cache, ErrorKind, Locks, Operation, StateAdapter};
-use chat_state_redis::RedisState;
+use chat_state_redis::RedisBackend;
 use redis::AsyncCommands;
 
 mod support;
@@ -14,7 +14,7 @@ mod support;
 async fn url_with_password_and_database() {
     let server = support::RedisServer::start_with_args(&["--requirepass", "s3cret"]);
     let url = format!("redis://:s3cret@127.0.0.1:{}/3", server.port());
-    let state = RedisState::connect(&url)
+    let state = RedisBackend::connect(&url)
         .await
         .expect("connect with password and db");
     state.set("k", b"\"v\"", None).await.unwrap();
@@ -36,7 +36,7 @@ async fn url_with_password_and_database() {
     assert_eq!(missing, None, "not in db 0");
 
     let wrong = format!("redis://:nope@127.0.0.1:{}/0", server.port());
-    let err = RedisState::connect(&wrong).await.unwrap_err();
+    let err = RedisBackend::connect(&wrong).await.unwrap_err();
     assert_eq!(err.backend(), "redis");
     assert_eq!(err.operation(), Some(Operation::Open));
     assert!(!err.is_retryable(), "{err}");
@@ -48,7 +48,7 @@ async fn the_applications_own_connection_manager() {
     let server = support::RedisServer::start();
     let client = redis::Client::open(server.url()).unwrap();
     let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let state = RedisState::builder_with_manager(manager.clone())
+    let state = RedisBackend::builder_with_manager(manager.clone())
         .key_prefix("mine")
         .connect()
         .await
@@ -69,7 +69,7 @@ async fn prefixes_isolate_bots_and_instances_share_one() {
     let connect = |prefix: &'static str| {
         let url = server.url();
         async move {
-            RedisState::builder(url)
+            RedisBackend::builder(url)
                 .key_prefix(prefix)
                 .connect()
                 .await
@@ -114,7 +114,7 @@ async fn prefixes_isolate_bots_and_instances_share_one() {
     assert!(b.set_if_not_exists("dedupe", b"1", None).await.unwrap());
 
     for bad in ["", "a:lock", "a{b}", "with space", &"x".repeat(65)] {
-        let err = RedisState::builder(server.url())
+        let err = RedisBackend::builder(server.url())
             .key_prefix(bad)
             .connect()
             .await
@@ -129,7 +129,9 @@ async fn concurrent_instances_one_lock_winner() {
     let server = support::RedisServer::start();
     let mut instances = Vec::new();
     for _ in 0..4 {
-        instances.push(Arc::new(RedisState::connect(&server.url()).await.unwrap()));
+        instances.push(Arc::new(
+            RedisBackend::connect(&server.url()).await.unwrap(),
+        ));
     }
     let tasks: Vec<_> = (0..40)
         .map(|i| {
@@ -148,7 +150,7 @@ async fn concurrent_instances_one_lock_winner() {
 
 #[tokio::test]
 async fn bad_urls_and_unreachable_servers_are_typed_errors() {
-    let err = RedisState::connect("http://example").await.unwrap_err();
+    let err = RedisBackend::connect("http://example").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
 
     // A port nobody listens on: refused, retryable, within the connect timeout.
@@ -157,7 +159,7 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
         l.local_addr().unwrap().port()
     };
     let started = std::time::Instant::now();
-    let err = RedisState::builder(format!("redis://127.0.0.1:{port}"))
+    let err = RedisBackend::builder(format!("redis://127.0.0.1:{port}"))
         .connect_timeout(Duration::from_millis(500))
         .connect()
         .await
@@ -173,7 +175,7 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
         started.elapsed()
     );
 
-    let err = RedisState::builder("redis://127.0.0.1:1")
+    let err = RedisBackend::builder("redis://127.0.0.1:1")
         .command_timeout(Duration::ZERO)
         .connect()
         .await
@@ -182,7 +184,7 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
 
     // Use after close.
     let server = support::RedisServer::start();
-    let state = RedisState::connect(&server.url()).await.unwrap();
+    let state = RedisBackend::connect(&server.url()).await.unwrap();
     state.close().await.unwrap();
     state.close().await.unwrap();
     assert_eq!(state.get("k").await.unwrap_err().kind(), ErrorKind::Closed);
@@ -191,7 +193,7 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
 #[tokio::test]
 async fn scripts_are_preloaded_and_reloaded_after_a_flush() {
     let server = support::RedisServer::start();
-    let state = RedisState::connect(&server.url()).await.unwrap();
+    let state = RedisBackend::connect(&server.url()).await.unwrap();
     let mut raw = redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()

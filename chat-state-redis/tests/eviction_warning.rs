@@ -4,7 +4,7 @@
 //! interest is cached process-wide, so another test reaching the same callsites before that
 //! subscriber is installed could leave the warning disabled.
 
-use chat_state_redis::RedisState;
+use chat_state_redis::RedisBackend;
 use tracing_test::traced_test;
 
 mod support;
@@ -13,14 +13,14 @@ mod support;
 #[traced_test]
 async fn warns_when_the_eviction_policy_can_evict_locks() {
     let safe = support::RedisServer::start();
-    RedisState::connect(&safe.url()).await.unwrap();
+    RedisBackend::connect(&safe.url()).await.unwrap();
     assert!(
         !logs_contain("maxmemory-policy"),
         "no warning with noeviction"
     );
 
     let risky = support::RedisServer::start_with_args(&["--maxmemory-policy", "allkeys-lru"]);
-    RedisState::connect(&risky.url()).await.unwrap();
+    RedisBackend::connect(&risky.url()).await.unwrap();
     assert!(logs_contain("WARN"), "no warning with allkeys-lru");
     assert!(logs_contain("allkeys-lru"), "the warning names the policy");
 }

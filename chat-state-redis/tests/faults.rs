@@ -8,7 +8,7 @@ use chat_state_core::{
     Cache, Clock, ErrorKind, ListOptions, Lists, Locks, QueueEntry, Queues, Result, StateAdapter,
     Subscriptions, SystemClock,
 };
-use chat_state_redis::RedisState;
+use chat_state_redis::{RedisBackend, RedisState};
 use serde_json::json;
 
 mod support;
@@ -22,7 +22,7 @@ const RECOVERY: Duration = Duration::from_secs(15);
 const SLACK: Duration = Duration::from_secs(5);
 
 async fn adapter(server: &support::RedisServer, timeout: Duration) -> RedisState {
-    RedisState::builder(server.url())
+    RedisBackend::builder(server.url())
         .key_prefix("faults")
         .command_timeout(timeout)
         .connect()

@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use chat_state_core::{Cache, Clock, ErrorKind, InspectLocks, Locks, SystemClock};
-use chat_state_redis::RedisState;
+use chat_state_redis::{RedisBackend, RedisState};
 use redis::AsyncCommands;
 
 mod support;
 
 async fn adapter(server: &support::RedisServer, prefix: &str) -> RedisState {
-    RedisState::builder(server.url())
+    RedisBackend::builder(server.url())
         .key_prefix(prefix)
         .connect()
         .await

@@ -7,7 +7,7 @@ use chat_state_core::{
     Cache, Clock, ErrorKind, ListOptions, Lists, Lock, Locks, QueueEntry, Queues, StateExt,
     Subscriptions, SystemClock,
 };
-use chat_state_redis::RedisState;
+use chat_state_redis::{RedisBackend, RedisState};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ const TS_EXTEND: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return 
 
 async fn setup(server: &support::RedisServer) -> (RedisState, MultiplexedConnection) {
     // The default prefix is upstream's default, so nothing is configured on either side.
-    let adapter = RedisState::connect(&server.url()).await.expect("connect");
+    let adapter = RedisBackend::connect(&server.url()).await.expect("connect");
     assert_eq!(adapter.key_prefix(), PREFIX);
     let raw = redis::Client::open(server.url())
         .expect("url")

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chat_state_core::{Cache, Locks, StateAdapter};
-use chat_state_redis::RedisState;
+use chat_state_redis::RedisBackend;
 
 mod support;
 
@@ -111,7 +111,7 @@ async fn rediss_with_the_applications_root_certificate() {
     let url = format!("rediss://127.0.0.1:{tls_port}");
 
     // The system roots do not know our CA: a typed error, not a panic.
-    let err = RedisState::builder(&url)
+    let err = RedisBackend::builder(&url)
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await
@@ -126,7 +126,7 @@ async fn rediss_with_the_applications_root_certificate() {
         },
     )
     .unwrap();
-    let state = RedisState::builder_with_client(client)
+    let state = RedisBackend::builder_with_client(client)
         .connect()
         .await
         .expect("TLS connect");

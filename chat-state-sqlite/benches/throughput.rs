@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_state_core::{Cache, Clock, Locks, Subscriptions, SystemClock, new_lock_token};
-use chat_state_sqlite::{SqliteState, Synchronous};
+use chat_state_sqlite::{SqliteBackend, SqliteState, Synchronous};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, SqliteConnection};
 use tokio::sync::Mutex;
@@ -229,7 +229,7 @@ async fn measure(
 }
 
 async fn open_backend(path: &Path, sync: Synchronous) -> Arc<dyn Target> {
-    let state = SqliteState::builder(path)
+    let state = SqliteBackend::builder(path)
         .synchronous(sync)
         .cleanup_interval(None)
         .open()
@@ -240,7 +240,7 @@ async fn open_backend(path: &Path, sync: Synchronous) -> Arc<dyn Target> {
 
 async fn open_raw(path: &Path, sync: Synchronous) -> Arc<dyn Target> {
     // The schema comes from the backend itself, so both sides run on identical tables.
-    let state = SqliteState::builder(path)
+    let state = SqliteBackend::builder(path)
         .cleanup_interval(None)
         .open()
         .await

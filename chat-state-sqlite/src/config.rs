@@ -57,7 +57,7 @@ pub enum SchemaMode {
     Create,
     /// Only check that the current schema is present, and fail with an error naming what is
     /// missing otherwise. For deployments where the application may not run DDL; apply
-    /// [`SqliteState::schema_sql`](crate::SqliteState::schema_sql) with your own tooling.
+    /// [`SqliteBackend::schema_sql`](crate::SqliteBackend::schema_sql) with your own tooling.
     VerifyOnly,
 }
 
@@ -67,9 +67,9 @@ pub(crate) enum Source {
     Pool(SqlitePool),
 }
 
-/// Builder for [`SqliteState`](crate::SqliteState). Start from
-/// [`SqliteState::builder`](crate::SqliteState::builder) (a file path) or
-/// [`SqliteState::builder_with_pool`](crate::SqliteState::builder_with_pool).
+/// Builder for a [`SqliteState`](crate::SqliteState). Start from
+/// [`SqliteBackend::builder`](crate::SqliteBackend::builder) (a file path) or
+/// [`SqliteBackend::builder_with_pool`](crate::SqliteBackend::builder_with_pool).
 #[derive(Debug, Clone)]
 pub struct SqliteBuilder {
     pub(crate) source: Source,
@@ -143,7 +143,7 @@ impl SqliteBuilder {
     }
 
     /// How often the background task deletes expired rows; `None` disables it (call
-    /// [`SqliteState::cleanup_expired`](crate::SqliteState::cleanup_expired) yourself).
+    /// [`SqliteBackend::cleanup_expired`](crate::SqliteBackend::cleanup_expired) yourself).
     /// Default: every 60 s. Expired rows are never returned either way; cleanup only keeps
     /// the file from growing.
     pub fn cleanup_interval(mut self, every: Option<Duration>) -> Self {
@@ -172,8 +172,8 @@ impl SqliteBuilder {
         self
     }
 
-    /// Opens the database; see [`SqliteState::open`](crate::SqliteState::open).
+    /// Opens the database; see [`SqliteBackend::open`](crate::SqliteBackend::open).
     pub async fn open(self) -> chat_state_core::Result<crate::SqliteState> {
-        crate::SqliteState::open_with(self).await
+        crate::open::open(self).await
     }
 }

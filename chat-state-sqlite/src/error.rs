@@ -79,7 +79,7 @@ impl fmt::Display for OpenFailure {
             OpenFailure::SchemaMissing { missing } => write!(
                 f,
                 "verify-only mode found the chat-state schema incomplete; missing: {}. Run \
-                 the migrations once with SchemaMode::Create (or apply SqliteState::schema_sql())",
+                 the migrations once with SchemaMode::Create (or apply SqliteBackend::schema_sql())",
                 missing.join(", ")
             ),
         }

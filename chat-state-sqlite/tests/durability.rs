@@ -7,7 +7,7 @@ use chat_state_core::{
     Cache, Clock, ErrorKind, ListOptions, Lists, Locks, ManualClock, QueueEntry, Queues,
     StateAdapter, Subscriptions,
 };
-use chat_state_sqlite::{OpenFailure, SchemaMode, SqliteState};
+use chat_state_sqlite::{OpenFailure, SchemaMode, SqliteBackend};
 use sqlx::{Connection, SqliteConnection};
 
 mod common;
@@ -58,7 +58,7 @@ async fn state_survives_close_and_reopen() {
     s.release_lock(&released).await.unwrap();
     s.close().await.unwrap();
 
-    let s = SqliteState::builder(&t.path)
+    let s = SqliteBackend::builder(&t.path)
         .clock(clock.clone())
         .cleanup_interval(None)
         .open()
@@ -121,7 +121,7 @@ async fn fences_increase_across_expiry_force_release_and_cleanup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
-    let err = SqliteState::open(dir.path()).await.unwrap_err();
+    let err = SqliteBackend::open(dir.path()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(matches!(
         open_failure(&err),
@@ -138,7 +138,7 @@ async fn a_non_sqlite_file_is_a_typed_error_and_left_untouched() {
     let junk: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
     std::fs::write(&path, &junk).unwrap();
     for mode in [SchemaMode::Create, SchemaMode::VerifyOnly] {
-        let err = SqliteState::builder(&path)
+        let err = SqliteBackend::builder(&path)
             .schema_mode(mode)
             .open()
             .await
@@ -166,7 +166,7 @@ async fn a_newer_schema_is_a_typed_error_and_nothing_changes() {
     conn.close().await.unwrap();
     let before = fingerprint(&t.path);
     for mode in [SchemaMode::Create, SchemaMode::VerifyOnly] {
-        let err = SqliteState::builder(&t.path)
+        let err = SqliteBackend::builder(&t.path)
             .schema_mode(mode)
             .open()
             .await
@@ -204,7 +204,7 @@ async fn verify_only_names_what_is_missing_and_runs_no_ddl() {
         .unwrap();
     conn.close().await.unwrap();
     let before = fingerprint(&path);
-    let err = SqliteState::builder(&path)
+    let err = SqliteBackend::builder(&path)
         .schema_mode(SchemaMode::VerifyOnly)
         .open()
         .await
@@ -221,7 +221,7 @@ async fn verify_only_names_what_is_missing_and_runs_no_ddl() {
 
     // Applying the published DDL satisfies verify-only mode.
     let mut conn = raw(&path).await;
-    sqlx::raw_sql(&SqliteState::schema_sql())
+    sqlx::raw_sql(&SqliteBackend::schema_sql())
         .execute(&mut conn)
         .await
         .unwrap();
@@ -230,7 +230,7 @@ async fn verify_only_names_what_is_missing_and_runs_no_ddl() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let err = SqliteState::builder(&path)
+    let err = SqliteBackend::builder(&path)
         .schema_mode(SchemaMode::VerifyOnly)
         .open()
         .await
@@ -246,7 +246,7 @@ async fn verify_only_names_what_is_missing_and_runs_no_ddl() {
         .await
         .unwrap();
     conn.close().await.unwrap();
-    let s = SqliteState::builder(&path)
+    let s = SqliteBackend::builder(&path)
         .schema_mode(SchemaMode::VerifyOnly)
         .open()
         .await
@@ -265,7 +265,7 @@ const READ_ONLY_CHILD: &str = "CHAT_STATE_SQLITE_READ_ONLY_DB";
 
 /// Opens `path`, expecting the typed read-only failure.
 async fn expect_read_only(path: &std::path::Path) {
-    let err = SqliteState::open(path).await.unwrap_err();
+    let err = SqliteBackend::open(path).await.unwrap_err();
     assert!(
         matches!(open_failure(&err), OpenFailure::ReadOnly { .. }),
         "expected ReadOnly, got {err}"
@@ -465,7 +465,7 @@ async fn an_application_pool_can_be_used_and_stays_open() {
         )
         .await
         .unwrap();
-    let s = SqliteState::builder_with_pool(pool.clone())
+    let s = SqliteBackend::builder_with_pool(pool.clone())
         .key_prefix("bot-a")
         .cleanup_interval(None)
         .open()
@@ -493,7 +493,7 @@ async fn an_application_pool_can_be_used_and_stays_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_prefixes_isolate_bots_sharing_one_file() {
     let t = TempState::new(|b| b.key_prefix("bot-a").cleanup_interval(None)).await;
-    let b = SqliteState::builder(&t.path)
+    let b = SqliteBackend::builder(&t.path)
         .key_prefix("bot-b")
         .cleanup_interval(None)
         .open()
@@ -521,7 +521,7 @@ async fn key_prefixes_isolate_bots_sharing_one_file() {
     assert!(!b.is_subscribed("t").await.unwrap());
     b.close().await.unwrap();
 
-    let err = SqliteState::builder(&t.path)
+    let err = SqliteBackend::builder(&t.path)
         .key_prefix("bad\0prefix")
         .open()
         .await
@@ -547,7 +547,7 @@ async fn lock_info_reads_the_live_holder_from_another_verify_only_handle() {
         .unwrap()
         .expect("free");
     // An operator's handle: verify-only, so inspecting never migrates the deployment's file.
-    let inspector = SqliteState::builder(&t.path)
+    let inspector = SqliteBackend::builder(&t.path)
         .key_prefix("bot")
         .clock(clock.clone())
         .schema_mode(SchemaMode::VerifyOnly)

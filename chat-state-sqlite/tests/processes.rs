@@ -9,10 +9,11 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_state_core::{Cache, Locks, StateAdapter};
-use chat_state_sqlite::SqliteState;
+use chat_state_sqlite::SqliteBackend;
 use sqlx::{Connection, SqliteConnection};
 
 const ROLE: &str = "CHAT_STATE_SQLITE_CHILD_ROLE";
@@ -47,7 +48,7 @@ fn child_role() -> Option<(String, PathBuf, String)> {
 }
 
 async fn create_db(path: &Path) {
-    let s = SqliteState::open(path).await.expect("create database");
+    let s = SqliteBackend::open(path).await.expect("create database");
     s.close().await.expect("close");
 }
 
@@ -61,7 +62,7 @@ const ACQUISITIONS_EACH: usize = 25;
 /// `enter`/`exit` lines to a shared append-only file around a read-modify-write of a counter;
 /// overlapping holders would interleave those lines or lose counter increments.
 async fn contend(db: &Path, log: &Path) {
-    let s = SqliteState::builder(db)
+    let s = SqliteBackend::builder(db)
         .busy_timeout(Duration::from_secs(30))
         .open()
         .await
@@ -156,7 +157,7 @@ fn processes_contending_for_one_lock_never_overlap() {
     }
     assert_eq!(pids.len(), CONTENDERS, "not every process got the lock");
     runtime().block_on(async {
-        let s = SqliteState::open(&db).await.unwrap();
+        let s = SqliteBackend::open(&db).await.unwrap();
         let counter = s.get("counter").await.unwrap().unwrap();
         assert_eq!(
             String::from_utf8_lossy(&counter),
@@ -176,9 +177,11 @@ const WRITER_TASKS: usize = 8;
 /// in a loop, printing `committed <round> <task> <i>` after each write returned. Never stops
 /// by itself.
 async fn write_forever(db: &Path, round: &str) {
-    let s = SqliteState::open(db)
-        .await
-        .expect("child opens the database");
+    let s = Arc::new(
+        SqliteBackend::open(db)
+            .await
+            .expect("child opens the database"),
+    );
     let tasks: Vec<_> = (0..WRITER_TASKS)
         .map(|task| {
             let s = s.clone();
@@ -263,7 +266,7 @@ fn sigkill_mid_run_loses_no_reported_write() {
         assert_eq!(check, "ok");
         conn.close().await.unwrap();
 
-        let s = SqliteState::open(&db)
+        let s = SqliteBackend::open(&db)
             .await
             .expect("reopen after the crashes");
         let mut checked = 0;

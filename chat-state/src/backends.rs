@@ -9,7 +9,7 @@ use chat_state_core::{Error, ErrorKind, Operation, Result, StateAdapter};
 /// `sqlite://PATH?prefix=P`: the file is created (with its schema) if missing.
 #[cfg(feature = "sqlite")]
 pub(crate) async fn open_sqlite(path: &str, prefix: Option<&str>) -> Result<Arc<dyn StateAdapter>> {
-    let mut builder = chat_state_sqlite::SqliteState::builder(path);
+    let mut builder = chat_state_sqlite::SqliteBackend::builder(path);
     if let Some(prefix) = prefix {
         builder = builder.key_prefix(prefix);
     }
@@ -36,7 +36,7 @@ pub(crate) async fn redis_state(
     let mut builder = if cluster {
         #[cfg(feature = "redis-cluster")]
         {
-            chat_state_redis::RedisState::cluster_builder(nodes.iter().cloned())
+            chat_state_redis::RedisBackend::cluster_builder(nodes.iter().cloned())
         }
         #[cfg(not(feature = "redis-cluster"))]
         {
@@ -54,31 +54,10 @@ pub(crate) async fn redis_state(
             )
             .context("chat-state", Operation::Open));
         };
-        chat_state_redis::RedisState::builder(url.clone())
+        chat_state_redis::RedisBackend::builder(url.clone())
     };
     if let Some(prefix) = prefix {
         builder = builder.key_prefix(prefix);
     }
     builder.connect().await
-}
-
-/// Deletes the keys of each prefix in `prefixes` from a single-node Redis, through the
-/// backend's own [`RedisState::delete_all_keys`](chat_state_redis::RedisState::delete_all_keys).
-/// Used by `chat-state conformance` to leave no test keys (the fence counters, which never
-/// expire by design, would otherwise stay forever) in the operator's deployment.
-#[cfg(all(feature = "redis", feature = "cli"))]
-pub(crate) async fn redis_delete_prefixes(
-    url: &str,
-    prefixes: impl IntoIterator<Item = String>,
-) -> Result<u64> {
-    let mut removed = 0;
-    for prefix in prefixes {
-        let state = chat_state_redis::RedisState::builder(url)
-            .key_prefix(prefix)
-            .connect()
-            .await?;
-        removed += state.delete_all_keys().await?;
-        state.close().await?;
-    }
-    Ok(removed)
 }

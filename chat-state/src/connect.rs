@@ -21,7 +21,7 @@ pub fn compiled_schemes() -> &'static [&'static str] {
         "sqlite://PATH",
         #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
         "redis://",
-        #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
+        #[cfg(all(feature = "redis-tls", not(target_arch = "wasm32")))]
         "rediss://",
         #[cfg(all(feature = "redis-cluster", not(target_arch = "wasm32")))]
         "redis+cluster://",
@@ -61,39 +61,62 @@ impl ConnectOptions {
     }
 }
 
-/// A parsed connection URL.
+/// A parsed connection URL: the backend [`connect`] would open, and its settings.
+///
+/// [`Target::parse`] checks a URL without connecting (a bot's configuration at startup);
+/// [`connect`] parses with it too, so both give the same errors.
+///
+/// ```
+/// use chat_state::Target;
+/// let target = Target::parse("sqlite:///var/lib/my%20bot/state.db?prefix=bot1")?;
+/// let Target::Sqlite { path, prefix, .. } = target else { unreachable!() };
+/// assert_eq!(path, "/var/lib/my bot/state.db");
+/// assert_eq!(prefix.as_deref(), Some("bot1"));
+/// # Ok::<_, chat_state::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Target {
+#[non_exhaustive]
+pub enum Target {
     /// `memory://`: a fresh in-process adapter.
     Memory,
     /// `sqlite://PATH` (relative), `sqlite:///abs/path` or `sqlite:PATH`.
+    #[non_exhaustive]
     Sqlite {
-        /// The database file.
+        /// The database file, percent-decoded (`my%20dir` is `my dir`).
         path: String,
+        /// The `?prefix=` parameter, percent-decoded.
         prefix: Option<String>,
     },
-    /// `redis://`, `rediss://` (single node) or `redis+cluster://h1:p1,h2:p2` (cluster).
+    /// `redis://`, `rediss://`, `redis+unix://` (single node) or
+    /// `redis+cluster://h1:p1,h2:p2` (cluster).
+    #[non_exhaustive]
     Redis {
-        /// The URLs handed to the redis client, without our own `prefix=` parameter.
+        /// The URLs handed to the redis client (one per node), without our own `prefix=`
+        /// parameter; user and password stay percent-encoded, as the client expects.
         nodes: Vec<String>,
+        /// Whether the nodes form a Redis Cluster.
         cluster: bool,
+        /// The `?prefix=` parameter, percent-decoded.
         prefix: Option<String>,
     },
 }
 
 impl Target {
     /// The scheme as the user wrote it, for messages.
-    pub(crate) fn scheme(&self) -> &'static str {
+    pub fn scheme(&self) -> &'static str {
         match self {
             Target::Memory => "memory://",
             Target::Sqlite { .. } => "sqlite://",
-            Target::Redis { cluster: false, .. } => "redis://",
             Target::Redis { cluster: true, .. } => "redis+cluster://",
+            Target::Redis { nodes, .. } if nodes.iter().any(|n| n.starts_with("rediss:")) => {
+                "rediss://"
+            }
+            Target::Redis { .. } => "redis://",
         }
     }
 
     /// Whether the data outlives the adapter (so a second connection sees it).
-    pub(crate) fn is_shared(&self) -> bool {
+    pub fn is_shared(&self) -> bool {
         match self {
             Target::Memory => false,
             Target::Sqlite { .. } => true,
@@ -101,108 +124,276 @@ impl Target {
         }
     }
 
-    pub(crate) fn parse(url: &str) -> Result<Target> {
+    /// Parses a connection URL (see [`connect`] for the forms). A URL that cannot be
+    /// parsed, an unknown scheme or parameter, or a part that makes no sense for the backend
+    /// is an [`ErrorKind::InvalidInput`] error saying what is wrong. Whether the backend's
+    /// feature is compiled in is checked by [`connect`], not here.
+    pub fn parse(url: &str) -> Result<Target> {
         let url = url.trim();
-        let (base, query) = match url.split_once('?') {
-            Some((base, query)) => (base, Some(query)),
-            None => (url, None),
-        };
-        let mut prefix = None;
-        let mut passthrough = Vec::new();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if key != "prefix" {
-                passthrough.push(pair);
-            } else if value.is_empty() {
-                return Err(invalid(format!(
-                    "{url:?}: `prefix=` needs a value, e.g. `?prefix=mybot`"
-                )));
-            } else {
-                prefix = Some(value.to_string());
-            }
-        }
-        let lower = base.to_ascii_lowercase();
-        let target = if lower == "memory:" || lower.starts_with("memory://") {
-            if base.len() > "memory://".len() {
-                return Err(invalid(format!(
-                    "{url:?}: memory:// takes no host or path (each connection is a fresh, \
-                     private in-process store); use `memory://`"
-                )));
-            }
-            Target::Memory
-        } else if lower.starts_with("sqlite:") {
-            let rest = &base["sqlite:".len()..];
-            // `sqlite://rel/path` is relative, `sqlite:///abs/path` absolute (the third slash
-            // starts the path), as in sqlx and SQLAlchemy.
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            if path == ":memory:" {
-                // The SQLite backend runs a writer connection beside a read pool; with an
-                // in-memory database each connection would get its own private database.
-                return Err(invalid(format!(
-                    "{url:?}: an in-memory SQLite database is not supported (the backend's \
-                     writer and readers would each see a different one); use `memory://` for \
-                     a throwaway store, or a file path"
-                )));
-            }
-            if path.is_empty() {
-                return Err(invalid(format!(
-                    "{url:?}: no database file; write `sqlite://state.db` (relative) or \
-                     `sqlite:///var/lib/bot/state.db` (absolute)"
-                )));
-            }
-            Target::Sqlite {
-                path: path.to_string(),
-                prefix,
-            }
-        } else if lower.starts_with("redis+cluster://") {
-            let hosts = &base["redis+cluster://".len()..];
-            let nodes: Vec<String> = hosts
-                .split(',')
-                .filter(|h| !h.is_empty())
-                .map(|h| with_query(&format!("redis://{h}"), &passthrough))
-                .collect();
-            if nodes.is_empty() {
-                return Err(invalid(format!(
-                    "{url:?}: no cluster nodes; write `redis+cluster://host1:6379,host2:6379`"
-                )));
-            }
-            Target::Redis {
-                nodes,
-                cluster: true,
-                prefix,
-            }
-        } else if lower.starts_with("redis://")
-            || lower.starts_with("rediss://")
-            || lower.starts_with("redis+unix://")
-            || lower.starts_with("unix://")
-        {
-            Target::Redis {
-                nodes: vec![with_query(base, &passthrough)],
-                cluster: false,
-                prefix,
-            }
-        } else {
+        if url.is_empty() {
             return Err(invalid(format!(
-                "{url:?}: unknown URL scheme; this build understands {}",
+                "empty URL; this build understands {}",
                 schemes_list()
             )));
-        };
-        if !matches!(target, Target::Redis { .. }) && !passthrough.is_empty() {
-            return Err(invalid(format!(
-                "{url:?}: unknown parameter(s) {}; {} accepts only `prefix=`",
-                passthrough.join(", "),
-                target.scheme()
-            )));
         }
-        Ok(target)
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("redis+cluster:") {
+            return parse_cluster(url);
+        }
+        if lower.starts_with("sqlite:") {
+            return parse_sqlite(url);
+        }
+        let parsed = parse_url(url, url)?;
+        match parsed.scheme() {
+            "memory" => {
+                let query = Query::of(url, &parsed)?;
+                let has_host = parsed.host_str().is_some_and(|h| !h.is_empty());
+                if has_host
+                    || !parsed.username().is_empty()
+                    || parsed.password().is_some()
+                    || parsed.port().is_some()
+                    || !parsed.path().is_empty()
+                    || parsed.fragment().is_some()
+                {
+                    return Err(invalid(format!(
+                        "{url:?}: memory:// takes no host or path (each connection is a fresh, \
+                         private in-process store); use `memory://`"
+                    )));
+                }
+                query.only_prefix(url, "memory://")?;
+                Ok(Target::Memory)
+            }
+            "redis" | "rediss" | "redis+unix" | "unix" => {
+                let query = Query::of(url, &parsed)?;
+                check_redis_node(url, &parsed, false)?;
+                Ok(Target::Redis {
+                    nodes: vec![query.node_url(parsed)],
+                    cluster: false,
+                    prefix: query.prefix,
+                })
+            }
+            other => Err(invalid(format!(
+                "{url:?}: unknown URL scheme `{other}://`; this build understands {}",
+                schemes_list()
+            ))),
+        }
     }
 }
 
-fn with_query(base: &str, pairs: &[&str]) -> String {
-    if pairs.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", pairs.join("&"))
+/// `url::Url::parse`, with an error that names the URL and says what is wrong.
+fn parse_url(input: &str, shown: &str) -> Result<url::Url> {
+    url::Url::parse(input).map_err(|e| {
+        let hint = match e {
+            url::ParseError::RelativeUrlWithoutBase => format!(
+                " (no `scheme://`); this build understands {}",
+                schemes_list()
+            ),
+            url::ParseError::InvalidPort => " (a port is a number from 0 to 65535)".into(),
+            url::ParseError::InvalidIpv6Address => {
+                " (write an IPv6 host in brackets: `redis://[::1]:6379`)".into()
+            }
+            url::ParseError::InvalidDomainCharacter => {
+                " (percent-encode reserved characters, e.g. a space as %20)".into()
+            }
+            _ => String::new(),
+        };
+        invalid(format!("{shown:?} is not a valid URL: {e}{hint}"))
+    })
+}
+
+/// The query of a URL: our `prefix=` (percent-decoded) and the parameters passed through to
+/// the backend's client.
+struct Query {
+    prefix: Option<String>,
+    passthrough: Vec<(String, String)>,
+}
+
+impl Query {
+    fn of(shown: &str, url: &url::Url) -> Result<Query> {
+        let mut query = Query {
+            prefix: None,
+            passthrough: Vec::new(),
+        };
+        for (key, value) in url.query_pairs() {
+            if key != "prefix" {
+                query
+                    .passthrough
+                    .push((key.into_owned(), value.into_owned()));
+            } else if value.is_empty() {
+                return Err(invalid(format!(
+                    "{shown:?}: `prefix=` needs a value, e.g. `?prefix=mybot`"
+                )));
+            } else if query.prefix.is_some() {
+                return Err(invalid(format!(
+                    "{shown:?}: `prefix=` is given twice; give it once"
+                )));
+            } else {
+                query.prefix = Some(value.into_owned());
+            }
+        }
+        Ok(query)
+    }
+
+    /// Refuses parameters other than `prefix=`, for backends that take no others.
+    fn only_prefix(&self, shown: &str, scheme: &str) -> Result<()> {
+        if self.passthrough.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.passthrough.iter().map(|(k, _)| k.as_str()).collect();
+        Err(invalid(format!(
+            "{shown:?}: unknown parameter(s) {}; {scheme} accepts only `prefix=`",
+            names.join(", ")
+        )))
+    }
+
+    /// `url` with the passthrough parameters as its query (no `prefix=`).
+    fn node_url(&self, mut url: url::Url) -> String {
+        if self.passthrough.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut()
+                .clear()
+                .extend_pairs(self.passthrough.iter());
+        }
+        url.to_string()
+    }
+}
+
+/// Percent-decodes a URL part, which must be UTF-8 once decoded.
+fn decode(shown: &str, what: &str, part: &str) -> Result<String> {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| {
+            invalid(format!(
+                "{shown:?}: the {what} is not UTF-8 once percent-decoded"
+            ))
+        })
+}
+
+/// `sqlite://rel/path`, `sqlite:///abs/path`, `sqlite:PATH`, each with `?prefix=`.
+fn parse_sqlite(url: &str) -> Result<Target> {
+    let rest = &url["sqlite:".len()..];
+    // `sqlite://rel/path` is relative, `sqlite:///abs/path` absolute (the third slash starts
+    // the path), as in sqlx and SQLAlchemy. The path is not a host: it is parsed as the path
+    // of `sqlite:PATH`, so `.`/`..` stay as written and a relative path may hold a space.
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let parsed = parse_url(&format!("sqlite:{rest}"), url)?;
+    if parsed.fragment().is_some() {
+        return Err(invalid(format!(
+            "{url:?}: a file path has no `#fragment`; percent-encode `#` in a file name as %23"
+        )));
+    }
+    let query = Query::of(url, &parsed)?;
+    query.only_prefix(url, "sqlite://")?;
+    // The path as written (the URL parser would resolve `a/../b`, which a file system with
+    // symlinks does not), up to the query or fragment.
+    let raw = rest.split(['?', '#']).next().unwrap_or_default();
+    let path = decode(url, "path", raw)?;
+    if path == ":memory:" {
+        // The SQLite backend runs a writer connection beside a read pool; with an
+        // in-memory database each connection would get its own private database.
+        return Err(invalid(format!(
+            "{url:?}: an in-memory SQLite database is not supported (the backend's \
+             writer and readers would each see a different one); use `memory://` for \
+             a throwaway store, or a file path"
+        )));
+    }
+    if path.is_empty() {
+        return Err(invalid(format!(
+            "{url:?}: no database file; write `sqlite://state.db` (relative) or \
+             `sqlite:///var/lib/bot/state.db` (absolute)"
+        )));
+    }
+    Ok(Target::Sqlite {
+        path,
+        prefix: query.prefix,
+    })
+}
+
+/// `redis+cluster://[user:password@]h1:p1,h2:p2[?params]`: one node URL per host, each with
+/// the user, password and parameters.
+fn parse_cluster(url: &str) -> Result<Target> {
+    let rest = &url["redis+cluster:".len()..];
+    let Some(rest) = rest.strip_prefix("//") else {
+        return Err(invalid(format!(
+            "{url:?}: write `redis+cluster://host1:6379,host2:6379`"
+        )));
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let mut nodes = Vec::new();
+    let mut prefix = None;
+    for host in hosts.split(',').filter(|h| !h.is_empty()) {
+        let node = parse_url(&format!("redis://{userinfo}{host}{tail}"), url)?;
+        check_redis_node(url, &node, true)?;
+        let query = Query::of(url, &node)?;
+        prefix = query.prefix.clone();
+        nodes.push(query.node_url(node));
+    }
+    if nodes.is_empty() {
+        return Err(invalid(format!(
+            "{url:?}: no cluster nodes; write `redis+cluster://host1:6379,host2:6379`"
+        )));
+    }
+    Ok(Target::Redis {
+        nodes,
+        cluster: true,
+        prefix,
+    })
+}
+
+/// What the redis client would refuse, refused first with a message naming the part.
+fn check_redis_node(shown: &str, url: &url::Url, cluster: bool) -> Result<()> {
+    let unix = matches!(url.scheme(), "redis+unix" | "unix");
+    if unix {
+        if url.path().is_empty() || url.path() == "/" {
+            return Err(invalid(format!(
+                "{shown:?}: no socket path; write `redis+unix:///run/redis/redis.sock`"
+            )));
+        }
+        return Ok(());
+    }
+    match url.host() {
+        None => {
+            return Err(invalid(format!(
+                "{shown:?}: no host; write `redis://127.0.0.1:6379` (IPv6: `redis://[::1]:6379`)"
+            )));
+        }
+        Some(url::Host::Domain("")) => {
+            return Err(invalid(format!("{shown:?}: empty host")));
+        }
+        Some(_) => {}
+    }
+    decode(shown, "user name", url.username())?;
+    if let Some(password) = url.password() {
+        decode(shown, "password", password)?;
+    }
+    let db = url.path().trim_matches('/');
+    if cluster && !db.is_empty() {
+        return Err(invalid(format!(
+            "{shown:?}: Redis Cluster has only database 0; drop the `/{db}`"
+        )));
+    }
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err(invalid(format!(
+            "{shown:?}: the path is the database number (`redis://host:6379/2`), not `{db}`"
+        )));
+    }
+    match url.fragment() {
+        None => Ok(()),
+        Some("insecure") if url.scheme() == "rediss" => Err(invalid(format!(
+            "{shown:?}: `#insecure` (TLS without certificate checks) is not supported; trust \
+             a private CA with SSL_CERT_FILE=/path/to/ca.pem, or pass your own root \
+             certificate through redis::Client::build_with_tls and \
+             RedisBackend::builder_with_client"
+        ))),
+        Some(fragment) => Err(invalid(format!(
+            "{shown:?}: a Redis URL has no `#{fragment}`"
+        ))),
     }
 }
 
@@ -237,12 +428,17 @@ fn disabled(target: &Target, feature: &str) -> Error {
 /// |---|---|
 /// | `memory://` | a fresh in-process store (`memory`) |
 /// | `sqlite://state.db` (relative), `sqlite:///abs/state.db` | SQLite file (`sqlite`) |
-/// | `redis://host:6379/0`, `rediss://...` | Redis (`redis`) |
+/// | `redis://[user:password@]host:6379/0`, `redis://[::1]:6379`, `redis+unix:///path.sock` | Redis (`redis`) |
+/// | `rediss://host:6380` | Redis over TLS (`redis-tls`), system roots or `SSL_CERT_FILE` |
 /// | `redis+cluster://h1:6379,h2:6379` | Redis Cluster (`redis-cluster`) |
 ///
-/// `?prefix=NAME` isolates keys of SQLite and Redis backends (several bots, or a test per
-/// prefix, on one file or server). An unknown scheme, or one whose feature is off, is an
-/// [`ErrorKind::InvalidInput`] error listing the schemes this build understands.
+/// URLs are parsed as URLs: percent-encoded parts are decoded (`sqlite:///srv/my%20bot/state.db`
+/// is the file `/srv/my bot/state.db`; a password with `@` is written `p%40ss`), IPv6 hosts
+/// go in brackets. `?prefix=NAME` isolates keys of SQLite and Redis backends (several bots,
+/// or a test per prefix, on one file or server); other query parameters go to the redis
+/// client (e.g. `protocol=resp3`) and are refused elsewhere. A URL that does not parse, an
+/// unknown scheme, or one whose feature is off, is an [`ErrorKind::InvalidInput`] error
+/// that says what is wrong, listing the schemes this build understands where that helps.
 ///
 /// ```
 /// # #[cfg(feature = "memory")]
@@ -284,7 +480,7 @@ async fn open(target: Target) -> Result<Arc<dyn StateAdapter>> {
     match target {
         Target::Memory => {
             #[cfg(feature = "memory")]
-            return Ok(Arc::new(chat_state_memory::MemoryState::new()));
+            return Ok(Arc::new(chat_state_memory::MemoryState::default()));
             Err(disabled(&target, "memory"))
         }
         Target::Sqlite { path, prefix } => {
@@ -297,11 +493,20 @@ async fn open(target: Target) -> Result<Arc<dyn StateAdapter>> {
             cluster,
             prefix,
         } => {
+            let tls = nodes.iter().any(|n| n.starts_with("rediss:"));
             #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
-            if !cluster || cfg!(feature = "redis-cluster") {
+            if (!cluster || cfg!(feature = "redis-cluster"))
+                && (!tls || cfg!(feature = "redis-tls"))
+            {
                 return crate::backends::open_redis(&nodes, cluster, prefix.as_deref()).await;
             }
-            let feature = if cluster { "redis-cluster" } else { "redis" };
+            let feature = if cluster {
+                "redis-cluster"
+            } else if tls && cfg!(feature = "redis") {
+                "redis-tls"
+            } else {
+                "redis"
+            };
             Err(disabled(
                 &Target::Redis {
                     nodes,
@@ -318,58 +523,190 @@ async fn open(target: Target) -> Result<Arc<dyn StateAdapter>> {
 mod tests {
     use super::*;
 
+    fn sqlite(path: &str, prefix: Option<&str>) -> Option<Target> {
+        Some(Target::Sqlite {
+            path: path.into(),
+            prefix: prefix.map(Into::into),
+        })
+    }
+
+    fn redis(nodes: &[&str], cluster: bool, prefix: Option<&str>) -> Option<Target> {
+        Some(Target::Redis {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            cluster,
+            prefix: prefix.map(Into::into),
+        })
+    }
+
     #[test]
     fn parses_every_form() {
         assert_eq!(Target::parse("memory://").ok(), Some(Target::Memory));
+        assert_eq!(Target::parse("memory:").ok(), Some(Target::Memory));
+        assert_eq!(Target::parse(" MEMORY:// ").ok(), Some(Target::Memory));
         assert_eq!(
             Target::parse("sqlite://data/state.db?prefix=bot1").ok(),
-            Some(Target::Sqlite {
-                path: "data/state.db".into(),
-                prefix: Some("bot1".into())
-            })
+            sqlite("data/state.db", Some("bot1"))
         );
         assert_eq!(
             Target::parse("sqlite:///var/lib/state.db").ok(),
-            Some(Target::Sqlite {
-                path: "/var/lib/state.db".into(),
-                prefix: None
-            })
+            sqlite("/var/lib/state.db", None)
+        );
+        assert_eq!(
+            Target::parse("sqlite:state.db").ok(),
+            sqlite("state.db", None)
         );
         assert_eq!(
             Target::parse("redis://127.0.0.1:6380/2?prefix=p&protocol=resp3").ok(),
-            Some(Target::Redis {
-                nodes: vec!["redis://127.0.0.1:6380/2?protocol=resp3".into()],
-                cluster: false,
-                prefix: Some("p".into())
-            })
+            redis(
+                &["redis://127.0.0.1:6380/2?protocol=resp3"],
+                false,
+                Some("p")
+            )
         );
         assert_eq!(
             Target::parse("redis+cluster://a:1,b:2?prefix=x").ok(),
-            Some(Target::Redis {
-                nodes: vec!["redis://a:1".into(), "redis://b:2".into()],
-                cluster: true,
-                prefix: Some("x".into())
-            })
+            redis(&["redis://a:1", "redis://b:2"], true, Some("x"))
+        );
+        assert_eq!(
+            Target::parse("redis+unix:///run/redis.sock?db=1").ok(),
+            redis(&["redis+unix:///run/redis.sock?db=1"], false, None)
         );
     }
 
     #[test]
-    fn rejects_bad_urls_with_the_way_out() {
+    fn sqlite_paths_are_percent_decoded_and_kept_as_written() {
+        assert_eq!(
+            Target::parse("sqlite:///tmp/my%20dir/state.db").ok(),
+            sqlite("/tmp/my dir/state.db", None)
+        );
+        assert_eq!(
+            Target::parse("sqlite://my%20dir/state.db").ok(),
+            sqlite("my dir/state.db", None)
+        );
+        // A relative path is not a host: a raw space, `.` and `..` stay as written.
+        assert_eq!(
+            Target::parse("sqlite://my dir/../state.db").ok(),
+            sqlite("my dir/../state.db", None)
+        );
+        assert_eq!(
+            Target::parse("sqlite://./State.DB").ok(),
+            sqlite("./State.DB", None)
+        );
+        assert_eq!(
+            Target::parse("sqlite:///srv/%C3%A9t%C3%A9/a%23b.db").ok(),
+            sqlite("/srv/été/a#b.db", None)
+        );
+    }
+
+    #[test]
+    fn prefix_is_percent_decoded() {
+        assert_eq!(
+            Target::parse("sqlite://a.db?prefix=my%20bot").ok(),
+            sqlite("a.db", Some("my bot"))
+        );
+        assert_eq!(
+            Target::parse("redis://h:1?prefix=a%2Fb").ok(),
+            redis(&["redis://h:1"], false, Some("a/b"))
+        );
+        assert_eq!(
+            Target::parse("redis://h:1?prefix=a+b").ok(),
+            redis(&["redis://h:1"], false, Some("a b"))
+        );
+    }
+
+    #[test]
+    fn redis_passwords_reach_the_client_encoded_as_it_expects() {
+        // The redis client percent-decodes user and password itself; the node URL keeps
+        // them encoded, so `p%40ss` reaches the server as `p@ss`.
+        assert_eq!(
+            Target::parse("redis://:p%40ss@127.0.0.1:6379").ok(),
+            redis(&["redis://:p%40ss@127.0.0.1:6379"], false, None)
+        );
+        assert_eq!(
+            Target::parse("redis://bot:s%3Acret%2F1@h:6379/3?prefix=p").ok(),
+            redis(&["redis://bot:s%3Acret%2F1@h:6379/3"], false, Some("p"))
+        );
+        assert_eq!(
+            Target::parse("redis+cluster://:p%40ss@a:1,b:2").ok(),
+            redis(&["redis://:p%40ss@a:1", "redis://:p%40ss@b:2"], true, None)
+        );
+    }
+
+    #[test]
+    fn ipv6_hosts() {
+        assert_eq!(
+            Target::parse("redis://[::1]:6379").ok(),
+            redis(&["redis://[::1]:6379"], false, None)
+        );
+        assert_eq!(
+            Target::parse("redis://[2001:db8::1]/1?prefix=p").ok(),
+            redis(&["redis://[2001:db8::1]/1"], false, Some("p"))
+        );
+        assert_eq!(
+            Target::parse("redis+cluster://[::1]:7000,[::1]:7001").ok(),
+            redis(&["redis://[::1]:7000", "redis://[::1]:7001"], true, None)
+        );
+    }
+
+    #[test]
+    fn rediss_keeps_its_scheme() {
+        let target = Target::parse("rediss://bot:p%40ss@cache.example:6380/0?prefix=p").ok();
+        assert_eq!(
+            target,
+            redis(
+                &["rediss://bot:p%40ss@cache.example:6380/0"],
+                false,
+                Some("p")
+            )
+        );
+        assert_eq!(target.map(|t| t.scheme()), Some("rediss://"));
+    }
+
+    #[test]
+    fn rejects_bad_urls_saying_what_is_wrong() {
         for (url, hint) in [
-            ("mongodb://x", "this build understands"),
+            ("", "empty URL"),
+            (
+                "mongodb://x",
+                "unknown URL scheme `mongodb://`; this build understands",
+            ),
+            ("localhost:6379", "unknown URL scheme"),
+            ("not a url", "no `scheme://`"),
             ("sqlite://", "no database file"),
+            ("sqlite:", "no database file"),
             ("sqlite::memory:", "use `memory://`"),
+            ("sqlite://a.db#x", "no `#fragment`"),
+            (
+                "sqlite://a.db?mode=ro",
+                "unknown parameter(s) mode; sqlite:// accepts only",
+            ),
+            ("sqlite:///bad%FF.db", "path is not UTF-8"),
             ("memory://x", "use `memory://`"),
+            ("memory:///x", "use `memory://`"),
             ("memory://?foo=1", "accepts only `prefix=`"),
             ("sqlite://a.db?prefix=", "needs a value"),
+            ("sqlite://a.db?prefix=a&prefix=b", "given twice"),
             ("redis+cluster://", "no cluster nodes"),
+            ("redis+cluster:a:1", "redis+cluster://host1"),
+            ("redis+cluster://a:1/2", "only database 0"),
+            ("redis://h:99999", "invalid port number (a port is a number"),
+            ("redis://[::1:6379", "IPv6 host in brackets"),
+            ("redis://", "no host"),
+            ("redis:///0", "no host"),
+            ("redis://h:1/x", "database number"),
+            ("redis://h:1#insecure", "no `#insecure`"),
+            ("rediss://h:1#nope", "no `#nope`"),
+            ("rediss://h:1/#insecure", "SSL_CERT_FILE"),
+            ("redis://:%FF@h:1", "password is not UTF-8"),
+            ("redis+unix://", "no socket path"),
         ] {
             let err = Target::parse(url).err().map(|e| (e.kind(), e.to_string()));
             let Some((kind, text)) = err else {
-                panic!("{url} parsed")
+                panic!("{url:?} parsed")
             };
             assert_eq!(kind, ErrorKind::InvalidInput, "{url}");
             assert!(text.contains(hint), "{url}: {text}");
+            assert!(text.starts_with("chat-state: open failed"), "{url}: {text}");
         }
     }
 
@@ -385,5 +722,14 @@ mod tests {
         for scheme in compiled_schemes() {
             assert!(text.contains(scheme), "{text}");
         }
+    }
+
+    #[cfg(all(feature = "redis", not(feature = "redis-tls")))]
+    #[tokio::test]
+    async fn rediss_without_tls_names_the_feature() {
+        let err = connect("rediss://127.0.0.1:1").await.err();
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("`redis-tls` cargo feature"), "{text}");
+        assert!(!compiled_schemes().contains(&"rediss://"));
     }
 }

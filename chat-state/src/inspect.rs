@@ -21,7 +21,7 @@ pub async fn lock_inspector(url: &str) -> Result<Arc<dyn InspectLocks>> {
     let target = Target::parse(url)?;
     #[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
     if let Target::Sqlite { path, prefix } = &target {
-        let mut builder = chat_state_sqlite::SqliteState::builder(path)
+        let mut builder = chat_state_sqlite::SqliteBackend::builder(path)
             .schema_mode(chat_state_sqlite::SchemaMode::VerifyOnly)
             .cleanup_interval(None);
         if let Some(prefix) = prefix {

@@ -1,4 +1,4 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Combinations that cannot work are refused here, with the way out, instead of failing deep
@@ -11,21 +11,17 @@ compile_error!(
 );
 #[cfg(all(target_arch = "wasm32", feature = "redis"))]
 compile_error!(
-    "chat-state: feature `redis` / `redis-cluster` needs a native target (the redis client \
-     opens TCP sockets, which wasm32 Workers cannot). On Workers use `durable-object`."
-);
-#[cfg(all(target_arch = "wasm32", feature = "cli"))]
-compile_error!(
-    "chat-state: feature `cli` builds the native `chat-state` binary and cannot target wasm32. \
-     Build with `--no-default-features --features durable-object` (optionally plus `memory`)."
+    "chat-state: feature `redis` / `redis-cluster` / `redis-tls` needs a native target (the \
+     redis client opens TCP sockets, which wasm32 Workers cannot). On Workers use \
+     `durable-object`."
 );
 
 /// The core traits, types, errors and helpers, re-exported so one dependency is enough.
 pub use chat_state_core as core;
 pub use chat_state_core::{
-    Cache, Clock, Error, ErrorKind, ListOptions, Lists, Lock, Locks, ManualClock, Operation,
-    QueueEntry, Queues, Result, SharedClock, StateAdapter, StateExt, Subscriptions, SystemClock,
-    new_lock_token, system_clock, validate,
+    Cache, Call, Clock, Error, ErrorKind, Layer, Layered, ListOptions, Lists, Lock, Locks,
+    ManualClock, MaybeSend, Next, Operation, QueueEntry, Queues, Result, SharedClock, StateAdapter,
+    StateExt, Subscriptions, SystemClock, new_lock_token, system_clock, validate,
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use chat_state_core::{LockRun, LockWatch, with_lock};
@@ -34,19 +30,19 @@ pub use chat_state_core::{LockRun, LockWatch, with_lock};
 #[cfg(feature = "memory")]
 pub use chat_state_memory as memory;
 #[cfg(feature = "memory")]
-pub use chat_state_memory::MemoryState;
+pub use chat_state_memory::{MemoryBackend, MemoryState};
 
 /// The SQLite backend (feature `sqlite`).
 #[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
 pub use chat_state_sqlite as sqlite;
 #[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
-pub use chat_state_sqlite::SqliteState;
+pub use chat_state_sqlite::{SqliteBackend, SqliteState};
 
 /// The Redis backend (feature `redis`; Redis Cluster with `redis-cluster`).
 #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
 pub use chat_state_redis as redis;
 #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
-pub use chat_state_redis::RedisState;
+pub use chat_state_redis::{RedisBackend, RedisState};
 
 /// The Cloudflare Durable Object backend (feature `durable-object`).
 #[cfg(feature = "durable-object")]
@@ -55,7 +51,7 @@ pub use chat_state_do as durable_object;
 #[cfg(not(target_arch = "wasm32"))]
 mod backends;
 mod connect;
-pub use connect::{ConnectOptions, compiled_schemes, connect, connect_with};
+pub use connect::{ConnectOptions, Target, compiled_schemes, connect, connect_with};
 
 mod inspect;
 pub use inspect::{InspectLocks, LockInfo, lock_inspector};
@@ -63,7 +59,4 @@ pub use inspect::{InspectLocks, LockInfo, lock_inspector};
 #[cfg(not(target_arch = "wasm32"))]
 mod traced;
 #[cfg(not(target_arch = "wasm32"))]
-pub use traced::{Traced, traced};
-
-#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
-pub mod cli;
+pub use traced::{Traced, Tracing, traced};

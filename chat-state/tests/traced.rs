@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_state::{
-    ConnectOptions, ErrorKind, MemoryState, StateAdapter, Subscriptions, Traced, connect_with,
+    ConnectOptions, ErrorKind, MemoryState, StateAdapter, Subscriptions, Traced, Tracing,
+    connect_with,
 };
 use tracing_test::traced_test;
 
@@ -76,8 +77,8 @@ async fn tracing_is_off_by_default() {
 #[tokio::test(flavor = "current_thread")]
 #[traced_test]
 async fn traced_wraps_any_adapter_and_keeps_its_behaviour() {
-    let inner: Arc<dyn StateAdapter> = Arc::new(MemoryState::new());
-    let traced = Traced::new(inner.clone());
+    let inner: Arc<dyn StateAdapter> = Arc::new(MemoryState::default());
+    let traced = Traced::new(Tracing, inner.clone());
     traced.subscribe("t").await.expect("subscribe");
     assert!(
         inner.is_subscribed("t").await.expect("read"),

@@ -12,9 +12,12 @@ mod check;
 mod runner;
 
 pub use check::{CaseResult, Failure};
+pub use runner::{
+    CaseFn, CaseFuture, CaseReport, MANUAL_CLOCK_SKIPS, Outcome, Report, WALL_CLOCK_SKIPS,
+    all_cases, run_all, run_case,
+};
 #[cfg(not(target_arch = "wasm32"))]
-pub use runner::run_case_blocking;
-pub use runner::{CaseFn, CaseFuture, CaseReport, Report, all_cases, run_all, run_case};
+pub use runner::{Expect, run_case_blocking};
 
 /// How a case lets backend time pass.
 ///
@@ -158,7 +161,7 @@ impl Harness {
     /// # use chat_state_core::StateAdapter;
     /// # // Stands in for a durable backend's constructor.
     /// # async fn open(_: &Path) -> chat_state_core::Result<chat_state_memory::MemoryState> {
-    /// #     Ok(chat_state_memory::MemoryState::new())
+    /// #     Ok(chat_state_memory::MemoryState::default())
     /// # }
     /// # async fn factory(temp_dir: &Path) -> chat_state_core::Result<Harness> {
     /// let path = temp_dir.join("state.db");
@@ -253,24 +256,98 @@ where
 /// Emits one `#[test]` per conformance case, each calling `$factory().await` for a fresh
 /// [`Harness`]. The factory is a path to an `async fn() -> Harness`.
 ///
+/// A case that cannot run on a harness (exact expiry boundaries need a manual clock, the
+/// heartbeat needs the wall clock, reopen needs a durable backend) must be declared in
+/// `skip = [...]`: it is then reported as *ignored* by the test runner, and run with
+/// `cargo test -- --ignored` it must still skip. Any case that skips without being declared
+/// fails, and so does a declared case that does not skip, so the list can neither hide a
+/// regression nor go stale. [`MANUAL_CLOCK_SKIPS`] and [`WALL_CLOCK_SKIPS`] list what each
+/// kind of clock skips.
+///
 /// ```
 /// use std::sync::Arc;
-/// # use chat_state_memory::MemoryState as MyBackend;
+/// use chat_state_conformance::{Harness, conformance_tests};
+/// use chat_state_core::ManualClock;
+/// use chat_state_memory::{MemoryBackend, MemoryState};
 ///
-/// async fn factory() -> chat_state_conformance::Harness {
-///     // A fresh, isolated adapter per case: unique key prefix, temp file, ...
-///     chat_state_conformance::Harness::with_real_time(Arc::new(MyBackend::new()))
+/// // Fresh, isolated state per case: a new store here; a unique key prefix or temp file for
+/// // a backend with shared storage.
+/// async fn on_manual_clock() -> Harness {
+///     let clock = ManualClock::starting_now();
+///     let state = MemoryState::new(MemoryBackend::with_clock(clock.clone()));
+///     Harness::with_manual_clock(Arc::new(state), clock)
 /// }
-/// chat_state_conformance::conformance_tests!(factory);
-/// # // `#[test]` functions are compiled out of doctests; this checks the factory's type.
-/// # fn main() { let _ = chat_state_conformance::run_all(|| async { Ok(factory().await) }, |_| false, || 0); }
+///
+/// async fn on_wall_clock() -> Harness {
+///     Harness::with_real_time(Arc::new(MemoryState::default()))
+/// }
+///
+/// // The memory backend is not durable: reopen does not apply to it.
+/// mod manual_clock {
+///     chat_state_conformance::conformance_tests!(super::on_manual_clock, skip = [
+///         lock_guard_heartbeat_keeps_lock,
+///         lifecycle_reopen_keeps_data,
+///     ]);
+/// }
+///
+/// mod wall_clock {
+///     chat_state_conformance::conformance_tests!(super::on_wall_clock, skip = [
+///         lock_extend_sets_expiry_to_now_plus_ttl,
+///         queue_entry_expires_at_boundary,
+///         validation_sub_millisecond_ttl_rounds_up,
+///         lifecycle_reopen_keeps_data,
+///     ]);
+/// }
 /// ```
 ///
 /// Failures name the case (the test's name) and say what was expected.
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:path) => {
+        $crate::conformance_tests!($factory, skip = []);
+    };
+    ($factory:path, skip = [$($skip:ident),* $(,)?]) => {
+        $crate::__declare_skips! { ($) [$($skip)*] }
         $crate::__case_list! { tests $factory }
+    };
+}
+
+/// Defines, in the caller's module, the macro that emits one case's `#[test]`: ignored and
+/// expected to skip for the declared cases, expected to run for every other one. (A macro
+/// written by a macro is how `macro_rules` tells whether a case is in the list.)
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __declare_skips {
+    (($d:tt) [$($skip:ident)*]) => {
+        macro_rules! __chat_state_conformance_case {
+            $(
+                ([$d($d attr:meta)*] $d factory:path, $skip) => {
+                    $d(#[$d attr])*
+                    #[test]
+                    #[ignore = "declared in conformance_tests!(.., skip = [..]): this harness cannot run it"]
+                    fn $skip() {
+                        $crate::run_case_blocking(
+                            stringify!($skip),
+                            || $d factory(),
+                            |h| ::std::boxed::Box::pin($crate::cases::$skip(h)),
+                            $crate::Expect::Skip,
+                        );
+                    }
+                };
+            )*
+            ([$d($d attr:meta)*] $d factory:path, $d case:ident) => {
+                $d(#[$d attr])*
+                #[test]
+                fn $d case() {
+                    $crate::run_case_blocking(
+                        stringify!($d case),
+                        || $d factory(),
+                        |h| ::std::boxed::Box::pin($crate::cases::$d case(h)),
+                        $crate::Expect::Run,
+                    );
+                }
+            };
+        }
     };
 }
 
@@ -280,23 +357,8 @@ macro_rules! __emit_cases {
     // Native-only cases (they need threads or tokio) are listed after `native:`; they are
     // compiled out on wasm32 instead of being reported as passing there.
     ((tests $factory:path) [$($case:ident)*] native: [$($native:ident)*]) => {
-        $(
-            #[test]
-            fn $case() {
-                $crate::run_case_blocking(stringify!($case), || $factory(), |h| {
-                    ::std::boxed::Box::pin($crate::cases::$case(h))
-                });
-            }
-        )*
-        $(
-            #[cfg(not(target_arch = "wasm32"))]
-            #[test]
-            fn $native() {
-                $crate::run_case_blocking(stringify!($native), || $factory(), |h| {
-                    ::std::boxed::Box::pin($crate::cases::$native(h))
-                });
-            }
-        )*
+        $( __chat_state_conformance_case! { [] $factory, $case } )*
+        $( __chat_state_conformance_case! { [cfg(not(target_arch = "wasm32"))] $factory, $native } )*
     };
     ((registry) [$($case:ident)*] native: [$($native:ident)*]) => {{
         #[cfg(not(target_arch = "wasm32"))]

@@ -22,13 +22,57 @@ pub fn all_cases() -> &'static [(&'static str, CaseFn)] {
     crate::__case_list! { registry }
 }
 
+/// Cases that skip on a harness with a manual clock: they need real time to pass (the
+/// heartbeat of `with_lock` runs on tokio's timer, which a manual backend clock does not
+/// follow).
+pub const MANUAL_CLOCK_SKIPS: &[&str] = &["lock_guard_heartbeat_keeps_lock"];
+
+/// Cases that skip on a harness on the wall clock: they check exact expiry boundaries,
+/// which only a manual clock can hit.
+pub const WALL_CLOCK_SKIPS: &[&str] = &[
+    "lock_extend_sets_expiry_to_now_plus_ttl",
+    "queue_entry_expires_at_boundary",
+    "validation_sub_millisecond_ttl_rounds_up",
+];
+
+/// How one case ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Every check held.
+    Passed,
+    /// A check failed (the message says which).
+    Failed,
+    /// The case does not apply to this harness (the message says why).
+    Skipped,
+}
+
+impl Outcome {
+    /// `"passed"`, `"failed"` or `"skipped"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The outcome of one case in a [`Report`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct CaseReport {
     /// The case's name (the same as its `#[test]` name).
     pub name: String,
-    /// `"passed"`, `"failed"` or `"skipped"`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: Outcome,
     /// Why it failed or was skipped; empty when it passed.
     pub message: String,
     /// How long it took, in milliseconds (0 where no clock is available).
@@ -37,6 +81,7 @@ pub struct CaseReport {
 
 /// The outcome of a whole run, for runners without libtest (a wasm Worker, the CLI).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Report {
     /// The backend that was tested.
     pub backend: String,
@@ -47,18 +92,22 @@ pub struct Report {
 impl Report {
     /// Number of cases that passed.
     pub fn passed(&self) -> usize {
-        self.count("passed")
+        self.count(Outcome::Passed)
     }
     /// Number of cases that failed.
     pub fn failed(&self) -> usize {
-        self.count("failed")
+        self.count(Outcome::Failed)
     }
     /// Number of cases that did not apply.
     pub fn skipped(&self) -> usize {
-        self.count("skipped")
+        self.count(Outcome::Skipped)
     }
-    fn count(&self, outcome: &str) -> usize {
-        self.cases.iter().filter(|c| c.outcome == outcome).count()
+    /// The cases that ended with `outcome`, in suite order.
+    pub fn with_outcome(&self, outcome: Outcome) -> impl Iterator<Item = &CaseReport> {
+        self.cases.iter().filter(move |c| c.outcome == outcome)
+    }
+    fn count(&self, outcome: Outcome) -> usize {
+        self.with_outcome(outcome).count()
     }
 }
 
@@ -98,13 +147,13 @@ where
             Err(e) => Err(Failure::new(format!("factory failed: {e}"))),
         };
         let (outcome, message) = match result {
-            Ok(()) => ("passed", String::new()),
-            Err(f) if f.skipped => ("skipped", f.message),
-            Err(f) => ("failed", f.message),
+            Ok(()) => (Outcome::Passed, String::new()),
+            Err(f) if f.skipped => (Outcome::Skipped, f.message),
+            Err(f) => (Outcome::Failed, f.message),
         };
         report.cases.push(CaseReport {
             name: (*name).to_string(),
-            outcome: outcome.to_string(),
+            outcome,
             message,
             millis: elapsed_ms().saturating_sub(started),
         });
@@ -116,11 +165,26 @@ where
 #[cfg(not(target_arch = "wasm32"))]
 const CASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Runs one case on a fresh multi-threaded runtime and panics with the case's name and the
-/// failure if it fails. Used by [`conformance_tests!`](crate::conformance_tests).
+/// What a test declared about a case (see [`conformance_tests!`](crate::conformance_tests)).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn run_case_blocking<Fut>(name: &str, factory: impl FnOnce() -> Fut, case: CaseFn)
-where
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The case must run and pass; a skip fails the test.
+    Run,
+    /// The case was declared as one this harness cannot run: it must skip.
+    Skip,
+}
+
+/// Runs one case on a fresh multi-threaded runtime and panics with the case's name and the
+/// failure if it fails, or if it skips when `expect` says it must run (or runs when it was
+/// declared a skip). Used by [`conformance_tests!`](crate::conformance_tests).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_case_blocking<Fut>(
+    name: &str,
+    factory: impl FnOnce() -> Fut,
+    case: CaseFn,
+    expect: Expect,
+) where
     Fut: Future<Output = Harness>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -136,9 +200,18 @@ where
         let _ = harness.adapter.close().await;
         result
     });
-    match result {
-        Ok(()) => {}
-        Err(f) if f.skipped => eprintln!("{name}: skipped: {}", f.message),
-        Err(f) => panic!("conformance case `{name}` failed: {}", f.message),
+    match (result, expect) {
+        (Ok(()), Expect::Run) => {}
+        (Err(f), Expect::Skip) if f.skipped => eprintln!("{name}: skipped: {}", f.message),
+        (Ok(()), Expect::Skip) => panic!(
+            "conformance case `{name}` is declared in `skip = [..]` but ran and passed on this \
+             harness: remove it from the list"
+        ),
+        (Err(f), Expect::Run) if f.skipped => panic!(
+            "conformance case `{name}` skipped ({}) but the test did not declare it: add it to \
+             `conformance_tests!(.., skip = [..])` if this harness really cannot run it",
+            f.message
+        ),
+        (Err(f), _) => panic!("conformance case `{name}` failed: {}", f.message),
     }
 }

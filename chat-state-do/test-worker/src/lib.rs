@@ -11,6 +11,9 @@
 //! * `POST /adapter` `{"config": {...}, "ops": [request, ...]}` — runs protocol-shaped
 //!   operations through a `DurableObjectAdapter` and answers one `{"ok": ..}` or
 //!   `{"err": {"kind", "message"}}` per op.
+//! * `POST /memory-expiry` `{"ttl_ms": n}` — the memory backend (`MemoryState::default()`,
+//!   system clock) inside workerd: a key and a lock with that TTL, a real wait past it, and
+//!   what was live before and after, with the Worker's `Date.now()` at each step.
 //! * `POST /raw/<object>?path=/v1&now=<ms>` — forwards the body untouched to the object
 //!   (bad-input tests); `now`, if given, goes in the test clock header.
 //! * `GET /inspect/<object>` — the object's test-only introspection.

@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use chat_state_conformance::{Failure, Harness, ManualTime, TimeControl, run_all};
 use chat_state_core::{
-    Cache as _, Error, ListOptions, Lists as _, Lock, Locks as _, ManualClock, Queues as _,
+    Cache as _, Clock, Error, ListOptions, Lists as _, Lock, Locks as _, ManualClock, Queues as _,
     SharedClock, StateAdapter, StateExt as _, Subscriptions as _,
 };
-use chat_state_do::DurableObjectAdapter;
 use chat_state_do::protocol::{Request as Op, WireError, b64};
 use chat_state_do::routing::hashed_shards;
+use chat_state_do::{DurableObjectAdapter, DurableObjectBackend};
+use chat_state_memory::{MemoryBackend, MemoryState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use worker::{Date, Delay, Env, Method, Request, RequestInit, Response, Result, event};
@@ -58,7 +59,7 @@ fn adapter(env: &Env, c: &Config) -> std::result::Result<DurableObjectAdapter, E
     let ns = env
         .durable_object(BINDING)
         .map_err(|e| Error::invalid_input(format!("binding {BINDING}: {e}")))?;
-    let mut b = DurableObjectAdapter::builder(ns).object_name(c.object.clone());
+    let mut b = DurableObjectBackend::builder(ns).object_name(c.object.clone());
     if c.shards > 0 {
         let shard = hashed_shards(&format!("{}-shard", c.object), c.shards);
         b = b.shard_key(move |id| shard(id));
@@ -178,7 +179,9 @@ async fn run_op(a: &DurableObjectAdapter, raw: Value) -> Value {
             Op::Subscribe { thread_id } => json!(a.subscribe(&thread_id).await?),
             Op::Unsubscribe { thread_id } => json!(a.unsubscribe(&thread_id).await?),
             Op::IsSubscribed { thread_id } => json!(a.is_subscribed(&thread_id).await?),
-            Op::AcquireLock { lock_id, ttl_ms } => {
+            Op::AcquireLock {
+                lock_id, ttl_ms, ..
+            } => {
                 json!(a.acquire_lock(&lock_id, ms(ttl_ms)).await?)
             }
             Op::ReleaseLock { lock_id, token } => {
@@ -305,6 +308,64 @@ async fn cycle(env: &Env, c: Cycle) -> std::result::Result<Value, Error> {
     Ok(json!({ "locked": true, "subscribed": subscribed, "n": n + 1 }))
 }
 
+#[derive(Debug, Deserialize)]
+struct MemoryExpiry {
+    ttl_ms: u64,
+    /// Run on [`ZeroClock`] instead of the system clock (the test's proof that its checks
+    /// catch a clock stuck at 0).
+    #[serde(default)]
+    zero_clock: bool,
+}
+
+/// What `SystemClock` returned on wasm32 before it read `Date.now()`.
+#[derive(Debug)]
+struct ZeroClock;
+
+impl Clock for ZeroClock {
+    fn now_ms(&self) -> u64 {
+        0
+    }
+}
+
+/// The memory backend on the system clock (or, with `zero_clock`, on a clock stuck at 0),
+/// inside workerd: stores a key and takes a lock
+/// with `ttl_ms`, checks both are live, waits real time past the TTL, and checks that the
+/// key expired and the lock can be taken again. Answers what it saw, with the Worker's
+/// `Date.now()` at each step, for `tests/workerd.rs` to judge.
+///
+/// On wasm32 `SystemClock` reads `Date.now()`; if it read 0 (as it once did), the lock's
+/// `expiresAt` would be `ttl_ms` (1970) and time would never pass for the backend, so the
+/// key would stay live and the lock held: every check of the test fails.
+async fn memory_expiry(run: MemoryExpiry) -> std::result::Result<Value, Error> {
+    let state = if run.zero_clock {
+        MemoryState::new(MemoryBackend::with_clock(ZeroClock))
+    } else {
+        MemoryState::default()
+    };
+    let ttl = Duration::from_millis(run.ttl_ms);
+    // Date.now() (nearly) stands still while the isolate computes: this is, within a
+    // millisecond or so, the time of every call below until the wait.
+    let started_ms = Date::now().as_millis();
+    state.set("k", b"v", Some(ttl)).await?;
+    let first = state.acquire_lock("l", ttl).await?;
+    let live_before = state.get("k").await?.is_some();
+    let held_before = state.acquire_lock("l", ttl).await?.is_none();
+    // A timer is I/O, after which Date.now() has moved on by (at least) the wait.
+    Delay::from(ttl + Duration::from_millis(20)).await;
+    let waited_ms = Date::now().as_millis();
+    let value_after = state.get("k").await?.map(|v| b64::encode(&v));
+    let second = state.acquire_lock("l", ttl).await?;
+    Ok(json!({
+        "started_ms": started_ms,
+        "first_lock": first,
+        "live_before": live_before,
+        "held_before": held_before,
+        "waited_ms": waited_ms,
+        "value_after": value_after,
+        "second_lock": second,
+    }))
+}
+
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, _ctx: worker::Context) -> Result<Response> {
     let path = req.path();
@@ -329,6 +390,13 @@ async fn fetch(mut req: Request, env: Env, _ctx: worker::Context) -> Result<Resp
         (Method::Post, ["cycle"]) => {
             let c: Cycle = req.json().await?;
             match cycle(&env, c).await {
+                Ok(v) => Response::from_json(&v),
+                Err(e) => Ok(Response::from_json(&err_json(&e))?.with_status(500)),
+            }
+        }
+        (Method::Post, ["memory-expiry"]) => {
+            let run: MemoryExpiry = req.json().await?;
+            match memory_expiry(run).await {
                 Ok(v) => Response::from_json(&v),
                 Err(e) => Ok(Response::from_json(&err_json(&e))?.with_status(500)),
             }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use chat_state_core::ManualClock;
-use chat_state_sqlite::{SqliteBuilder, SqliteState};
+use chat_state_sqlite::{SqliteBackend, SqliteBuilder, SqliteState};
 use tempfile::TempDir;
 
 /// A [`SqliteState`] together with the temporary directory holding its file: the directory
@@ -23,7 +23,7 @@ impl TempState {
     pub async fn new(configure: impl FnOnce(SqliteBuilder) -> SqliteBuilder) -> Self {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let path = dir.path().join("state.db");
-        let state = configure(SqliteState::builder(&path))
+        let state = configure(SqliteBackend::builder(&path))
             .open()
             .await
             .expect("open a fresh database");

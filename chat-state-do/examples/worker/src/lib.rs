@@ -10,8 +10,8 @@ mod bot {
     use std::time::Duration;
 
     use chat_state_core::{Locks as _, QueueEntry, Queues as _, StateExt as _};
-    use chat_state_do::DurableObjectAdapter;
     use chat_state_do::routing::hashed_shards;
+    use chat_state_do::{DurableObjectAdapter, DurableObjectBackend};
     use serde_json::{Value, json};
     use worker::{Date, Env, Method, Request, Response, Result, event};
 
@@ -21,7 +21,7 @@ mod bot {
     fn state(env: &Env) -> Result<DurableObjectAdapter> {
         let namespace = env.durable_object("CHAT_STATE")?;
         let shard = hashed_shards("chat-state", 16);
-        DurableObjectAdapter::builder(namespace)
+        DurableObjectBackend::builder(namespace)
             .shard_key(move |thread| shard(thread))
             // thread-state:<id> and msg-history:<id> live next to the thread's lock.
             .route_thread_keys()

@@ -1,10 +1,10 @@
 //! `chat-state inspect` and `chat-state force-release`: an operator's view of one id.
 
-use chat_state_core::{StateAdapter, validate};
+use chat_state::{StateAdapter, validate};
 use serde_json::{Value, json};
 
 use super::CliError;
-use crate::{LockInfo, lock_inspector};
+use chat_state::{LockInfo, lock_inspector};
 
 /// `chat-state inspect` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,12 +74,7 @@ fn render_lock(lock: &Value) -> String {
 }
 
 pub(crate) async fn inspect_command(args: InspectArgs, trace: bool) -> Result<bool, CliError> {
-    validate::key(
-        "chat-state",
-        chat_state_core::Operation::Get,
-        "id",
-        &args.id,
-    )?;
+    validate::key("chat-state", chat_state::Operation::Get, "id", &args.id)?;
     let state = super::open(&args.url, trace).await?;
     let view = snapshot(&*state, &args.url, &args.id).await;
     let _ = state.close().await;
@@ -111,7 +106,7 @@ pub(crate) async fn force_release_command(
 ) -> Result<bool, CliError> {
     validate::key(
         "chat-state",
-        chat_state_core::Operation::ForceReleaseLock,
+        chat_state::Operation::ForceReleaseLock,
         "lock id",
         &args.lock_id,
     )?;

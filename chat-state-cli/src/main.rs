@@ -2,5 +2,5 @@
 //! `force-release`. Run `chat-state --help`.
 
 fn main() -> std::process::ExitCode {
-    chat_state::cli::main()
+    chat_state_cli::main()
 }

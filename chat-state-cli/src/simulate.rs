@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat_state_core::{
+use chat_state::{
     Clock, ListOptions, LockRun, QueueEntry, StateAdapter, StateExt, SystemClock, with_lock,
 };
 use serde::Serialize;

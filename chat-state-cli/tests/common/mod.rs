@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
-use chat_state::cli::simulate::{SimReport, SimulateArgs};
+use chat_state_cli::simulate::{SimReport, SimulateArgs};
 
 /// 16 instances on a short stream: enough contention for conflicts, fast on any backend.
 pub fn sim_args() -> SimulateArgs {

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use chat_state::StateAdapter;
 use chat_state_conformance::{Failure, Harness, Report};
-use chat_state_core::StateAdapter;
 
 use super::CliError;
-use crate::{ConnectOptions, connect_with};
+use chat_state::{ConnectOptions, connect_with};
 
 /// `chat-state conformance` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,7 +41,7 @@ fn run_prefix(run: &str) -> String {
 
 async fn run_with_id(url: &str, filter: Option<&str>, trace: bool, run: &str) -> Report {
     let counter = Arc::new(AtomicUsize::new(0));
-    let shared = crate::connect::Target::parse(url)
+    let shared = chat_state::Target::parse(url)
         .map(|t| t.is_shared())
         .unwrap_or(false);
     let started = Instant::now();
@@ -127,16 +127,16 @@ pub(crate) async fn command(args: ConformanceArgs, trace: bool) -> Result<bool, 
     let report = run_with_id(&url, args.filter.as_deref(), trace, &run).await;
     // Leave nothing behind in a live Redis (fence counters never expire by design).
     #[cfg(feature = "redis")]
-    if let Ok(crate::connect::Target::Redis {
+    if let Ok(chat_state::Target::Redis {
         nodes,
         cluster: false,
         ..
-    }) = crate::connect::Target::parse(&url)
+    }) = chat_state::Target::parse(&url)
         && let [node] = nodes.as_slice()
     {
         // One prefix per case, numbered from 0 by the factory.
         let prefixes = (0..=report.cases.len()).map(|n| format!("{}-{n}", run_prefix(&run)));
-        match crate::backends::redis_delete_prefixes(node, prefixes).await {
+        match redis_delete_prefixes(node, prefixes).await {
             Ok(n) => eprintln!("removed {n} test keys ({}-*)", run_prefix(&run)),
             Err(e) => eprintln!("warning: {e}"),
         }
@@ -150,4 +150,24 @@ pub(crate) async fn command(args: ConformanceArgs, trace: bool) -> Result<bool, 
         print!("{}", render_table(&report));
     }
     Ok(report.failed() == 0)
+}
+
+/// Deletes the keys of each prefix in `prefixes` from a single-node Redis, through the
+/// backend's own `delete_all_keys`, so the run leaves no test keys (the fence counters, which
+/// never expire by design, would otherwise stay forever) in the operator's deployment.
+#[cfg(feature = "redis")]
+async fn redis_delete_prefixes(
+    url: &str,
+    prefixes: impl IntoIterator<Item = String>,
+) -> chat_state::Result<u64> {
+    let mut removed = 0;
+    for prefix in prefixes {
+        let state = chat_state::redis::RedisBackend::builder(url)
+            .key_prefix(prefix)
+            .connect()
+            .await?;
+        removed += state.delete_all_keys().await?;
+        state.close().await?;
+    }
+    Ok(removed)
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_state_core::{StateAdapter, StateExt};
+use chat_state::{StateAdapter, StateExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -122,7 +122,7 @@ pub async fn run_workload(
                 latencies.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
                 progress.inc(1);
             }
-            Ok::<_, chat_state_core::Error>((latencies, successes))
+            Ok::<_, chat_state::Error>((latencies, successes))
         }));
     }
     let mut latencies = Vec::with_capacity(iterations);
@@ -155,7 +155,7 @@ async fn one(
     ns: &str,
     worker: usize,
     i: usize,
-) -> chat_state_core::Result<bool> {
+) -> chat_state::Result<bool> {
     let ttl = Duration::from_secs(30);
     match workload {
         Workload::LockCycle => {

@@ -1,10 +1,13 @@
-//! The `chat-state` command line (feature `cli`), also usable as a library so tests and
-//! other tools can run the simulation, benchmarks and conformance suite programmatically.
+#![doc = include_str!("../README.md")]
+//!
+//! As a library, the commands are callable programmatically (tests, other tools): [`run`]
+//! takes parsed arguments, and [`simulate`], [`bench`](mod@bench), [`conformance`] and [`inspect`]
+//! expose each command's workload and report.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chat_state_core::StateAdapter;
+use chat_state::StateAdapter;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
@@ -12,7 +15,7 @@ pub mod conformance;
 pub mod inspect;
 pub mod simulate;
 
-use crate::{ConnectOptions, connect_with};
+use chat_state::{ConnectOptions, connect_with};
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]

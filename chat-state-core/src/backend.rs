@@ -1,0 +1,476 @@
+//! What a backend implements ([`Backend`]) and the one layer that turns it into a
+//! [`StateAdapter`] with every rule enforced ([`Checked`]).
+//!
+//! A backend is storage logic only. [`Checked`] runs, for every call and in this order:
+//! the input rules of [`validate`](crate::validate) (contract rules 2 and 9, before any I/O),
+//! the closed check (rule 13), the backend, and error context (backend name and operation on
+//! every error the backend returns without them). For `acquire_lock` it also draws the token
+//! (rule 10), reads the backend's clock *before* the request and computes `expires_at` from
+//! it (rule 12), and builds the [`Lock`]. A backend cannot skip any of it: the public traits
+//! are implemented by [`Checked`], not by the backend.
+//!
+//! ```
+//! use std::time::Duration;
+//! use chat_state_core::{Backend, Checked, Cache, ErrorKind};
+//! # use chat_state_core::{LockRequest, ListOptions, QueueEntry, Result, Lock};
+//!
+//! #[derive(Debug, Default)]
+//! struct NullBackend;
+//!
+//! #[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
+//! #[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
+//! impl Backend for NullBackend {
+//!     fn name(&self) -> &'static str { "null" }
+//!     async fn get(&self, _key: &str) -> Result<Option<Vec<u8>>> { Ok(None) }
+//!     // ... the other storage methods ...
+//! #   async fn subscribe(&self, _: &str) -> Result<()> { Ok(()) }
+//! #   async fn unsubscribe(&self, _: &str) -> Result<()> { Ok(()) }
+//! #   async fn is_subscribed(&self, _: &str) -> Result<bool> { Ok(false) }
+//! #   async fn acquire_lock(&self, _: &LockRequest<'_>) -> Result<Option<u64>> { Ok(None) }
+//! #   async fn release_lock(&self, _: &Lock) -> Result<()> { Ok(()) }
+//! #   async fn extend_lock(&self, _: &LockRequest<'_>) -> Result<bool> { Ok(false) }
+//! #   async fn force_release_lock(&self, _: &str) -> Result<()> { Ok(()) }
+//! #   async fn set(&self, _: &str, _: &[u8], _: Option<Duration>) -> Result<()> { Ok(()) }
+//! #   async fn set_if_not_exists(&self, _: &str, _: &[u8], _: Option<Duration>) -> Result<bool> { Ok(false) }
+//! #   async fn delete(&self, _: &str) -> Result<()> { Ok(()) }
+//! #   async fn append_to_list(&self, _: &str, _: &[u8], _: ListOptions) -> Result<()> { Ok(()) }
+//! #   async fn get_list(&self, _: &str) -> Result<Vec<Vec<u8>>> { Ok(vec![]) }
+//! #   async fn enqueue(&self, _: &str, _: QueueEntry, _: usize) -> Result<usize> { Ok(1) }
+//! #   async fn dequeue(&self, _: &str) -> Result<Option<QueueEntry>> { Ok(None) }
+//! #   async fn queue_depth(&self, _: &str) -> Result<usize> { Ok(0) }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let state = Checked::new(NullBackend);
+//! // The backend never sees the empty key: the layer rejects it, naming backend and operation.
+//! let err = state.get("").await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::InvalidInput);
+//! assert_eq!(err.to_string(), "null: get failed: invalid input: key is empty");
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{
+    Cache, Error, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, MaybeSendSync,
+    OpenState, Operation, QueueEntry, Queues, Result, StateAdapter, Subscriptions, SystemClock,
+    new_lock_token, validate,
+};
+
+/// A lock acquisition or extension as [`Checked`] hands it to a [`Backend`], inputs already
+/// validated.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct LockRequest<'a> {
+    /// The lock id.
+    pub lock_id: &'a str,
+    /// For an acquisition, the fresh token to store (128 random bits, hex); for an
+    /// extension, the caller's token, which must be the current holder's.
+    pub token: &'a str,
+    /// The requested TTL (non-zero, at most [`MAX_TTL`](crate::validate::MAX_TTL)).
+    pub ttl: Duration,
+    /// [`Backend::now_ms`] as read just before this call.
+    pub now_ms: u64,
+    /// `now_ms + ttl`, checked to fit the `i64` millisecond range: the expiry the caller is
+    /// told (rule 12). A backend that keeps time itself on the same clock stores it; one that
+    /// keeps time elsewhere (Redis `PX`) uses `ttl`.
+    pub expires_at: u64,
+}
+
+impl<'a> LockRequest<'a> {
+    /// A request for `lock_id` with `token` and `ttl`, read at `now_ms`: what [`Checked`]
+    /// hands a backend. `expires_at` is computed here; a TTL that overflows the time range
+    /// is an invalid-input error naming `backend` and `op`. For wrappers over a [`Backend`]
+    /// that pass on a changed request.
+    pub fn new(
+        backend: &'static str,
+        op: Operation,
+        lock_id: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<Self> {
+        Ok(Self {
+            lock_id,
+            token,
+            ttl,
+            now_ms,
+            expires_at: validate::expiry_ms(backend, op, now_ms, ttl)?,
+        })
+    }
+}
+
+/// The storage logic of a backend: the 18 operations of the contract plus lifecycle, with
+/// inputs already validated and the adapter known to be open.
+///
+/// Implement this, not the public traits: wrap the backend in [`Checked`] and it is a
+/// [`StateAdapter`] that keeps every input, lifecycle and lock-construction rule exactly as
+/// every other backend does. What is left to the backend is the behaviour SEMANTICS.md
+/// describes for each operation (expiry, atomicity, FIFO, fencing), which the conformance
+/// suite checks.
+///
+/// Errors may be returned without context; [`Checked`] attaches the backend's
+/// [`name`](Backend::name) and the operation.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Backend: MaybeSendSync {
+    /// Short backend name used in errors and logs (`"memory"`, `"sqlite"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// The clock that decides `Lock::expires_at`, in Unix milliseconds: read before each
+    /// `acquire_lock`/`extend_lock` request. Backends that keep expiry themselves return
+    /// their own (injectable) clock; the default is the system clock.
+    fn now_ms(&self) -> u64 {
+        crate::Clock::now_ms(&SystemClock)
+    }
+
+    /// Makes sure the backend is reachable and ready. Called by [`StateAdapter::connect`]
+    /// while the adapter is open; idempotent.
+    async fn connect(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Releases resources. Called at most once, by the first [`StateAdapter::close`].
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// [`Subscriptions::subscribe`].
+    async fn subscribe(&self, thread_id: &str) -> Result<()>;
+    /// [`Subscriptions::unsubscribe`].
+    async fn unsubscribe(&self, thread_id: &str) -> Result<()>;
+    /// [`Subscriptions::is_subscribed`].
+    async fn is_subscribed(&self, thread_id: &str) -> Result<bool>;
+
+    /// Stores `request.token` as the holder of `request.lock_id` if the lock is free or its
+    /// holder expired, with a fence strictly greater than every fence issued before for that
+    /// id. Returns the fence, or `None` if the lock is held.
+    async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>>;
+    /// [`Locks::release_lock`]: a no-op unless `lock.token` holds the lock.
+    async fn release_lock(&self, lock: &Lock) -> Result<()>;
+    /// Moves the expiry of `request.lock_id` to now + `request.ttl` if `request.token` is
+    /// the current, unexpired holder; `false` otherwise.
+    async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool>;
+    /// [`Locks::force_release_lock`].
+    async fn force_release_lock(&self, lock_id: &str) -> Result<()>;
+
+    /// [`Cache::get`].
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// [`Cache::set`].
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()>;
+    /// [`Cache::set_if_not_exists`].
+    async fn set_if_not_exists(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool>;
+    /// [`Cache::delete`].
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// [`Lists::append_to_list`].
+    async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()>;
+    /// [`Lists::get_list`].
+    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>>;
+
+    /// [`Queues::enqueue`].
+    async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize>;
+    /// [`Queues::dequeue`].
+    async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>>;
+    /// [`Queues::queue_depth`].
+    async fn queue_depth(&self, thread_id: &str) -> Result<usize>;
+}
+
+/// Optional backend capability behind [`InspectLocks`]: read a lock's live holder without
+/// changing anything. `Checked<B>` implements [`InspectLocks`] when `B` implements this.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait LockInspector: Backend {
+    /// [`InspectLocks::lock_info`], the lock id already validated.
+    async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>>;
+}
+
+/// A [`Backend`] behind the rule layer: the only way a backend becomes a [`StateAdapter`].
+///
+/// `Checked<B>` dereferences to `B`, so backend-specific methods (statistics, maintenance)
+/// stay reachable; the contract operations go through the layer.
+#[derive(Debug, Default)]
+pub struct Checked<B> {
+    backend: B,
+    open: OpenState,
+}
+
+impl<B: Backend> Checked<B> {
+    /// Puts `backend` behind the rule layer, open.
+    pub fn new(backend: B) -> Self {
+        Self {
+            backend,
+            open: OpenState::new(),
+        }
+    }
+
+    /// The backend behind the layer.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Whether [`StateAdapter::close`] has been called.
+    pub fn is_closed(&self) -> bool {
+        self.open.is_closed()
+    }
+
+    /// The steps every operation shares: `rules` (input validation), the closed check, the
+    /// backend's call, and context on its errors.
+    async fn run<T>(
+        &self,
+        op: Operation,
+        rules: Result<()>,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        rules?;
+        self.open.check(self.backend.name(), op)?;
+        call.await.map_err(|e| self.context(e, op))
+    }
+
+    fn context(&self, e: Error, op: Operation) -> Error {
+        e.or_context(self.backend.name(), op)
+    }
+
+    fn lock_request<'a>(
+        &self,
+        op: Operation,
+        lock_id: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> Result<LockRequest<'a>> {
+        // Read before the request is sent (rule 12): the caller never believes it holds the
+        // lock longer than the backend does.
+        let now_ms = self.backend.now_ms();
+        LockRequest::new(self.backend.name(), op, lock_id, token, ttl, now_ms)
+    }
+}
+
+impl<B: Backend> From<B> for Checked<B> {
+    fn from(backend: B) -> Self {
+        Self::new(backend)
+    }
+}
+
+impl<B> std::ops::Deref for Checked<B> {
+    type Target = B;
+    fn deref(&self) -> &B {
+        &self.backend
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<B: Backend> Subscriptions for Checked<B> {
+    async fn subscribe(&self, thread_id: &str) -> Result<()> {
+        let rules = validate::subscribe(self.backend.name(), thread_id);
+        self.run(
+            Operation::Subscribe,
+            rules,
+            self.backend.subscribe(thread_id),
+        )
+        .await
+    }
+
+    async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
+        let rules = validate::unsubscribe(self.backend.name(), thread_id);
+        self.run(
+            Operation::Unsubscribe,
+            rules,
+            self.backend.unsubscribe(thread_id),
+        )
+        .await
+    }
+
+    async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
+        let rules = validate::is_subscribed(self.backend.name(), thread_id);
+        self.run(
+            Operation::IsSubscribed,
+            rules,
+            self.backend.is_subscribed(thread_id),
+        )
+        .await
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<B: Backend> Locks for Checked<B> {
+    async fn acquire_lock(&self, lock_id: &str, ttl: Duration) -> Result<Option<Lock>> {
+        let op = Operation::AcquireLock;
+        let name = self.backend.name();
+        validate::acquire_lock(name, lock_id, ttl)?;
+        self.open.check(name, op)?;
+        let token = new_lock_token().map_err(|e| self.context(e, op))?;
+        let request = self.lock_request(op, lock_id, &token, ttl)?;
+        let expires_at = request.expires_at;
+        let fence = self
+            .backend
+            .acquire_lock(&request)
+            .await
+            .map_err(|e| self.context(e, op))?;
+        Ok(fence.map(|fence| Lock {
+            thread_id: lock_id.to_owned(),
+            token,
+            expires_at,
+            fence,
+        }))
+    }
+
+    async fn release_lock(&self, lock: &Lock) -> Result<()> {
+        let rules = validate::release_lock(self.backend.name(), lock);
+        self.run(
+            Operation::ReleaseLock,
+            rules,
+            self.backend.release_lock(lock),
+        )
+        .await
+    }
+
+    async fn extend_lock(&self, lock: &Lock, ttl: Duration) -> Result<bool> {
+        let op = Operation::ExtendLock;
+        let name = self.backend.name();
+        validate::extend_lock(name, lock, ttl)?;
+        self.open.check(name, op)?;
+        let request = self.lock_request(op, &lock.thread_id, &lock.token, ttl)?;
+        self.backend
+            .extend_lock(&request)
+            .await
+            .map_err(|e| self.context(e, op))
+    }
+
+    async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
+        let rules = validate::force_release_lock(self.backend.name(), lock_id);
+        self.run(
+            Operation::ForceReleaseLock,
+            rules,
+            self.backend.force_release_lock(lock_id),
+        )
+        .await
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<B: Backend> Cache for Checked<B> {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let rules = validate::get(self.backend.name(), key);
+        self.run(Operation::Get, rules, self.backend.get(key)).await
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let rules = validate::set(self.backend.name(), key, value, ttl);
+        self.run(Operation::Set, rules, self.backend.set(key, value, ttl))
+            .await
+    }
+
+    async fn set_if_not_exists(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let rules = validate::set_if_not_exists(self.backend.name(), key, value, ttl);
+        self.run(
+            Operation::SetIfNotExists,
+            rules,
+            self.backend.set_if_not_exists(key, value, ttl),
+        )
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let rules = validate::delete(self.backend.name(), key);
+        self.run(Operation::Delete, rules, self.backend.delete(key))
+            .await
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<B: Backend> Lists for Checked<B> {
+    async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()> {
+        let rules = validate::append_to_list(self.backend.name(), key, value, &options);
+        self.run(
+            Operation::AppendToList,
+            rules,
+            self.backend.append_to_list(key, value, options),
+        )
+        .await
+    }
+
+    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
+        let rules = validate::get_list(self.backend.name(), key);
+        self.run(Operation::GetList, rules, self.backend.get_list(key))
+            .await
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<B: Backend> Queues for Checked<B> {
+    async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
+        let rules = validate::enqueue(self.backend.name(), thread_id, &entry, max_size);
+        self.run(
+            Operation::Enqueue,
+            rules,
+            self.backend.enqueue(thread_id, entry, max_size),
+        )
+        .await
+    }
+
+    async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
+        let rules = validate::dequeue(self.backend.name(), thread_id);
+        self.run(Operation::Dequeue, rules, self.backend.dequeue(thread_id))
+            .await
+    }
+
+    async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
+        let rules = validate::queue_depth(self.backend.name(), thread_id);
+        self.run(
+            Operation::QueueDepth,
+            rules,
+            self.backend.queue_depth(thread_id),
+        )
+        .await
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<B: Backend> StateAdapter for Checked<B> {
+    fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    async fn connect(&self) -> Result<()> {
+        self.run(Operation::Connect, Ok(()), self.backend.connect())
+            .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.open.close() {
+            return Ok(());
+        }
+        self.backend
+            .close()
+            .await
+            .map_err(|e| self.context(e, Operation::Close))
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<B: LockInspector> InspectLocks for Checked<B> {
+    async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>> {
+        let rules = validate::lock_info(self.backend.name(), lock_id);
+        self.run(Operation::LockInfo, rules, self.backend.lock_info(lock_id))
+            .await
+    }
+}

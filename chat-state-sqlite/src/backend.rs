@@ -1,0 +1,332 @@
+//! The contract operations of [`SqliteBackend`]: each turns its (already validated) inputs
+//! into one read on a read connection or one [`Write`](crate::writer::Write) for the writer,
+//! and decodes the rows it gets back. The SQL is in [`reads`](crate::reads) and
+//! [`writes`](crate::writes).
+
+use std::time::Duration;
+
+use chat_state_core::{
+    Backend, Error, ListOptions, Lock, LockInfo, LockInspector, LockRequest, Operation, QueueEntry,
+    Result, validate,
+};
+
+use crate::error::{corrupt, map_sqlx};
+use crate::writes::{
+    Acquire, Append, Delete, Dequeue, Enqueue, Extend, ForceRelease, Release, Set, SetIfNotExists,
+    Subscribe, Unsubscribe,
+};
+use crate::{BACKEND, SqliteBackend, reads, to_i64};
+
+impl SqliteBackend {
+    /// The clock as SQLite's `INTEGER`, for deciding what is live.
+    fn now(&self) -> i64 {
+        to_i64(self.inner.clock.now_ms())
+    }
+
+    /// The stored expiry of a write with an optional TTL, from the clock read now, before
+    /// the write is sent (rule 12).
+    fn expiry(&self, op: Operation, ttl: Option<Duration>) -> Result<Option<i64>> {
+        let now = self.inner.clock.now_ms();
+        Ok(validate::optional_expiry_ms(BACKEND, op, now, ttl)?.map(to_i64))
+    }
+
+    fn scope(&self) -> &str {
+        &self.inner.scope
+    }
+}
+
+fn count(op: Operation, n: i64) -> Result<usize> {
+    usize::try_from(n).map_err(|_| corrupt(op, format!("SQLite counted {n} entries")))
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
+#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
+impl Backend for SqliteBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    async fn connect(&self) -> Result<()> {
+        let op = Operation::Connect;
+        // The schema was applied at open; this proves the file is still readable.
+        reads::ping(&mut *self.inner.readers.get(op).await?)
+            .await
+            .map_err(|e| map_sqlx(e, op))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.open.close();
+        let task = self
+            .inner
+            .cleanup_task
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(task) = task {
+            task.abort();
+        }
+        // Lets writes already handed to the writer commit, then closes its connection.
+        self.inner.writer.shutdown().await;
+        self.inner.readers.close().await;
+        Ok(())
+    }
+
+    async fn subscribe(&self, thread_id: &str) -> Result<()> {
+        self.inner
+            .writer
+            .write(Subscribe {
+                thread_id: thread_id.to_owned(),
+            })
+            .await
+    }
+
+    async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
+        self.inner
+            .writer
+            .write(Unsubscribe {
+                thread_id: thread_id.to_owned(),
+            })
+            .await
+    }
+
+    async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
+        let op = Operation::IsSubscribed;
+        reads::is_subscribed(
+            &mut *self.inner.readers.get(op).await?,
+            self.scope(),
+            thread_id,
+        )
+        .await
+        .map_err(|e| map_sqlx(e, op))
+    }
+
+    async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>> {
+        let op = Operation::AcquireLock;
+        // The layer read this backend's clock just before: its expiry is exactly ours.
+        let fence = self
+            .inner
+            .writer
+            .write(Acquire {
+                lock_id: request.lock_id.to_owned(),
+                token: request.token.to_owned(),
+                expires_at: to_i64(request.expires_at),
+            })
+            .await?;
+        fence
+            .map(|fence| {
+                u64::try_from(fence).map_err(|_| {
+                    corrupt(
+                        op,
+                        format!("the stored fence counter is negative ({fence})"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    async fn release_lock(&self, lock: &Lock) -> Result<()> {
+        self.inner
+            .writer
+            .write(Release {
+                lock_id: lock.thread_id.clone(),
+                token: lock.token.clone(),
+            })
+            .await
+    }
+
+    async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool> {
+        // now + ttl from the clock read before sending (rule 12), as for acquire.
+        self.inner
+            .writer
+            .write(Extend {
+                lock_id: request.lock_id.to_owned(),
+                token: request.token.to_owned(),
+                expires_at: to_i64(request.expires_at),
+            })
+            .await
+    }
+
+    async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
+        self.inner
+            .writer
+            .write(ForceRelease {
+                lock_id: lock_id.to_owned(),
+            })
+            .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let op = Operation::Get;
+        let now = self.now();
+        reads::get(
+            &mut *self.inner.readers.get(op).await?,
+            self.scope(),
+            key,
+            now,
+        )
+        .await
+        .map_err(|e| map_sqlx(e, op))
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let expires_at = self.expiry(Operation::Set, ttl)?;
+        self.inner
+            .writer
+            .write(Set {
+                key: key.to_owned(),
+                value: value.to_vec(),
+                expires_at,
+            })
+            .await
+    }
+
+    async fn set_if_not_exists(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let expires_at = self.expiry(Operation::SetIfNotExists, ttl)?;
+        self.inner
+            .writer
+            .write(SetIfNotExists {
+                key: key.to_owned(),
+                value: value.to_vec(),
+                expires_at,
+            })
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner
+            .writer
+            .write(Delete {
+                key: key.to_owned(),
+            })
+            .await
+    }
+
+    async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()> {
+        let expires_at = self.expiry(Operation::AppendToList, options.ttl)?;
+        self.inner
+            .writer
+            .write(Append {
+                key: key.to_owned(),
+                value: value.to_vec(),
+                expires_at,
+                max_length: options.max_length.map(|n| to_i64(n as u64)),
+            })
+            .await
+    }
+
+    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
+        let op = Operation::GetList;
+        let now = self.now();
+        reads::get_list(
+            &mut *self.inner.readers.get(op).await?,
+            self.scope(),
+            key,
+            now,
+        )
+        .await
+        .map_err(|e| map_sqlx(e, op))
+    }
+
+    async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
+        let op = Operation::Enqueue;
+        let message = serde_json::to_string(&entry.message).map_err(|e| {
+            Error::invalid_input(format!("queue message is not serializable: {e}"))
+                .context(BACKEND, op)
+        })?;
+        let depth = self
+            .inner
+            .writer
+            .write(Enqueue {
+                thread_id: thread_id.to_owned(),
+                enqueued_at: to_i64(entry.enqueued_at),
+                expires_at: to_i64(entry.expires_at),
+                message,
+                max_size: to_i64(max_size as u64),
+            })
+            .await?;
+        count(op, depth)
+    }
+
+    async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
+        let op = Operation::Dequeue;
+        let row = self
+            .inner
+            .writer
+            .write(Dequeue {
+                thread_id: thread_id.to_owned(),
+            })
+            .await?;
+        let Some((enqueued_at, expires_at, message)) = row else {
+            return Ok(None);
+        };
+        // Rows written by another client may not decode; say so rather than guess.
+        let time = |v: i64, what: &str| {
+            u64::try_from(v)
+                .map_err(|_| corrupt(op, format!("queue entry has a negative {what} ({v})")))
+        };
+        let message = serde_json::from_str(&message).map_err(|e| {
+            corrupt(op, format!("queue entry message is not valid JSON: {e}")).with_source(e)
+        })?;
+        Ok(Some(QueueEntry {
+            enqueued_at: time(enqueued_at, "enqueued_at")?,
+            expires_at: time(expires_at, "expires_at")?,
+            message,
+        }))
+    }
+
+    async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
+        let op = Operation::QueueDepth;
+        let now = self.now();
+        let depth = reads::queue_depth(
+            &mut *self.inner.readers.get(op).await?,
+            self.scope(),
+            thread_id,
+            now,
+        )
+        .await
+        .map_err(|e| map_sqlx(e, op))?;
+        count(op, depth)
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
+#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
+impl LockInspector for SqliteBackend {
+    /// Reads the lock row on a read connection; never writes. Open with
+    /// [`SchemaMode::VerifyOnly`](crate::SchemaMode::VerifyOnly) to inspect a deployment's
+    /// file without migrating it.
+    async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>> {
+        let op = Operation::LockInfo;
+        let now = self.now();
+        let row = reads::lock_info(
+            &mut *self.inner.readers.get(op).await?,
+            self.scope(),
+            lock_id,
+            now,
+        )
+        .await
+        .map_err(|e| map_sqlx(e, op))?;
+        row.map(|(token, expires_at, fence)| {
+            Ok(LockInfo {
+                token,
+                expires_at: u64::try_from(expires_at).map_err(|_| {
+                    corrupt(op, format!("lock {lock_id:?} has expiry {expires_at}"))
+                })?,
+                fence: Some(
+                    u64::try_from(fence)
+                        .map_err(|_| corrupt(op, format!("lock {lock_id:?} has fence {fence}")))?,
+                ),
+            })
+        })
+        .transpose()
+    }
+}

@@ -1,0 +1,541 @@
+//! The SQL of every write, one [`Write`] type per operation, each with its own output type.
+//! The [writer](crate::writer) decides when and in which transaction they run.
+//!
+//! Every timestamp a write stores was computed by the caller from the clock read before
+//! sending (contract rule 12); `now` is the writer's reading, used only to decide what has
+//! expired.
+
+use chat_state_core::Operation;
+use sqlx::SqliteConnection;
+
+use crate::writer::Write;
+
+type SqlResult<T> = std::result::Result<T, sqlx::Error>;
+
+/// [`Subscriptions::subscribe`](chat_state_core::Subscriptions::subscribe).
+pub(crate) struct Subscribe {
+    pub(crate) thread_id: String,
+}
+
+impl Write for Subscribe {
+    type Output = ();
+    const OPERATION: Operation = Operation::Subscribe;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO chat_state_subscriptions (scope, thread_id) VALUES (?1, ?2)",
+        )
+        .bind(scope)
+        .bind(&self.thread_id)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// [`Subscriptions::unsubscribe`](chat_state_core::Subscriptions::unsubscribe).
+pub(crate) struct Unsubscribe {
+    pub(crate) thread_id: String,
+}
+
+impl Write for Unsubscribe {
+    type Output = ();
+    const OPERATION: Operation = Operation::Unsubscribe;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
+        sqlx::query("DELETE FROM chat_state_subscriptions WHERE scope = ?1 AND thread_id = ?2")
+            .bind(scope)
+            .bind(&self.thread_id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// [`Locks::acquire_lock`](chat_state_core::Locks::acquire_lock): answers the stored fence,
+/// or `None` if the lock is held.
+pub(crate) struct Acquire {
+    pub(crate) lock_id: String,
+    pub(crate) token: String,
+    pub(crate) expires_at: i64,
+}
+
+impl Write for Acquire {
+    type Output = Option<i64>;
+    const OPERATION: Operation = Operation::AcquireLock;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn execute(
+        &self,
+        conn: &mut SqliteConnection,
+        scope: &str,
+        now: i64,
+    ) -> SqlResult<Option<i64>> {
+        // One statement: insert, or take over a row whose lock has expired (rule 1:
+        // held iff now < expires_at). The fence is one above the file's floor, which the
+        // trigger then raises: strictly increasing across release, expiry and restarts.
+        sqlx::query_scalar(
+            "INSERT INTO chat_state_locks (scope, lock_id, token, expires_at, fence)
+             VALUES (?1, ?2, ?3, ?4,
+                     (SELECT value + 1 FROM chat_state_meta WHERE name = 'fence'))
+             ON CONFLICT (scope, lock_id) DO UPDATE SET
+                 token = excluded.token,
+                 expires_at = excluded.expires_at,
+                 fence = excluded.fence
+             WHERE chat_state_locks.expires_at <= ?5
+             RETURNING fence",
+        )
+        .bind(scope)
+        .bind(&self.lock_id)
+        .bind(&self.token)
+        .bind(self.expires_at)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await
+    }
+}
+
+/// [`Locks::release_lock`](chat_state_core::Locks::release_lock).
+pub(crate) struct Release {
+    pub(crate) lock_id: String,
+    pub(crate) token: String,
+}
+
+impl Write for Release {
+    type Output = ();
+    const OPERATION: Operation = Operation::ReleaseLock;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
+        sqlx::query(
+            "DELETE FROM chat_state_locks WHERE scope = ?1 AND lock_id = ?2 AND token = ?3",
+        )
+        .bind(scope)
+        .bind(&self.lock_id)
+        .bind(&self.token)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// [`Locks::extend_lock`](chat_state_core::Locks::extend_lock): answers whether the caller
+/// still held the lock.
+pub(crate) struct Extend {
+    pub(crate) lock_id: String,
+    pub(crate) token: String,
+    pub(crate) expires_at: i64,
+}
+
+impl Write for Extend {
+    type Output = bool;
+    const OPERATION: Operation = Operation::ExtendLock;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, now: i64) -> SqlResult<bool> {
+        // Only the current, unexpired holder: never resurrects (rule 3).
+        let done = sqlx::query(
+            "UPDATE chat_state_locks SET expires_at = ?4
+             WHERE scope = ?1 AND lock_id = ?2 AND token = ?3 AND expires_at > ?5",
+        )
+        .bind(scope)
+        .bind(&self.lock_id)
+        .bind(&self.token)
+        .bind(self.expires_at)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// [`Locks::force_release_lock`](chat_state_core::Locks::force_release_lock).
+pub(crate) struct ForceRelease {
+    pub(crate) lock_id: String,
+}
+
+impl Write for ForceRelease {
+    type Output = ();
+    const OPERATION: Operation = Operation::ForceReleaseLock;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
+        sqlx::query("DELETE FROM chat_state_locks WHERE scope = ?1 AND lock_id = ?2")
+            .bind(scope)
+            .bind(&self.lock_id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// [`Cache::set`](chat_state_core::Cache::set).
+pub(crate) struct Set {
+    pub(crate) key: String,
+    pub(crate) value: Vec<u8>,
+    pub(crate) expires_at: Option<i64>,
+}
+
+impl Write for Set {
+    type Output = ();
+    const OPERATION: Operation = Operation::Set;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
+        sqlx::query(
+            "INSERT INTO chat_state_cache (scope, cache_key, value, expires_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (scope, cache_key) DO UPDATE SET
+                 value = excluded.value, expires_at = excluded.expires_at",
+        )
+        .bind(scope)
+        .bind(&self.key)
+        .bind(self.value.as_slice())
+        .bind(self.expires_at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// [`Cache::set_if_not_exists`](chat_state_core::Cache::set_if_not_exists): answers whether
+/// the value was stored.
+pub(crate) struct SetIfNotExists {
+    pub(crate) key: String,
+    pub(crate) value: Vec<u8>,
+    pub(crate) expires_at: Option<i64>,
+}
+
+impl Write for SetIfNotExists {
+    type Output = bool;
+    const OPERATION: Operation = Operation::SetIfNotExists;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, now: i64) -> SqlResult<bool> {
+        // An expired row counts as absent (rule 5), so it is overwritten in place.
+        let stored: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO chat_state_cache (scope, cache_key, value, expires_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (scope, cache_key) DO UPDATE SET
+                 value = excluded.value, expires_at = excluded.expires_at
+             WHERE chat_state_cache.expires_at IS NOT NULL
+               AND chat_state_cache.expires_at <= ?5
+             RETURNING 1",
+        )
+        .bind(scope)
+        .bind(&self.key)
+        .bind(self.value.as_slice())
+        .bind(self.expires_at)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(stored.is_some())
+    }
+}
+
+/// [`Cache::delete`](chat_state_core::Cache::delete).
+pub(crate) struct Delete {
+    pub(crate) key: String,
+}
+
+impl Write for Delete {
+    type Output = ();
+    const OPERATION: Operation = Operation::Delete;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
+        sqlx::query("DELETE FROM chat_state_cache WHERE scope = ?1 AND cache_key = ?2")
+            .bind(scope)
+            .bind(&self.key)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// [`Lists::append_to_list`](chat_state_core::Lists::append_to_list).
+pub(crate) struct Append {
+    pub(crate) key: String,
+    pub(crate) value: Vec<u8>,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) max_length: Option<i64>,
+}
+
+impl Write for Append {
+    type Output = ();
+    const OPERATION: Operation = Operation::AppendToList;
+    const SINGLE_STATEMENT: bool = false;
+
+    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, now: i64) -> SqlResult<()> {
+        let key = &self.key;
+        // Items without a live list header belong to an expired list (or to one whose
+        // header cleanup already removed): an expired list restarts empty (rule 6).
+        sqlx::query(
+            "DELETE FROM chat_state_list_items WHERE scope = ?1 AND list_key = ?2
+             AND NOT EXISTS (SELECT 1 FROM chat_state_lists
+                             WHERE scope = ?1 AND list_key = ?2
+                               AND (expires_at IS NULL OR expires_at > ?3))",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        // With a TTL the whole list's expiry becomes now + TTL; without one it stays,
+        // unless the old list had expired (then the restarted list has none).
+        sqlx::query(
+            "INSERT INTO chat_state_lists (scope, list_key, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (scope, list_key) DO UPDATE SET expires_at =
+                 CASE WHEN excluded.expires_at IS NOT NULL
+                           OR chat_state_lists.expires_at <= ?4
+                      THEN excluded.expires_at
+                      ELSE chat_state_lists.expires_at END",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(self.expires_at)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO chat_state_list_items (scope, list_key, value) VALUES (?1, ?2, ?3)",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(self.value.as_slice())
+        .execute(&mut *conn)
+        .await?;
+        if let Some(max) = self.max_length {
+            // Keep the newest `max`: drop everything older than the max-th newest item.
+            sqlx::query(
+                "DELETE FROM chat_state_list_items WHERE scope = ?1 AND list_key = ?2
+                 AND id < (SELECT id FROM chat_state_list_items
+                           WHERE scope = ?1 AND list_key = ?2
+                           ORDER BY id DESC LIMIT 1 OFFSET ?3 - 1)",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(max)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// [`Queues::enqueue`](chat_state_core::Queues::enqueue): answers the queue depth after
+/// the write.
+pub(crate) struct Enqueue {
+    pub(crate) thread_id: String,
+    pub(crate) enqueued_at: i64,
+    pub(crate) expires_at: i64,
+    /// The message as JSON text.
+    pub(crate) message: String,
+    pub(crate) max_size: i64,
+}
+
+impl Write for Enqueue {
+    type Output = i64;
+    const OPERATION: Operation = Operation::Enqueue;
+    const SINGLE_STATEMENT: bool = false;
+
+    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, now: i64) -> SqlResult<i64> {
+        let thread_id = &self.thread_id;
+        // Expired entries first, so they neither count nor take a slot (rule 7).
+        sqlx::query(
+            "DELETE FROM chat_state_queue
+             WHERE scope = ?1 AND thread_id = ?2 AND expires_at <= ?3",
+        )
+        .bind(scope)
+        .bind(thread_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        // An entry dead on arrival is accepted but, by rule 7, neither stored nor counted
+        // (so it does not push a live entry out either).
+        if self.expires_at > now {
+            sqlx::query(
+                "INSERT INTO chat_state_queue
+                     (scope, thread_id, enqueued_at, expires_at, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(scope)
+            .bind(thread_id)
+            .bind(self.enqueued_at)
+            .bind(self.expires_at)
+            .bind(&self.message)
+            .execute(&mut *conn)
+            .await?;
+        }
+        sqlx::query(
+            "DELETE FROM chat_state_queue WHERE scope = ?1 AND thread_id = ?2
+             AND id < (SELECT id FROM chat_state_queue
+                       WHERE scope = ?1 AND thread_id = ?2
+                       ORDER BY id DESC LIMIT 1 OFFSET ?3 - 1)",
+        )
+        .bind(scope)
+        .bind(thread_id)
+        .bind(self.max_size)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query_scalar(
+            "SELECT count(*) FROM chat_state_queue
+             WHERE scope = ?1 AND thread_id = ?2 AND expires_at > ?3",
+        )
+        .bind(scope)
+        .bind(thread_id)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await
+    }
+}
+
+/// A dequeued row: `(enqueued_at, expires_at, message JSON)`, decoded by the caller.
+pub(crate) type QueueRow = (i64, i64, String);
+
+/// [`Queues::dequeue`](chat_state_core::Queues::dequeue): answers the oldest live entry.
+pub(crate) struct Dequeue {
+    pub(crate) thread_id: String,
+}
+
+impl Write for Dequeue {
+    type Output = Option<QueueRow>;
+    const OPERATION: Operation = Operation::Dequeue;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn execute(
+        &self,
+        conn: &mut SqliteConnection,
+        scope: &str,
+        now: i64,
+    ) -> SqlResult<Option<QueueRow>> {
+        // Select and delete in one statement: two dequeuers (even in two processes)
+        // can never both get the entry.
+        sqlx::query_as(
+            "DELETE FROM chat_state_queue WHERE id =
+                 (SELECT id FROM chat_state_queue
+                  WHERE scope = ?1 AND thread_id = ?2 AND expires_at > ?3
+                  ORDER BY id LIMIT 1)
+             RETURNING enqueued_at, expires_at, message",
+        )
+        .bind(scope)
+        .bind(&self.thread_id)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await
+    }
+}
+
+/// Rows removed by one cleanup pass, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Expired locks.
+    pub locks: u64,
+    /// Expired cache entries.
+    pub cache: u64,
+    /// Expired lists (each with all its items).
+    pub lists: u64,
+    /// Items of expired lists (and items left without a live list).
+    pub list_items: u64,
+    /// Expired queue entries.
+    pub queue_entries: u64,
+}
+
+impl CleanupReport {
+    /// Total rows removed.
+    pub fn total(&self) -> u64 {
+        self.locks + self.cache + self.lists + self.list_items + self.queue_entries
+    }
+
+    pub(crate) fn add(&mut self, other: &CleanupReport) {
+        self.locks += other.locks;
+        self.cache += other.cache;
+        self.lists += other.lists;
+        self.list_items += other.list_items;
+        self.queue_entries += other.queue_entries;
+    }
+}
+
+/// One cleanup pass: deletes up to `limit` expired rows of each table, across every key
+/// prefix in the file. Every condition is `expires_at <= now`, the exact complement of
+/// "live" (rule 1), so a live row is never touched.
+pub(crate) struct Cleanup {
+    pub(crate) limit: i64,
+}
+
+impl Write for Cleanup {
+    type Output = CleanupReport;
+    const OPERATION: Operation = Operation::Maintenance;
+    const SINGLE_STATEMENT: bool = false;
+
+    async fn execute(
+        &self,
+        conn: &mut SqliteConnection,
+        _scope: &str,
+        now: i64,
+    ) -> SqlResult<CleanupReport> {
+        let limit = self.limit;
+        let locks = sqlx::query(
+            "DELETE FROM chat_state_locks WHERE (scope, lock_id) IN
+                 (SELECT scope, lock_id FROM chat_state_locks WHERE expires_at <= ?1 LIMIT ?2)",
+        )
+        .bind(now)
+        .bind(limit)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        let cache = sqlx::query(
+            "DELETE FROM chat_state_cache WHERE rowid IN
+                 (SELECT rowid FROM chat_state_cache WHERE expires_at <= ?1 LIMIT ?2)",
+        )
+        .bind(now)
+        .bind(limit)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        // Items first (bounded too), then headers: a header goes only once its items are
+        // gone, and items without a live header are never read (see Append and get_list).
+        let list_items = sqlx::query(
+            "DELETE FROM chat_state_list_items WHERE id IN
+                 (SELECT i.id FROM chat_state_lists l
+                  JOIN chat_state_list_items i ON i.scope = l.scope AND i.list_key = l.list_key
+                  WHERE l.expires_at <= ?1 LIMIT ?2)",
+        )
+        .bind(now)
+        .bind(limit)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        let lists = sqlx::query(
+            "DELETE FROM chat_state_lists WHERE (scope, list_key) IN
+                 (SELECT l.scope, l.list_key FROM chat_state_lists l
+                  WHERE l.expires_at <= ?1
+                    AND NOT EXISTS (SELECT 1 FROM chat_state_list_items i
+                                    WHERE i.scope = l.scope AND i.list_key = l.list_key)
+                  LIMIT ?2)",
+        )
+        .bind(now)
+        .bind(limit)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        let queue_entries = sqlx::query(
+            "DELETE FROM chat_state_queue WHERE id IN
+                 (SELECT id FROM chat_state_queue WHERE expires_at <= ?1 LIMIT ?2)",
+        )
+        .bind(now)
+        .bind(limit)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        Ok(CleanupReport {
+            locks,
+            cache,
+            lists,
+            list_items,
+            queue_entries,
+        })
+    }
+}
