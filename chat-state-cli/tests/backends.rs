@@ -207,81 +207,15 @@ mod redis {
 /// `openssl`, trusted through `SSL_CERT_FILE` as an operator would.
 #[cfg(feature = "redis-tls")]
 mod tls {
-    use std::path::Path;
     use std::process::Command;
 
-    use chat_state_test_support::{RedisServer, free_port};
-
-    fn openssl(dir: &Path, args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    }
-
-    /// `ca.crt`, and `server.crt`/`server.key` for 127.0.0.1 signed by it, in `dir`.
-    fn make_certs(dir: &Path) {
-        let subject = "/CN=chat-state cli test CA";
-        let ca = [
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-days", "1", "-subj", subject,
-        ];
-        openssl(dir, &ca);
-        let csr = [
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ];
-        openssl(dir, &csr);
-        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext.cnf");
-        let sign = [
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ];
-        openssl(dir, &sign);
-    }
+    use chat_state_test_support::TlsRedisServer;
 
     #[test]
     fn conformance_over_rediss_with_the_operators_ca() {
-        let certs = tempfile::tempdir().expect("temp dir");
-        make_certs(certs.path());
-        let tls_port = free_port();
-        let path = |f: &str| certs.path().join(f).display().to_string();
-        let _server = RedisServer::start_with_args(&[
-            "--tls-port",
-            &tls_port.to_string(),
-            "--tls-cert-file",
-            &path("server.crt"),
-            "--tls-key-file",
-            &path("server.key"),
-            "--tls-ca-cert-file",
-            &path("ca.crt"),
-            "--tls-auth-clients",
-            "no",
-        ]);
-        let url = format!("rediss://127.0.0.1:{tls_port}");
+        let server = TlsRedisServer::start();
+        let url = server.url();
+        let ca = server.ca_cert().display().to_string();
         let run = |ca: Option<&str>| {
             let mut command = Command::new(env!("CARGO_BIN_EXE_chat-state"));
             command.args(["conformance", "--url", &url, "--filter", "cache_"]);
@@ -293,7 +227,7 @@ mod tls {
             command.output().expect("runs")
         };
 
-        let trusted = run(Some(&path("ca.crt")));
+        let trusted = run(Some(&ca));
         let text = String::from_utf8_lossy(&trusted.stdout);
         assert!(trusted.status.success(), "{text}\n{trusted:?}");
         assert!(text.contains("backend: redis"), "{text}");

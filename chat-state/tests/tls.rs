@@ -9,118 +9,17 @@
 
 #![cfg(feature = "redis-tls")]
 
-use std::net::TcpListener;
-use std::path::Path;
 use std::process::Command;
 
 use chat_state::{Cache, ErrorKind, StateAdapter, connect};
-use chat_state_test_support::{RedisServer, free_port};
+use chat_state_test_support::{TlsRedisServer, free_port};
 
 /// Set in the child process: the URL to connect to.
 const CHILD_URL: &str = "CHAT_STATE_TLS_TEST_URL";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn make_certs(dir: &Path) {
-    let ca = "/CN=chat-state facade test CA";
-    openssl(
-        dir,
-        &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-days", "1", "-subj", ca,
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("write ext.cnf");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-}
-
-/// A redis-server with a TLS port (and its plain port, used for the readiness check).
-struct TlsServer {
-    _server: RedisServer,
-    tls_port: u16,
-    certs: tempfile::TempDir,
-}
-
-impl TlsServer {
-    fn start() -> Self {
-        let certs = tempfile::tempdir().expect("temp dir");
-        make_certs(certs.path());
-        let tls_port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let path = |f: &str| certs.path().join(f).display().to_string();
-        let server = RedisServer::start_with_args(&[
-            "--tls-port",
-            &tls_port.to_string(),
-            "--tls-cert-file",
-            &path("server.crt"),
-            "--tls-key-file",
-            &path("server.key"),
-            "--tls-ca-cert-file",
-            &path("ca.crt"),
-            "--tls-auth-clients",
-            "no",
-        ]);
-        Self {
-            _server: server,
-            tls_port,
-            certs,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("rediss://127.0.0.1:{}?prefix=tls", self.tls_port)
-    }
+/// The server's URL, with the key prefix these tests use.
+fn url(server: &TlsRedisServer) -> String {
+    format!("{}?prefix=tls", server.url())
 }
 
 #[test]
@@ -143,9 +42,9 @@ async fn rediss_with_nothing_listening_is_a_typed_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_refuses_a_certificate_the_roots_do_not_trust() {
-    let server = TlsServer::start();
+    let server = TlsRedisServer::start();
     // The system roots do not know the test CA: the TLS handshake fails, a typed error.
-    let err = connect(&server.url())
+    let err = connect(&url(&server))
         .await
         .err()
         .expect("an unknown CA is refused");
@@ -159,7 +58,7 @@ async fn rediss_refuses_a_certificate_the_roots_do_not_trust() {
 
 #[test]
 fn rediss_connects_with_a_trusted_ca() {
-    let server = TlsServer::start();
+    let server = TlsRedisServer::start();
     let out = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
@@ -167,8 +66,8 @@ fn rediss_connects_with_a_trusted_ca() {
             "--ignored",
             "--nocapture",
         ])
-        .env(CHILD_URL, server.url())
-        .env("SSL_CERT_FILE", server.certs.path().join("ca.crt"))
+        .env(CHILD_URL, url(&server))
+        .env("SSL_CERT_FILE", server.ca_cert())
         .output()
         .expect("run the child test");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -70,20 +70,25 @@ impl RedisServer {
     fn spawn_new(aof: bool, cluster: bool, extra: Vec<String>) -> Self {
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
-            let mut server = Self {
-                child: None,
-                port: free_port(),
-                aof,
-                cluster,
-                extra: extra.clone(),
-                dir: tempfile::tempdir().expect("create a temporary directory"),
-            };
-            match server.spawn() {
-                Ok(()) => return server,
+            match Self::try_spawn_new(aof, cluster, extra.clone()) {
+                Ok(server) => return server,
                 Err(e) => last_error = e,
             }
         }
         panic!("could not start redis-server: {last_error}");
+    }
+
+    /// One attempt on a fresh port and directory.
+    fn try_spawn_new(aof: bool, cluster: bool, extra: Vec<String>) -> Result<Self, String> {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            aof,
+            cluster,
+            extra,
+            dir: tempfile::tempdir().expect("create a temporary directory"),
+        };
+        server.spawn().map(|()| server)
     }
 
     fn args(&self) -> Vec<String> {
@@ -250,6 +255,167 @@ impl Drop for RedisServer {
     }
 }
 
+/// A [`RedisServer`] (no persistence) that also listens for TLS on a second free loopback
+/// port, with a throwaway CA and a server certificate for `IP:127.0.0.1` and `DNS:localhost`
+/// made by `openssl` in its own temporary directory (removed when dropped, after the server
+/// is killed).
+///
+/// The server runs with `--tls-port <tls port> --tls-cert-file server.crt --tls-key-file
+/// server.key --tls-ca-cert-file ca.crt --tls-auth-clients no`; its plain port stays open and
+/// is what the readiness check pings. Clients must trust [`ca_cert`](Self::ca_cert), e.g.
+/// through `SSL_CERT_FILE` or a client's root certificate setting.
+#[derive(Debug)]
+pub struct TlsRedisServer {
+    // Declared first: dropped (killed) before the certificates are removed.
+    server: RedisServer,
+    tls_port: u16,
+    certs: TempDir,
+}
+
+impl TlsRedisServer {
+    /// Makes the certificates and starts the server; panics if `openssl` fails or the server
+    /// is not up within [`READY_TIMEOUT`] (after a few tries on fresh ports).
+    pub fn start() -> Self {
+        let certs = tempfile::tempdir().expect("create a temporary directory");
+        make_certs(certs.path());
+        let path = |file: &str| certs.path().join(file).display().to_string();
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let tls_port = free_port();
+            let extra = to_strings(&[
+                "--tls-port",
+                &tls_port.to_string(),
+                "--tls-cert-file",
+                &path("server.crt"),
+                "--tls-key-file",
+                &path("server.key"),
+                "--tls-ca-cert-file",
+                &path("ca.crt"),
+                "--tls-auth-clients",
+                "no",
+            ]);
+            match RedisServer::try_spawn_new(false, false, extra) {
+                Ok(server) => {
+                    return Self {
+                        server,
+                        tls_port,
+                        certs,
+                    };
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("could not start redis-server with TLS: {last_error}");
+    }
+
+    /// The TLS port.
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port
+    }
+
+    /// `rediss://127.0.0.1:<tls port>`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate: what a client trusts.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.certs.path().join("ca.crt")
+    }
+
+    /// The plain server (its [`port`](RedisServer::port) and [`url`](RedisServer::url) are
+    /// the unencrypted ones).
+    pub fn server(&self) -> &RedisServer {
+        &self.server
+    }
+
+    /// The plain server, mutably (e.g. to [`kill`](RedisServer::kill) or
+    /// [`restart`](RedisServer::restart) it; a restart keeps both ports and the certificates).
+    pub fn server_mut(&mut self) -> &mut RedisServer {
+        &mut self.server
+    }
+}
+
+/// Runs `openssl <args>` in `dir`; panics with its output if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    run_ok(
+        Command::new("openssl").args(args).current_dir(dir),
+        &format!("openssl {args:?}"),
+    );
+}
+
+/// Runs `command` to completion; panics naming `what`, with its standard output and error,
+/// if it cannot be run or exits unsuccessfully.
+fn run_ok(command: &mut Command, what: &str) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ca.crt`/`ca.key` (a self-signed CA), and `server.crt`/`server.key` signed by it for
+/// `IP:127.0.0.1` and `DNS:localhost`, all valid for a day, in `dir`.
+fn make_certs(dir: &Path) {
+    let ca = [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=chat-state test CA",
+    ];
+    openssl(dir, &ca);
+    let csr = [
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ];
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("write ext.cnf");
+    let sign = [
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ];
+    openssl(dir, &sign);
+}
+
 /// Whether something on 127.0.0.1:`port` answers `PING` with `+PONG` or `-NOAUTH` (a
 /// password-protected server is up too), not `-LOADING`.
 pub fn ping(port: u16) -> bool {
@@ -309,18 +475,14 @@ impl RedisCluster {
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli (package redis-tools)");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
+        run_ok(
+            Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(&addrs)
+                .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+                .stdin(Stdio::null()),
+            "redis-cli --cluster create (package redis-tools)",
         );
         let started = Instant::now();
         for node in &nodes {
