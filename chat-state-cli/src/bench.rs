@@ -75,6 +75,7 @@ pub struct BenchArgs {
 
 /// One workload's result.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct BenchResult {
     /// Which workload.
     pub workload: Workload,

@@ -90,6 +90,7 @@ impl Default for SimulateArgs {
 
 /// The outcome of a simulation run.
 #[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
 pub struct SimReport {
     /// Backend name.
     pub backend: String,

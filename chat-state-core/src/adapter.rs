@@ -157,6 +157,7 @@ pub trait StateAdapter: Subscriptions + Locks + Cache + Lists + Queues {
 /// The current holder of a lock, as read by [`InspectLocks::lock_info`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct LockInfo {
     /// The holder's token (as returned to it by `acquire_lock`).
     pub token: String,

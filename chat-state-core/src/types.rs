@@ -65,6 +65,7 @@ impl QueueEntry {
 
 /// Options for [`Lists::append_to_list`](crate::Lists::append_to_list).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListOptions {
     /// Keep only the newest `max_length` items. `Some(0)` is invalid input.
     pub max_length: Option<usize>,

@@ -473,11 +473,7 @@ impl LockInspector for MemoryBackend {
             Ok(s.locks
                 .get(lock_id)
                 .filter(|row| now < row.expires_at)
-                .map(|row| LockInfo {
-                    token: row.token.clone(),
-                    expires_at: row.expires_at,
-                    fence: Some(row.fence),
-                }))
+                .map(|row| LockInfo::new(row.token.clone(), row.expires_at, Some(row.fence))))
         })
     }
 }

@@ -29,12 +29,12 @@ impl LockInspector for RedisBackend {
                     .await
             })
             .await?;
-        Ok(row.map(|(token, pttl_ms, fence)| LockInfo {
-            token,
+        Ok(row.map(|(token, pttl_ms, fence)| {
             // PTTL -1 means no expiry: never written so by this backend, shown as "never"
             // rather than invented.
-            expires_at: u64::try_from(pttl_ms).map_or(u64::MAX, |ms| before.saturating_add(ms)),
-            fence,
+            let expires_at =
+                u64::try_from(pttl_ms).map_or(u64::MAX, |ms| before.saturating_add(ms));
+            LockInfo::new(token, expires_at, fence)
         }))
     }
 }

@@ -316,16 +316,11 @@ impl LockInspector for SqliteBackend {
         .await
         .map_err(|e| map_sqlx(e, op))?;
         row.map(|(token, expires_at, fence)| {
-            Ok(LockInfo {
-                token,
-                expires_at: u64::try_from(expires_at).map_err(|_| {
-                    corrupt(op, format!("lock {lock_id:?} has expiry {expires_at}"))
-                })?,
-                fence: Some(
-                    u64::try_from(fence)
-                        .map_err(|_| corrupt(op, format!("lock {lock_id:?} has fence {fence}")))?,
-                ),
-            })
+            let expires_at = u64::try_from(expires_at)
+                .map_err(|_| corrupt(op, format!("lock {lock_id:?} has expiry {expires_at}")))?;
+            let fence = u64::try_from(fence)
+                .map_err(|_| corrupt(op, format!("lock {lock_id:?} has fence {fence}")))?;
+            Ok(LockInfo::new(token, expires_at, Some(fence)))
         })
         .transpose()
     }

@@ -163,6 +163,7 @@ struct Counters {
 /// How the writer has grouped writes so far (see
 /// [`SqliteBackend::write_stats`](crate::SqliteBackend::write_stats)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WriteStats {
     /// Groups of writes taken from the queue together, each committed as one transaction
     /// (or, if one of its writes failed, retried one by one).

@@ -430,6 +430,7 @@ impl Write for Dequeue {
 
 /// Rows removed by one cleanup pass, per table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CleanupReport {
     /// Expired locks.
     pub locks: u64,

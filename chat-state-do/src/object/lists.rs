@@ -23,10 +23,10 @@ impl ChatStateDO {
         now: u64,
     ) -> Result<Reply, Error> {
         let o = Operation::AppendToList;
-        let options = ListOptions {
-            max_length: max_length.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-            ttl: ttl_ms.map(Duration::from_millis),
-        };
+        let options = ListOptions::from_parts(
+            max_length.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            ttl_ms.map(Duration::from_millis),
+        );
         validate::append_to_list(BACKEND, &key, &value, &options)?;
         let expires = validate::optional_expiry_ms(BACKEND, o, now, options.ttl)?;
         let arm = self.list_append(key, value, options.max_length, expires, now)?;

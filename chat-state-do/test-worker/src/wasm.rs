@@ -205,10 +205,8 @@ async fn run_op(a: &DurableObjectAdapter, raw: Value) -> Value {
                 max_length,
                 ttl_ms,
             } => {
-                let options = ListOptions {
-                    max_length: max_length.map(|n| n as usize),
-                    ttl: ttl_ms.map(ms),
-                };
+                let options =
+                    ListOptions::from_parts(max_length.map(|n| n as usize), ttl_ms.map(ms));
                 json!(a.append_to_list(&key, &value, options).await?)
             }
             Op::GetList { key } => {

@@ -440,10 +440,8 @@ impl Driver<'_> {
                 max_length,
                 ttl_ms,
             } => {
-                let options = ListOptions {
-                    max_length,
-                    ttl: ttl_ms.map(Duration::from_millis),
-                };
+                let options =
+                    ListOptions::from_parts(max_length, ttl_ms.map(Duration::from_millis));
                 a.append_to_list(&self.key(key), &Self::value(value), options)
                     .await
                     .map_err(err)?;
@@ -583,10 +581,7 @@ impl Driver<'_> {
                     .await
             }
             Invalid::AppendZeroTtl(i) => {
-                let options = ListOptions {
-                    max_length: None,
-                    ttl: Some(zero),
-                };
+                let options = ListOptions::from_parts(None, Some(zero));
                 a.append_to_list(&self.key(i), &v, options).await
             }
             Invalid::EnqueueZeroMaxSize(i) => {
