@@ -166,7 +166,7 @@ async fn redis_delete_prefixes(
             .key_prefix(prefix)
             .connect()
             .await?;
-        removed += state.delete_all_keys().await?;
+        removed += state.backend().delete_all_keys().await?;
         state.close().await?;
     }
     Ok(removed)

@@ -194,8 +194,10 @@ pub trait LockInspector: Backend {
 
 /// A [`Backend`] behind the rule layer: the only way a backend becomes a [`StateAdapter`].
 ///
-/// `Checked<B>` dereferences to `B`, so backend-specific methods (statistics, maintenance)
-/// stay reachable; the contract operations go through the layer.
+/// Backend-specific methods (statistics, maintenance) are reached through
+/// [`Checked::backend`]. `Checked` deliberately does not dereference to `B`: the backend's
+/// storage methods share the contract's names, and a call that resolved to them would skip
+/// every rule.
 #[derive(Debug, Default)]
 pub struct Checked<B> {
     backend: B,
@@ -255,13 +257,6 @@ impl<B: Backend> Checked<B> {
 impl<B: Backend> From<B> for Checked<B> {
     fn from(backend: B) -> Self {
         Self::new(backend)
-    }
-}
-
-impl<B> std::ops::Deref for Checked<B> {
-    type Target = B;
-    fn deref(&self) -> &B {
-        &self.backend
     }
 }
 

@@ -28,8 +28,8 @@ pub const DEFAULT_OBJECT_NAME: &str = "default";
 /// `Lock::expires_at` before any request leaves the Worker.
 ///
 /// Build it per request (it is cheap: no I/O until the first operation) with
-/// [`DurableObjectBackend::builder`] or [`DurableObjectBackend::from_env`]. It dereferences to
-/// the backend, so [`DurableObjectBackend::router`] stays reachable.
+/// [`DurableObjectBackend::builder`] or [`DurableObjectBackend::from_env`].
+/// [`DurableObjectBackend::router`] is reached through `adapter.backend().router()`.
 pub type DurableObjectAdapter = Checked<DurableObjectBackend>;
 
 /// The storage logic of [`DurableObjectAdapter`]: each operation is one request to the object

@@ -33,7 +33,7 @@ pub type MemoryState = Checked<MemoryBackend>;
 /// awaiting, and unlocks, so no lock is ever held across an `.await` and unrelated keys do
 /// not contend. Expiry is checked on every read; besides, each operation removes up to a few
 /// expired entries of its shard, so memory does not grow with dead entries
-/// ([`MemoryState::purge_expired`] removes all of them at once).
+/// ([`MemoryBackend::purge_expired`] removes all of them at once).
 #[derive(Debug)]
 pub struct MemoryBackend {
     shards: Box<[Mutex<Shard>]>,
@@ -481,7 +481,7 @@ impl LockInspector for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_state_core::{Cache, InspectLocks, Lists, Locks, ManualClock, Queues};
+    use chat_state_core::{Cache, InspectLocks, Lists, Locks, ManualClock, Queues, StateAdapter};
 
     fn state_on(clock: &ManualClock) -> MemoryState {
         Checked::new(MemoryBackend::with_clock(clock.clone()))
@@ -512,20 +512,27 @@ mod tests {
             let entry = QueueEntry::new(serde_json::json!({}), 1_000, Duration::from_millis(10));
             state.enqueue(&key, entry, 10).await.unwrap();
         }
-        assert_eq!(state.stored_rows(), 2_000);
+        assert_eq!(state.backend().stored_rows(), 2_000);
         clock.advance(Duration::from_millis(10));
-        // Unrelated traffic cleans a bounded amount per call...
+        // One call cleans exactly its budget from its shard (2,000 rows over 32 shards leave
+        // every shard more expired rows than that), never the whole backlog...
+        state.get("one call").await.unwrap();
+        assert_eq!(state.backend().stored_rows(), 2_000 - CLEANUP_PER_OP);
+        // ...so unrelated traffic cleans a bounded amount per call...
         for i in 0..400 {
             state.set(&format!("live{i}"), b"v", None).await.unwrap();
         }
-        let after_traffic = state.stored_rows();
+        let after_traffic = state.backend().stored_rows();
         assert!(
             after_traffic < 2_000,
             "traffic should have cleaned some rows: {after_traffic}"
         );
         // ...and a purge removes the rest, leaving exactly the live rows.
-        state.purge_expired();
-        assert_eq!(state.stored_rows(), 400);
+        state.backend().purge_expired();
+        assert_eq!(state.backend().stored_rows(), 400);
+        // Close frees what is left rather than waiting for the drop.
+        state.close().await.unwrap();
+        assert_eq!(state.backend().stored_rows(), 0);
     }
 
     #[tokio::test]
@@ -533,6 +540,15 @@ mod tests {
         let clock = ManualClock::new(1_000);
         let state = state_on(&clock);
         assert_eq!(state.lock_info("t").await.unwrap(), None);
+        // Expired rows in every shard ahead of the lock's: the per-call cleanup cannot hide
+        // the expired holder, lock_info itself must check the expiry.
+        for i in 0..2_000 {
+            let key = format!("k{i}");
+            state
+                .set(&key, b"v", Some(Duration::from_millis(10)))
+                .await
+                .unwrap();
+        }
         let lock = state
             .acquire_lock("t", Duration::from_millis(50))
             .await

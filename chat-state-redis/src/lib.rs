@@ -40,5 +40,5 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Create one with [`RedisBackend::connect`] or a [`RedisBuilder`] from
 /// [`RedisBackend::builder`] and friends. Backend-specific methods
 /// ([`key_prefix`](RedisBackend::key_prefix), [`delete_all_keys`](RedisBackend::delete_all_keys))
-/// are reachable directly through `Deref`.
+/// are reached through [`Checked::backend`](chat_state_core::Checked::backend).
 pub type RedisState = chat_state_core::Checked<RedisBackend>;

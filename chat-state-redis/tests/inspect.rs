@@ -74,7 +74,7 @@ async fn delete_all_keys_stays_inside_its_prefix() {
         s.acquire_lock("t", Duration::from_secs(30)).await.unwrap();
     }
     // cache key, lock key, fence counter
-    assert_eq!(a.delete_all_keys().await.unwrap(), 3);
+    assert_eq!(a.backend().delete_all_keys().await.unwrap(), 3);
     assert_eq!(a.get("k").await.unwrap(), None);
     assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"1"[..]));
     assert!(

@@ -24,7 +24,7 @@ const TS_EXTEND: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return 
 async fn setup(server: &support::RedisServer) -> (RedisState, MultiplexedConnection) {
     // The default prefix is upstream's default, so nothing is configured on either side.
     let adapter = RedisBackend::connect(&server.url()).await.expect("connect");
-    assert_eq!(adapter.key_prefix(), PREFIX);
+    assert_eq!(adapter.backend().key_prefix(), PREFIX);
     let raw = redis::Client::open(server.url())
         .expect("url")
         .get_multiplexed_async_connection()

@@ -51,8 +51,8 @@ pub const SCHEMA_VERSION: i64 = schema::LATEST_VERSION;
 /// Open it with [`SqliteBackend::open`] (defaults) or [`SqliteBackend::builder`]. To share
 /// one adapter between tasks, put it in an `Arc`. Backend-specific methods
 /// ([`write_stats`](SqliteBackend::write_stats),
-/// [`cleanup_expired`](SqliteBackend::cleanup_expired), ...) are reachable on it directly
-/// (it dereferences to the [`SqliteBackend`]). See the crate docs for the design.
+/// [`cleanup_expired`](SqliteBackend::cleanup_expired), ...) are reached through
+/// [`Checked::backend`]. See the crate docs for the design.
 pub type SqliteState = Checked<SqliteBackend>;
 
 /// The SQLite backend's storage: one writer task (group commit) and a set of read

@@ -112,7 +112,7 @@ async fn fences_increase_across_expiry_force_release_and_cleanup() {
             _ => {
                 clock.advance(ttl);
                 // Cleanup deletes the expired row; the fence floor stays.
-                assert_eq!(s.cleanup_expired().await.unwrap().locks, 1);
+                assert_eq!(s.backend().cleanup_expired().await.unwrap().locks, 1);
             }
         }
     }
@@ -378,10 +378,10 @@ async fn cleanup_removes_only_expired_rows_in_bounded_batches() {
     s.subscribe("t").await.unwrap();
 
     // Nothing has expired yet: cleanup removes nothing.
-    assert_eq!(s.cleanup_expired().await.unwrap().total(), 0);
+    assert_eq!(s.backend().cleanup_expired().await.unwrap().total(), 0);
     // Exactly at the boundary, the short rows are dead (rule 1: live iff now < expires_at).
     clock.advance(short);
-    let report = s.cleanup_expired().await.unwrap();
+    let report = s.backend().cleanup_expired().await.unwrap();
     assert_eq!(report.locks, 7);
     assert_eq!(report.cache, 7);
     assert_eq!(report.queue_entries, 7);
@@ -448,7 +448,7 @@ async fn background_cleanup_runs_and_stops_on_close() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(count(&mut conn, "chat_state_cache").await, 2);
-    let err = t.state.cleanup_expired().await.unwrap_err();
+    let err = t.state.backend().cleanup_expired().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed);
 }
 

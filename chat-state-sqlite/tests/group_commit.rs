@@ -14,7 +14,7 @@ use common::TempState;
 async fn concurrent_writes_share_transactions_and_keep_their_own_results() {
     let clock = ManualClock::starting_now();
     let t = Arc::new(TempState::manual(&clock).await);
-    let before = t.state.write_stats();
+    let before = t.state.backend().write_stats();
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let t = t.clone();
@@ -52,7 +52,7 @@ async fn concurrent_writes_share_transactions_and_keep_their_own_results() {
         let v = t.state.get(&format!("k{i}")).await.unwrap();
         assert_eq!(v, Some(format!("{i}").into_bytes()));
     }
-    let after = t.state.write_stats();
+    let after = t.state.backend().write_stats();
     let writes = after.writes - before.writes;
     let batches = after.batches - before.batches;
     assert_eq!(writes, 128);
