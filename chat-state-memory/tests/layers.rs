@@ -121,6 +121,7 @@ async fn the_rule_layer_names_backend_and_operation_on_every_rejection() {
         (err.kind(), err.operation()),
         (ErrorKind::InvalidInput, Some(Operation::ExtendLock))
     );
+    assert!(!state.is_closed());
     state.close().await.unwrap();
     state.close().await.unwrap();
     assert!(state.is_closed());
@@ -132,4 +133,126 @@ async fn the_rule_layer_names_backend_and_operation_on_every_rejection() {
         (err.kind(), err.operation()),
         (ErrorKind::Closed, Some(Operation::Get))
     );
+}
+
+/// Storage that keeps `Backend`'s default clock (the system clock), as a backend whose time
+/// lives elsewhere does (Redis): the rule layer must compute `expires_at` from it.
+#[derive(Debug, Default)]
+struct DefaultClock(chat_state_memory::MemoryBackend);
+
+#[async_trait]
+impl chat_state_core::Backend for DefaultClock {
+    fn name(&self) -> &'static str {
+        "default-clock"
+    }
+    async fn subscribe(&self, id: &str) -> Result<()> {
+        self.0.subscribe(id).await
+    }
+    async fn unsubscribe(&self, id: &str) -> Result<()> {
+        self.0.unsubscribe(id).await
+    }
+    async fn is_subscribed(&self, id: &str) -> Result<bool> {
+        self.0.is_subscribed(id).await
+    }
+    async fn acquire_lock(
+        &self,
+        request: &chat_state_core::LockRequest<'_>,
+    ) -> Result<Option<u64>> {
+        self.0.acquire_lock(request).await
+    }
+    async fn release_lock(&self, lock: &chat_state_core::Lock) -> Result<()> {
+        self.0.release_lock(lock).await
+    }
+    async fn extend_lock(&self, request: &chat_state_core::LockRequest<'_>) -> Result<bool> {
+        self.0.extend_lock(request).await
+    }
+    async fn force_release_lock(&self, id: &str) -> Result<()> {
+        self.0.force_release_lock(id).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.0.get(key).await
+    }
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        self.0.set(key, value, ttl).await
+    }
+    async fn set_if_not_exists(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        self.0.set_if_not_exists(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.0.delete(key).await
+    }
+    async fn append_to_list(
+        &self,
+        key: &str,
+        value: &[u8],
+        options: chat_state_core::ListOptions,
+    ) -> Result<()> {
+        self.0.append_to_list(key, value, options).await
+    }
+    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
+        self.0.get_list(key).await
+    }
+    async fn enqueue(
+        &self,
+        id: &str,
+        entry: chat_state_core::QueueEntry,
+        max: usize,
+    ) -> Result<usize> {
+        self.0.enqueue(id, entry, max).await
+    }
+    async fn dequeue(&self, id: &str) -> Result<Option<chat_state_core::QueueEntry>> {
+        self.0.dequeue(id).await
+    }
+    async fn queue_depth(&self, id: &str) -> Result<usize> {
+        self.0.queue_depth(id).await
+    }
+}
+
+#[tokio::test]
+async fn the_default_backend_clock_is_the_system_clock() {
+    use chat_state_core::{Checked, Clock, SystemClock};
+    let state = Checked::new(DefaultClock::default());
+    let ttl = Duration::from_secs(30);
+    let before = SystemClock.now_ms();
+    let lock = state.acquire_lock("t", ttl).await.unwrap().expect("free");
+    let after = SystemClock.now_ms();
+    assert!(
+        (before + 30_000..=after + 30_000).contains(&lock.expires_at),
+        "expires_at {} is not the system clock + TTL ({before}..={after} + 30 s)",
+        lock.expires_at
+    );
+}
+
+/// The caller's own reckoning of rule 1 (`Lock::is_live_at`) agrees with the backend's, on a
+/// clock that also steps backwards (`ManualClock::set`).
+#[tokio::test]
+async fn a_lock_is_live_until_its_expiry_by_the_callers_reckoning_too() {
+    use chat_state_core::{Clock, ManualClock};
+    let clock = ManualClock::new(10_000);
+    let state = MemoryState::new(chat_state_memory::MemoryBackend::with_clock(clock.clone()));
+    let lock = state
+        .acquire_lock("t", Duration::from_millis(500))
+        .await
+        .unwrap()
+        .expect("free");
+    assert_eq!(lock.expires_at, 10_500);
+    assert!(lock.is_live_at(10_499));
+    assert!(!lock.is_live_at(10_500));
+    assert!(!lock.is_live_at(10_501));
+    clock.set(10_500);
+    assert_eq!(clock.now_ms(), 10_500);
+    assert!(
+        state
+            .acquire_lock("t", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    clock.set(9_000);
+    assert_eq!(clock.now_ms(), 9_000, "set moves the clock backwards too");
 }

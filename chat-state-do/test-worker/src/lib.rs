@@ -5,7 +5,7 @@
 //! * `GET /ping` — readiness.
 //! * `POST /conformance` `{"prefix": "...", "shards": 0, "filter": ["case", ...],
 //!   "manual_clock": false}` — runs `chat_state_conformance::run_all` against fresh objects
-//!   (unique names per case) and answers the [`Report`](chat_state_conformance::Report) as
+//!   (unique names per case) and answers the `chat_state_conformance::Report` as
 //!   JSON. With `manual_clock`, each case gets a manual clock that drives both the adapter and
 //!   the objects (the test-only `test_clock` option of the adapter).
 //! * `POST /adapter` `{"config": {...}, "ops": [request, ...]}` — runs protocol-shaped

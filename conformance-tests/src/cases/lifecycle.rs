@@ -154,21 +154,37 @@ pub async fn lifecycle_connect_is_idempotent(h: &Harness) -> CaseResult {
 }
 
 /// Rule 9 before rule 13: input is validated before anything else, so a closed adapter still
-/// reports an invalid key as `InvalidInput` (the error a caller must fix first).
+/// reports an invalid key as `InvalidInput` (the error a caller must fix first), on every
+/// operation, and so for the other inputs (TTL, `max_length`, `max_size`).
 pub async fn lifecycle_invalid_input_reported_before_closed(h: &Harness) -> CaseResult {
     let a = &h.adapter;
     a.close().await?;
-    rejected(
-        h,
-        a.get("").await,
-        Operation::Get,
-        "an empty key after close",
-    )?;
+    super::validation::every_operation_rejects(h, "", "an empty key after close").await?;
     rejected(
         h,
         a.acquire_lock("t", std::time::Duration::ZERO).await,
         Operation::AcquireLock,
         "a zero TTL after close",
+    )?;
+    rejected(
+        h,
+        a.set("k", b"v", Some(std::time::Duration::ZERO)).await,
+        Operation::Set,
+        "a zero TTL after close",
+    )?;
+    rejected(
+        h,
+        a.append_to_list("l", b"v", ListOptions::new().max_length(0))
+            .await,
+        Operation::AppendToList,
+        "max_length 0 after close",
+    )?;
+    let entry = QueueEntry::new(json!({"m": 1}), h.time.now_ms(), LONG_LIFETIME);
+    rejected(
+        h,
+        a.enqueue("q", entry, 0).await,
+        Operation::Enqueue,
+        "max_size 0 after close",
     )?;
     Ok(())
 }

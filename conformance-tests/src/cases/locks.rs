@@ -1,6 +1,7 @@
 //! Locks: token-owned, expiring, fenced (contract rules 1, 3, 4, 10, 11, 12).
 
 use std::collections::HashSet;
+use std::task::Poll;
 use std::time::Duration;
 
 use chat_state_core::{Lock, Operation};
@@ -519,6 +520,33 @@ pub async fn lock_fence_increases_across_force_release(h: &Harness) -> CaseResul
     Ok(())
 }
 
+/// Rule 11: no acquisition is ever given fence 0, the value a `Lock` carries when it was
+/// written by a client without fencing (a TypeScript bot's lock deserializes with fence 0), so
+/// a fenced resource can tell "no fence" from a real one. Checked on the first lock of fresh
+/// ids and after release, expiry and force-release.
+pub async fn lock_fence_is_never_zero(h: &Harness) -> CaseResult {
+    let ttl = super::support::short_ttl(h);
+    let mut fences = Vec::new();
+    for id in ["first", "b:c", "d.e"] {
+        fences.push((id, take(h, id, ttl).await?.fence));
+    }
+    let released = take(h, "released", LONG_TTL).await?;
+    h.adapter.release_lock(&released).await?;
+    fences.push(("released", released.fence));
+    fences.push(("after release", take(h, "released", LONG_TTL).await?.fence));
+    h.adapter.force_release_lock("released").await?;
+    fences.push((
+        "after force-release",
+        take(h, "released", LONG_TTL).await?.fence,
+    ));
+    super::support::expire(h, ttl, false).await;
+    fences.push(("after expiry", take(h, "first", LONG_TTL).await?.fence));
+    for (what, fence) in fences {
+        ensure!(fence >= 1, "lock {what:?} was given fence {fence}");
+    }
+    Ok(())
+}
+
 /// Section 3 and rule 5's lock twin: 16 concurrent acquirers of one id, exactly one winner
 /// (five rounds on fresh ids, to give a race a chance to show).
 pub async fn lock_concurrent_acquirers_one_winner(h: &Harness) -> CaseResult {
@@ -576,4 +604,115 @@ pub async fn lock_concurrent_acquire_after_expiry_one_winner(h: &Harness) -> Cas
         );
     }
     Ok(())
+}
+
+/// Rule 2 on either clock: `extend_lock` sets the expiry to now + TTL even when that is sooner
+/// than the current expiry (exact on a manual clock; after a sleep on the wall clock).
+pub async fn lock_extend_to_shorter_ttl_frees_sooner(h: &Harness) -> CaseResult {
+    let ttl = short_ttl(h);
+    let lock = take(h, "t", LONG_TTL).await?;
+    ensure!(
+        h.adapter.extend_lock(&lock, ttl).await?,
+        "extend of a live lock"
+    );
+    let checked = just_before_expiry(h, ttl).await;
+    if checked {
+        ensure!(
+            h.adapter.acquire_lock("t", LONG_TTL).await?.is_none(),
+            "lock free 1 ms before the expiry the extend set"
+        );
+    }
+    expire(h, ttl, checked).await;
+    ensure!(
+        h.adapter.acquire_lock("t", LONG_TTL).await?.is_some(),
+        "lock still held after the shorter TTL of its extend (an extend must be able to shorten)"
+    );
+    Ok(())
+}
+
+/// Rule 10, statistically: tokens are unguessable. Whatever their encoding, two tokens of
+/// independent random bits agree in few positions (for 128 bits in hex, at half of them with
+/// probability below 10^-10); tokens from a counter or a clock, or fewer random bits padded
+/// to length, agree in half of them or more. 32 tokens, on one id and across ids.
+pub async fn lock_tokens_look_random(h: &Harness) -> CaseResult {
+    let mut tokens = Vec::new();
+    for i in 0..16 {
+        let lock = take(h, "t", LONG_TTL).await?;
+        h.adapter.release_lock(&lock).await?;
+        tokens.push(lock.token);
+        tokens.push(take(h, &format!("other-{i}"), LONG_TTL).await?.token);
+    }
+    let alphabet: HashSet<char> = tokens.iter().flat_map(|t| t.chars()).collect();
+    let k = alphabet.len().max(1);
+    for pair in tokens.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let len = a.chars().count().min(b.chars().count());
+        let agree = a.chars().zip(b.chars()).filter(|(x, y)| x == y).count();
+        // Chance agreement is 1/k per position for an alphabet of k characters; tolerate
+        // up to half the positions (twice chance for alphabets too small for that to mean
+        // anything).
+        ensure!(
+            agree * 2 < len || agree * k < 2 * len,
+            "tokens {a:?} and {b:?} agree in {agree} of {len} positions: they are not \
+             independent random bits (a counter, a clock, or fewer random bits padded?)"
+        );
+    }
+    Ok(())
+}
+
+/// Rule 12: the caller never believes it holds a lock longer than the backend does. With a
+/// manual clock, time moves while the acquire is in flight (when the adapter awaits at all,
+/// as every remote backend does), and 1 ms before the `expires_at` the caller was given the
+/// lock must still be held: an `expires_at` read after the call shows. On the wall clock, the
+/// lock is still held a third of the way into its TTL by the caller's reckoning (retried with
+/// a longer TTL if the machine stalls past half of it).
+pub async fn lock_expires_at_never_after_backend_expiry(h: &Harness) -> CaseResult {
+    if h.time.is_manual() {
+        let mut call = h.adapter.acquire_lock("t", Duration::from_secs(10));
+        let lock = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+            Poll::Ready(result) => result?,
+            Poll::Pending => {
+                h.time.advance(Duration::from_millis(5)).await;
+                call.await?
+            }
+        }
+        .ok_or_else(|| Failure::new("lock \"t\" should be free but acquire gave None"))?;
+        let now = h.time.now_ms();
+        ensure!(
+            lock.expires_at > now,
+            "expires_at {} is not after now {now}",
+            lock.expires_at
+        );
+        h.time
+            .advance(Duration::from_millis(lock.expires_at - now - 1))
+            .await;
+        ensure!(
+            h.adapter.acquire_lock("t", LONG_TTL).await?.is_none(),
+            "lock free 1 ms before the expires_at ({}) its holder was given: the caller \
+             believes it holds the lock longer than the backend does",
+            lock.expires_at
+        );
+        return Ok(());
+    }
+    let mut ttl = Duration::from_millis(1200);
+    for attempt in 1..=4 {
+        let id = format!("t{attempt}");
+        let lock = take(h, &id, ttl).await?;
+        h.time.advance(ttl / 3).await;
+        let sent = h.time.now_ms();
+        let probe = h.adapter.acquire_lock(&id, LONG_TTL).await?;
+        if sent + (ttl.as_millis() as u64) / 2 <= lock.expires_at {
+            ensure!(
+                probe.is_none(),
+                "lock free with {} ms left before the expires_at its holder was given",
+                lock.expires_at - sent
+            );
+            return Ok(());
+        }
+        ttl *= 2;
+    }
+    Err(Failure::new(
+        "the probe never ran within the first half of the TTL in 4 attempts (last TTL \
+         9.6 s): the backend answers too slowly to hold a lock",
+    ))
 }

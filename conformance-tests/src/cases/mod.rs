@@ -58,6 +58,7 @@ macro_rules! __case_list {
 
             lock_acquire_returns_id_token_and_expiry
             lock_expires_at_is_now_plus_ttl
+            lock_expires_at_never_after_backend_expiry
             lock_second_acquire_gets_none
             lock_wrong_token_release_keeps_lock
             lock_release_then_reacquire
@@ -72,6 +73,7 @@ macro_rules! __case_list {
             lock_extend_false_after_force_release
             lock_extend_false_for_stale_holder_after_takeover
             lock_extend_zero_ttl_is_invalid_and_keeps_lock
+            lock_extend_to_shorter_ttl_frees_sooner
             lock_force_release_ignores_token
             lock_force_release_missing_is_noop
             lock_release_is_idempotent
@@ -80,9 +82,11 @@ macro_rules! __case_list {
             lock_token_bound_to_its_id
             lock_ids_with_separators
             lock_tokens_unique_per_acquisition
+            lock_tokens_look_random
             lock_fence_increases_across_release
             lock_fence_increases_across_expiry
             lock_fence_increases_across_force_release
+            lock_fence_is_never_zero
             lock_concurrent_acquirers_one_winner
             lock_concurrent_acquire_after_expiry_one_winner
             locks_linearizable
@@ -133,6 +137,7 @@ macro_rules! __case_list {
             queue_expired_entries_skipped_and_not_counted
             queue_enqueue_depth_ignores_expired
             queue_expired_entries_do_not_count_toward_max_size
+            queue_expired_entry_among_live_ones_takes_no_room
             queue_entry_dead_on_arrival_not_counted
             queue_entry_expires_at_boundary
             queue_entries_round_trip_exactly
@@ -144,9 +149,11 @@ macro_rules! __case_list {
             namespace_removals_touch_one_namespace
             namespace_keys_resembling_storage_layout
             namespace_expiry_is_per_namespace
+            namespace_expiry_holds_under_expired_backlog
 
             validation_empty_key_rejected_everywhere
             validation_oversized_key_rejected_everywhere
+            validation_oversized_multibyte_key_rejected_everywhere
             validation_nul_key_rejected_everywhere
             validation_longest_key_accepted_everywhere
             validation_lock_token_rules
@@ -155,7 +162,9 @@ macro_rules! __case_list {
             validation_zero_ttl_rejected
             validation_ttl_above_max_rejected
             validation_max_ttl_accepted
+            validation_limits_are_the_contract_numbers
             validation_sub_millisecond_ttl_rounds_up
+            validation_sub_millisecond_ttl_expires_on_every_operation
             validation_max_length_zero_rejected
             validation_max_size_zero_rejected
             validation_queue_timestamps_out_of_range_rejected

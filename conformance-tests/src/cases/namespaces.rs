@@ -3,7 +3,7 @@
 use chat_state_core::{ListOptions, QueueEntry};
 use serde_json::json;
 
-use super::support::{LONG_LIFETIME, LONG_TTL};
+use super::support::{LONG_LIFETIME, LONG_TTL, expire, short_ttl};
 use crate::{CaseResult, Failure, Harness, ensure, ensure_eq};
 
 fn entry(h: &Harness) -> QueueEntry {
@@ -162,6 +162,63 @@ pub async fn namespace_expiry_is_per_namespace(h: &Harness) -> CaseResult {
     ensure!(
         a.acquire_lock("k", LONG_TTL).await?.is_none(),
         "lock expired with the cache value"
+    );
+    Ok(())
+}
+
+/// Rule 1 under load: expiry holds on every operation however much other state expired
+/// before it. A backend that hides expired rows by sweeping them (a background pass, a few
+/// rows cleaned per call) instead of checking expiry when it reads passes every small case
+/// and fails here: a few hundred expired rows per namespace sit in front of the subject's.
+/// On a manual clock the subjects are checked at their exact expiry instant.
+pub async fn namespace_expiry_holds_under_expired_backlog(h: &Harness) -> CaseResult {
+    const BACKLOG: usize = 300;
+    let a = &h.adapter;
+    let backlog_ttl = short_ttl(h);
+    let subject_ttl = backlog_ttl * 2;
+    for i in 0..BACKLOG {
+        let key = format!("backlog-{i}");
+        a.set(&key, b"old", Some(backlog_ttl)).await?;
+        a.append_to_list(&key, b"old", ListOptions::new().ttl(backlog_ttl))
+            .await?;
+        a.acquire_lock(&key, backlog_ttl).await?;
+        let entry = QueueEntry::new(json!(i), h.time.now_ms(), backlog_ttl);
+        a.enqueue(&key, entry, 10).await?;
+    }
+    let lock = a
+        .acquire_lock("subject", subject_ttl)
+        .await?
+        .ok_or_else(|| Failure::new("the subject lock was not free"))?;
+    a.set("subject", b"v", Some(subject_ttl)).await?;
+    a.set("subject-once", b"v", Some(subject_ttl)).await?;
+    a.append_to_list("subject", b"v", ListOptions::new().ttl(subject_ttl))
+        .await?;
+    let entry = QueueEntry::new(json!("subject"), h.time.now_ms(), subject_ttl);
+    a.enqueue("subject", entry, 10).await?;
+    expire(h, subject_ttl, false).await;
+    ensure!(
+        !a.extend_lock(&lock, LONG_TTL).await?,
+        "an expired lock was extended"
+    );
+    ensure!(
+        a.acquire_lock("subject", LONG_TTL).await?.is_some(),
+        "an expired lock is still held"
+    );
+    ensure_eq!(a.get("subject").await?, None, "an expired cache value");
+    ensure!(
+        a.set_if_not_exists("subject-once", b"w", None).await?,
+        "an expired key still counts as present for set_if_not_exists"
+    );
+    ensure_eq!(a.get_list("subject").await?.len(), 0, "an expired list");
+    ensure_eq!(
+        a.queue_depth("subject").await?,
+        0,
+        "an expired entry counted"
+    );
+    ensure_eq!(
+        a.dequeue("subject").await?,
+        None,
+        "an expired entry dequeued"
     );
     Ok(())
 }

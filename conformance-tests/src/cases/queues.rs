@@ -317,3 +317,20 @@ pub async fn queue_concurrent_enqueuers_all_kept(h: &Harness) -> CaseResult {
     }
     Ok(())
 }
+
+/// Rule 7: a dead entry takes no room wherever it sits: with `max_size` 2, an entry that
+/// expired *behind* a live one must not push that older live entry out.
+pub async fn queue_expired_entry_among_live_ones_takes_no_room(h: &Harness) -> CaseResult {
+    let life = short_ttl(h);
+    h.adapter.enqueue("t", entry(h, 1), 2).await?;
+    let short = QueueEntry::new(json!({"n": 2}), h.time.now_ms(), life);
+    h.adapter.enqueue("t", short, 2).await?;
+    expire(h, life, false).await;
+    ensure_eq!(h.adapter.enqueue("t", entry(h, 3), 2).await?, 2, "depth");
+    ensure_eq!(
+        drain(h, "t").await?,
+        vec![1, 3],
+        "live entries kept (the expired one took room)"
+    );
+    Ok(())
+}

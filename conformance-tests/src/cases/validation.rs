@@ -20,7 +20,7 @@ fn lock_on(id: &str) -> Lock {
 }
 
 /// Calls every operation that takes an id or key with `key` and checks each is rejected.
-async fn every_operation_rejects(h: &Harness, key: &str, what: &str) -> CaseResult {
+pub(crate) async fn every_operation_rejects(h: &Harness, key: &str, what: &str) -> CaseResult {
     let a = &h.adapter;
     let entry = QueueEntry::new(json!({"m": 1}), h.time.now_ms(), LONG_LIFETIME);
     rejected(h, a.subscribe(key).await, Operation::Subscribe, what)?;
@@ -83,6 +83,20 @@ pub async fn validation_oversized_key_rejected_everywhere(h: &Harness) -> CaseRe
     let key = "k".repeat(MAX_KEY_BYTES + 1);
     every_operation_rejects(h, &key, "a 1025-byte key").await?;
     nothing_stored(h, &key[..MAX_KEY_BYTES]).await
+}
+
+/// Rule 9: the key limit counts bytes, not characters: 342 three-byte characters (1026
+/// bytes, 342 characters) are rejected by every operation, and nothing is stored under the
+/// 1023-byte key of 341 of them.
+pub async fn validation_oversized_multibyte_key_rejected_everywhere(h: &Harness) -> CaseResult {
+    let key = "€".repeat(342);
+    ensure!(key.len() > MAX_KEY_BYTES, "test key length");
+    every_operation_rejects(h, &key, "a 1026-byte key of 342 characters").await?;
+    // 1024 characters of which one is two bytes: 1025 bytes.
+    let key = format!("é{}", "k".repeat(MAX_KEY_BYTES - 1));
+    ensure_eq!(key.len(), MAX_KEY_BYTES + 1, "test key length");
+    every_operation_rejects(h, &key, "a 1025-byte key of 1024 characters").await?;
+    nothing_stored(h, &"€".repeat(341)).await
 }
 
 /// Rule 9: a key with a NUL byte is rejected by every operation, and nothing is stored under
@@ -181,6 +195,16 @@ pub async fn validation_oversized_value_rejected(h: &Harness) -> CaseResult {
         Operation::Enqueue,
         "a 1 MiB + 1 byte message",
     )?;
+    // The limit is in bytes of the JSON: 512 Ki two-byte characters are 1 MiB + 2 bytes with
+    // the quotes, but only 512 Ki + 2 characters.
+    let message = json!("é".repeat(MAX_VALUE_BYTES / 2));
+    let entry = QueueEntry::new(message, h.time.now_ms(), LONG_LIFETIME);
+    rejected(
+        h,
+        a.enqueue("k", entry, 10).await,
+        Operation::Enqueue,
+        "a message of 1 MiB + 2 bytes in half as many characters",
+    )?;
     nothing_stored(h, "k").await
 }
 
@@ -246,8 +270,13 @@ pub async fn validation_zero_ttl_rejected(h: &Harness) -> CaseResult {
 /// invalid input, never a wrap, and stores nothing.
 pub async fn validation_ttl_above_max_rejected(h: &Harness) -> CaseResult {
     let a = &h.adapter;
+    // Past the edge in every unit the limit could be compared in: a second, a millisecond,
+    // a microsecond and a nanosecond over.
     for (ttl, what) in [
+        (MAX_TTL + Duration::from_secs(1), "MAX_TTL + 1 s"),
         (MAX_TTL + MS, "MAX_TTL + 1 ms"),
+        (MAX_TTL + Duration::from_micros(1), "MAX_TTL + 1 µs"),
+        (MAX_TTL + Duration::from_nanos(1), "MAX_TTL + 1 ns"),
         (Duration::MAX, "Duration::MAX"),
         (Duration::from_millis(u64::MAX), "u64::MAX ms"),
     ] {
@@ -332,6 +361,106 @@ pub async fn validation_sub_millisecond_ttl_rounds_up(h: &Harness) -> CaseResult
     Ok(())
 }
 
+/// Rule 2 on every operation that takes a TTL, on either clock: a 1 µs TTL is valid and
+/// means 1 ms, never 0 and never "no expiry". On a manual clock exactly (live at the write's
+/// instant, dead 1 ms later); on the wall clock everything is gone after a sleep, and the
+/// lock's `expires_at` is at least 1 ms after the clock read before the call (sampled until
+/// one call starts and ends within one millisecond, where a truncated TTL shows).
+pub async fn validation_sub_millisecond_ttl_expires_on_every_operation(h: &Harness) -> CaseResult {
+    let a = &h.adapter;
+    let tiny = Duration::from_micros(1);
+    let before = h.time.now_ms();
+    a.set("set", b"v", Some(tiny)).await?;
+    ensure!(
+        a.set_if_not_exists("sinx", b"v", Some(tiny)).await?,
+        "set_if_not_exists of a missing key"
+    );
+    a.append_to_list("list", b"v", ListOptions::new().ttl(tiny))
+        .await?;
+    let lock = a
+        .acquire_lock("acquired", tiny)
+        .await?
+        .ok_or_else(|| Failure::new("lock with a 1 µs TTL"))?;
+    let after = h.time.now_ms();
+    ensure!(
+        before < lock.expires_at && lock.expires_at <= after + 1,
+        "expires_at {} of a 1 µs lock outside [{}, {}]",
+        lock.expires_at,
+        before + 1,
+        after + 1
+    );
+    let extended = a
+        .acquire_lock("extended", LONG_TTL)
+        .await?
+        .ok_or_else(|| Failure::new("fresh lock was not acquired"))?;
+    ensure!(
+        a.extend_lock(&extended, tiny).await?,
+        "extend of a live lock with a 1 µs TTL"
+    );
+    if h.time.is_manual() {
+        ensure_eq!(
+            a.get("set").await?,
+            Some(b"v".to_vec()),
+            "set, same instant"
+        );
+        ensure_eq!(
+            a.get("sinx").await?,
+            Some(b"v".to_vec()),
+            "set_if_not_exists, same instant"
+        );
+        ensure_eq!(a.get_list("list").await?.len(), 1, "list, same instant");
+        ensure!(
+            a.acquire_lock("acquired", LONG_TTL).await?.is_none(),
+            "a 1 µs lock free at the instant it was taken"
+        );
+        ensure!(
+            a.acquire_lock("extended", LONG_TTL).await?.is_none(),
+            "a lock extended by 1 µs free at the instant of the extend"
+        );
+        h.time.advance(MS).await;
+    } else {
+        h.time.advance(Duration::from_millis(150)).await;
+        // A call that starts and ends in one millisecond shows a TTL truncated to 0 ms.
+        for i in 0..20 {
+            let before = h.time.now_ms();
+            let sample = a
+                .acquire_lock(&format!("sample-{i}"), tiny)
+                .await?
+                .ok_or_else(|| Failure::new("lock with a 1 µs TTL"))?;
+            ensure!(
+                sample.expires_at > before,
+                "a 1 µs lock expires at {}, not after the clock read before the call ({before}): \
+                 the TTL was truncated to 0 ms",
+                sample.expires_at
+            );
+        }
+    }
+    ensure_eq!(a.get("set").await?, None, "set with a 1 µs TTL, 1 ms later");
+    ensure_eq!(
+        a.get("sinx").await?,
+        None,
+        "set_if_not_exists with a 1 µs TTL, 1 ms later"
+    );
+    ensure!(
+        a.set_if_not_exists("sinx", b"again", None).await?,
+        "set_if_not_exists with a 1 µs TTL still present 1 ms later"
+    );
+    ensure_eq!(
+        a.get_list("list").await?,
+        Vec::<Vec<u8>>::new(),
+        "list appended with a 1 µs TTL, 1 ms later"
+    );
+    ensure!(
+        a.acquire_lock("acquired", LONG_TTL).await?.is_some(),
+        "a lock taken with a 1 µs TTL still held 1 ms later"
+    );
+    ensure!(
+        a.acquire_lock("extended", LONG_TTL).await?.is_some(),
+        "a lock extended by 1 µs still held 1 ms later (the extend must shorten it)"
+    );
+    Ok(())
+}
+
 /// Rule 6: `max_length` 0 is invalid input and leaves the list as it was.
 pub async fn validation_max_length_zero_rejected(h: &Harness) -> CaseResult {
     let a = &h.adapter;
@@ -406,4 +535,91 @@ pub async fn validation_queue_timestamps_out_of_range_rejected(h: &Harness) -> C
         "enqueued_at > i64::MAX",
     )?;
     nothing_stored(h, "q").await
+}
+
+/// Rules 2 and 9 in the contract's own numbers rather than through `validate::` constants,
+/// so a limit that drifts (a constant edited, a unit miscounted) fails here: keys 1024
+/// bytes, values 1 MiB (1,048,576 bytes), TTLs 100 years of 365 days, `max_length` and
+/// `max_size` 1,000,000. Each is accepted at its edge and refused one unit past it.
+pub async fn validation_limits_are_the_contract_numbers(h: &Harness) -> CaseResult {
+    const KEY_BYTES: usize = 1024;
+    const VALUE_BYTES: usize = 1_048_576;
+    const TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+    const LEN: usize = 1_000_000;
+    let a = &h.adapter;
+    let entry = || QueueEntry::new(json!("m"), h.time.now_ms(), LONG_LIFETIME);
+
+    a.set(&"k".repeat(KEY_BYTES), b"v", None).await?;
+    let long_key = "k".repeat(KEY_BYTES + 1);
+    let set = a.set(&long_key, b"v", None).await;
+    rejected(h, set, Operation::Set, "a 1025-byte key")?;
+
+    a.set("value", &vec![b'v'; VALUE_BYTES], None).await?;
+    let set = a.set("value", &vec![b'v'; VALUE_BYTES + 1], None).await;
+    rejected(h, set, Operation::Set, "a value of 1 MiB + 1 byte")?;
+
+    a.set("ttl", b"v", Some(TTL)).await?;
+    let set = a.set("ttl", b"v", Some(TTL + MS)).await;
+    rejected(h, set, Operation::Set, "a TTL of 100 years + 1 ms")?;
+    ensure!(
+        a.acquire_lock("ttl", TTL).await?.is_some(),
+        "a lock TTL of exactly 100 years was refused"
+    );
+    let acquire = a.acquire_lock("ttl-2", TTL + MS).await;
+    rejected(
+        h,
+        acquire,
+        Operation::AcquireLock,
+        "a TTL of 100 years + 1 ms",
+    )?;
+
+    let at_edge = ListOptions::new().max_length(LEN);
+    a.append_to_list("list", b"v", at_edge).await?;
+    let past = ListOptions::new().max_length(LEN + 1);
+    let append = a.append_to_list("list", b"v", past).await;
+    rejected(h, append, Operation::AppendToList, "max_length 1,000,001")?;
+
+    ensure_eq!(
+        a.enqueue("queue", entry(), LEN).await?,
+        1,
+        "enqueue at max_size 1,000,000"
+    );
+    let enqueue = a.enqueue("queue", entry(), LEN + 1).await;
+    rejected(h, enqueue, Operation::Enqueue, "max_size 1,000,001")?;
+    ensure_eq!(
+        a.queue_depth("queue").await?,
+        1,
+        "the refused enqueue stored nothing"
+    );
+
+    // Queue timestamps: i64::MAX milliseconds is the last valid instant (rule 2).
+    let last = QueueEntry {
+        enqueued_at: i64::MAX as u64,
+        expires_at: i64::MAX as u64,
+        message: json!("last"),
+    };
+    let depth = a.enqueue("timestamps", last.clone(), 10).await?;
+    ensure_eq!(depth, 1, "enqueue of an entry stamped i64::MAX ms");
+    for (what, past) in [
+        (
+            "expires_at i64::MAX + 1",
+            QueueEntry {
+                expires_at: i64::MAX as u64 + 1,
+                ..last.clone()
+            },
+        ),
+        (
+            "enqueued_at i64::MAX + 1",
+            QueueEntry {
+                enqueued_at: i64::MAX as u64 + 1,
+                ..last.clone()
+            },
+        ),
+    ] {
+        let enqueue = a.enqueue("timestamps", past, 10).await;
+        rejected(h, enqueue, Operation::Enqueue, what)?;
+    }
+    let depth = a.queue_depth("timestamps").await?;
+    ensure_eq!(depth, 1, "the refused entries stored nothing");
+    Ok(())
 }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Instructions per message cycle of the memory backend, typed (get_json/set_json of the
+# ~225-byte thread state) and raw bytes (get/set), from valgrind --tool=callgrind: repeatable
+# on a noisy machine, unlike wall-clock numbers.
+#
+#   chat-state-memory/bench/callgrind.sh            # prints the two numbers
+#   PROFILE=1 chat-state-memory/bench/callgrind.sh  # also the top cost centres of each
+#                                                   # (callgrind-top.py; python3; TOP=<n>)
+#
+# For each mode it runs the bench binary twice (CHAT_STATE_CALLGRIND=typed|raw) with SMALL
+# and BIG cycles (default 20,000 and 120,000), collecting only inside `measured_cycles` (the
+# timed loop; setup and warm-up run outside it), and prints (Ir_big - Ir_small) / (BIG - SMALL),
+# so whatever is paid once per run cancels out. Output files stay in target/callgrind/
+# (callgrind_annotate works on them too, but splits each function by source file).
+#
+# Needs valgrind, jq, and python3 for PROFILE=1. Kernel time is not counted: each
+# acquire_lock makes one getrandom(2) syscall for its token, which callgrind does not see.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+SMALL="${SMALL:-20000}"
+BIG="${BIG:-120000}"
+PROFILE="${PROFILE:-0}"
+out="${CALLGRIND_DIR:-$repo/target/callgrind}"
+mkdir -p "$out"
+
+command -v valgrind >/dev/null || { echo "valgrind not found" >&2; exit 1; }
+cd "$repo"
+exe="$(cargo bench -p chat-state-memory --bench throughput --no-run --message-format=json \
+  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "throughput"
+                  and .executable != null) | .executable' | tail -n 1)"
+[ -x "$exe" ] || { echo "bench binary not found" >&2; exit 1; }
+
+ir() { # mode cycles -> collected Ir
+  local file="$out/$1-$2.out"
+  CHAT_STATE_CALLGRIND="$1" CHAT_STATE_CALLGRIND_CYCLES="$2" \
+    valgrind --tool=callgrind --callgrind-out-file="$file" \
+    --toggle-collect='*measured_cycles*' "$exe" >/dev/null 2>"$out/$1-$2.log"
+  awk '/^(summary|totals):/ { print $2; exit }' "$file"
+}
+
+for mode in typed raw; do
+  small="$(ir "$mode" "$SMALL")"
+  big="$(ir "$mode" "$BIG")"
+  per=$(( (big - small) / (BIG - SMALL) ))
+  printf '%-5s message cycle: %6d instructions per cycle  (Ir %d at %d cycles, %d at %d)\n' \
+    "$mode" "$per" "$small" "$SMALL" "$big" "$BIG"
+done
+
+if [ "$PROFILE" != 0 ]; then
+  for mode in typed raw; do
+    echo
+    echo "== $mode message cycle =="
+    python3 "$here/callgrind-top.py" "$out/$mode-$SMALL.out" "$SMALL" "$out/$mode-$BIG.out" "$BIG" "${TOP:-20}"
+  done
+fi
