@@ -5,14 +5,14 @@
 //! The traits are declared with `async_trait`, whose futures are `Send` on native targets
 //! (so `Arc<dyn StateAdapter>` can be used from any tokio task) and `?Send` on `wasm32`,
 //! where the Durable Object backend awaits JS promises that cannot cross threads (and there
-//! are no threads). A backend implements [`Backend`](crate::Backend), not these traits, with
-//! the same pair of attributes (see [`Backend`](crate::Backend) for a complete example):
+//! are no threads). A backend implements [`Backend`](crate::Backend), not these traits: its
+//! methods are plain `async fn`s, no attribute needed, and their futures are `Send` on native
+//! targets and need not be on `wasm32` (see [`Backend`](crate::Backend) for a complete
+//! example):
 //!
 //! ```
 //! # use chat_state_core::{Backend, Result};
 //! # struct MyBackend;
-//! #[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-//! #[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
 //! impl Backend for MyBackend {
 //!     fn name(&self) -> &'static str { "my-backend" }
 //!     async fn subscribe(&self, thread_id: &str) -> Result<()> {

@@ -17,8 +17,6 @@
 //! #[derive(Debug, Default)]
 //! struct NullBackend;
 //!
-//! #[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-//! #[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
 //! impl Backend for NullBackend {
 //!     fn name(&self) -> &'static str { "null" }
 //!     async fn get(&self, _key: &str) -> Result<Option<Vec<u8>>> { Ok(None) }
@@ -49,14 +47,15 @@
 //! # }
 //! ```
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::{
-    Cache, Error, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, MaybeSendSync,
-    OpenState, Operation, QueueEntry, Queues, Result, StateAdapter, Subscriptions, SystemClock,
-    new_lock_token, validate,
+    Cache, Error, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, MaybeSend,
+    MaybeSendSync, OpenState, Operation, QueueEntry, Queues, Result, StateAdapter, Subscriptions,
+    SystemClock, new_lock_token, validate,
 };
 
 /// A lock acquisition or extension as [`Checked`] hands it to a [`Backend`], inputs already
@@ -113,8 +112,10 @@ impl<'a> LockRequest<'a> {
 ///
 /// Errors may be returned without context; [`Checked`] attaches the backend's
 /// [`name`](Backend::name) and the operation.
-#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
-#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+///
+/// The methods are written as plain `async fn` in an implementation (no `async_trait`): the
+/// trait declares them as returning `impl Future + Send` on native targets (no `Send` on
+/// `wasm32`), so [`Checked`] awaits them without boxing a future per call.
 pub trait Backend: MaybeSendSync {
     /// Short backend name used in errors and logs (`"memory"`, `"sqlite"`, ...).
     fn name(&self) -> &'static str;
@@ -128,68 +129,93 @@ pub trait Backend: MaybeSendSync {
 
     /// Makes sure the backend is reachable and ready. Called by [`StateAdapter::connect`]
     /// while the adapter is open; idempotent.
-    async fn connect(&self) -> Result<()> {
-        Ok(())
+    fn connect(&self) -> impl Future<Output = Result<()>> + MaybeSend {
+        async { Ok(()) }
     }
 
     /// Releases resources. Called at most once, by the first [`StateAdapter::close`].
-    async fn close(&self) -> Result<()> {
-        Ok(())
+    fn close(&self) -> impl Future<Output = Result<()>> + MaybeSend {
+        async { Ok(()) }
     }
 
     /// [`Subscriptions::subscribe`].
-    async fn subscribe(&self, thread_id: &str) -> Result<()>;
+    fn subscribe(&self, thread_id: &str) -> impl Future<Output = Result<()>> + MaybeSend;
     /// [`Subscriptions::unsubscribe`].
-    async fn unsubscribe(&self, thread_id: &str) -> Result<()>;
+    fn unsubscribe(&self, thread_id: &str) -> impl Future<Output = Result<()>> + MaybeSend;
     /// [`Subscriptions::is_subscribed`].
-    async fn is_subscribed(&self, thread_id: &str) -> Result<bool>;
+    fn is_subscribed(&self, thread_id: &str) -> impl Future<Output = Result<bool>> + MaybeSend;
 
     /// Stores `request.token` as the holder of `request.lock_id` if the lock is free or its
     /// holder expired, with a fence strictly greater than every fence issued before for that
     /// id. Returns the fence, or `None` if the lock is held.
-    async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>>;
+    fn acquire_lock(
+        &self,
+        request: &LockRequest<'_>,
+    ) -> impl Future<Output = Result<Option<u64>>> + MaybeSend;
     /// [`Locks::release_lock`]: a no-op unless `lock.token` holds the lock.
-    async fn release_lock(&self, lock: &Lock) -> Result<()>;
+    fn release_lock(&self, lock: &Lock) -> impl Future<Output = Result<()>> + MaybeSend;
     /// Moves the expiry of `request.lock_id` to now + `request.ttl` if `request.token` is
     /// the current, unexpired holder; `false` otherwise.
-    async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool>;
+    fn extend_lock(
+        &self,
+        request: &LockRequest<'_>,
+    ) -> impl Future<Output = Result<bool>> + MaybeSend;
     /// [`Locks::force_release_lock`].
-    async fn force_release_lock(&self, lock_id: &str) -> Result<()>;
+    fn force_release_lock(&self, lock_id: &str) -> impl Future<Output = Result<()>> + MaybeSend;
 
     /// [`Cache::get`].
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + MaybeSend;
     /// [`Cache::set`].
-    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()>;
-    /// [`Cache::set_if_not_exists`].
-    async fn set_if_not_exists(
+    fn set(
         &self,
         key: &str,
         value: &[u8],
         ttl: Option<Duration>,
-    ) -> Result<bool>;
+    ) -> impl Future<Output = Result<()>> + MaybeSend;
+    /// [`Cache::set_if_not_exists`].
+    fn set_if_not_exists(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<bool>> + MaybeSend;
     /// [`Cache::delete`].
-    async fn delete(&self, key: &str) -> Result<()>;
+    fn delete(&self, key: &str) -> impl Future<Output = Result<()>> + MaybeSend;
 
     /// [`Lists::append_to_list`].
-    async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()>;
+    fn append_to_list(
+        &self,
+        key: &str,
+        value: &[u8],
+        options: ListOptions,
+    ) -> impl Future<Output = Result<()>> + MaybeSend;
     /// [`Lists::get_list`].
-    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>>;
+    fn get_list(&self, key: &str) -> impl Future<Output = Result<Vec<Vec<u8>>>> + MaybeSend;
 
     /// [`Queues::enqueue`].
-    async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize>;
+    fn enqueue(
+        &self,
+        thread_id: &str,
+        entry: QueueEntry,
+        max_size: usize,
+    ) -> impl Future<Output = Result<usize>> + MaybeSend;
     /// [`Queues::dequeue`].
-    async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>>;
+    fn dequeue(
+        &self,
+        thread_id: &str,
+    ) -> impl Future<Output = Result<Option<QueueEntry>>> + MaybeSend;
     /// [`Queues::queue_depth`].
-    async fn queue_depth(&self, thread_id: &str) -> Result<usize>;
+    fn queue_depth(&self, thread_id: &str) -> impl Future<Output = Result<usize>> + MaybeSend;
 }
 
 /// Optional backend capability behind [`InspectLocks`]: read a lock's live holder without
 /// changing anything. `Checked<B>` implements [`InspectLocks`] when `B` implements this.
-#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
-#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 pub trait LockInspector: Backend {
     /// [`InspectLocks::lock_info`], the lock id already validated.
-    async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>>;
+    fn lock_info(
+        &self,
+        lock_id: &str,
+    ) -> impl Future<Output = Result<Option<LockInfo>>> + MaybeSend;
 }
 
 /// A [`Backend`] behind the rule layer: the only way a backend becomes a [`StateAdapter`].

@@ -24,7 +24,11 @@ impl Clock for SystemClock {
             .duration_since(std::time::UNIX_EPOCH)
             // A clock set before 1970 is a broken machine; treat it as the epoch rather than panic.
             .unwrap_or_default();
-        u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+        // Not `as_millis`: its u128 arithmetic costs more than the clock read on every call.
+        since_epoch
+            .as_secs()
+            .saturating_mul(1_000)
+            .saturating_add(u64::from(since_epoch.subsec_millis()))
     }
 
     #[cfg(target_arch = "wasm32")]

@@ -26,5 +26,5 @@ pub use ext::{StateExt, UndecodedEntry};
 pub use guard::{LockRun, LockWatch, with_lock};
 pub use layer::{Call, Layer, Layered, MaybeSend, Next};
 pub use lifecycle::OpenState;
-pub use token::new_lock_token;
+pub use token::{new_lock_token, random_u64};
 pub use types::{ListOptions, Lock, QueueEntry};

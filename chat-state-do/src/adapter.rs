@@ -296,7 +296,6 @@ fn decode_b64(s: &str) -> Result<Vec<u8>> {
     b64::decode(s).map_err(Error::corrupt)
 }
 
-#[chat_state_core::async_trait(?Send)]
 impl Backend for DurableObjectBackend {
     fn name(&self) -> &'static str {
         BACKEND

@@ -1,9 +1,7 @@
 #![doc = include_str!("../README.md")]
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -11,16 +9,36 @@ use chat_state_core::{
     Backend, Checked, Clock, ListOptions, Lock, LockInfo, LockInspector, LockRequest, Operation,
     QueueEntry, Result, SharedClock, system_clock, validate,
 };
+use foldhash::SharedSeed;
+use foldhash::fast::SeedableRandomState;
+use indexmap::IndexMap;
 
 const BACKEND: &str = "memory";
 
 /// Shards cut contention between unrelated keys; a power of two keeps the index a mask.
 const SHARDS: usize = 32;
 
-/// How many expired entries an operation removes from its shard on the side. Small enough
-/// that no call pays for a large backlog, large enough that cleanup outpaces expiry under any
-/// load that keeps touching the shard.
-const CLEANUP_PER_OP: usize = 8;
+/// How many expiring rows a write (an operation that may add a row) visits on the side,
+/// removing the dead ones. The sweep goes round a shard of `n` rows every
+/// `n / CLEANUP_PER_OP` writes to it, so a dead row is gone at most that many writes after it
+/// died; each write adds at most one row, so rows cannot pile up faster than the sweep goes
+/// round them. Reads leave the sweep alone: they add nothing.
+const CLEANUP_PER_OP: usize = 4;
+
+/// foldhash, seeded per map from the OS-seeded CSPRNG: ids and keys come from outside, and
+/// a fixed or guessable seed would let a sender pick colliding ids (HashDoS). SipHash, the
+/// standard library's default, cost a fifth of every operation.
+type Hasher = SeedableRandomState;
+type Map<V> = IndexMap<String, V, Hasher>;
+
+fn random_hasher() -> Hasher {
+    match chat_state_core::random_u64() {
+        Ok(seed) => SeedableRandomState::with_seed(seed, SharedSeed::global_random()),
+        // Without OS randomness no unguessable seed is to be had; foldhash's own
+        // per-instance seed is the next best thing, and the store still works.
+        Err(_) => SeedableRandomState::random(),
+    }
+}
 
 /// The in-process backend as a [`StateAdapter`](chat_state_core::StateAdapter): the
 /// [`MemoryBackend`] behind core's rule layer. `MemoryState::default()` is an empty store on
@@ -31,32 +49,68 @@ pub type MemoryState = Checked<MemoryBackend>;
 ///
 /// Every operation locks exactly one shard (chosen by the key's hash), does its work without
 /// awaiting, and unlocks, so no lock is ever held across an `.await` and unrelated keys do
-/// not contend. Expiry is checked on every read; besides, each operation removes up to a few
-/// expired entries of its shard, so memory does not grow with dead entries
-/// ([`MemoryBackend::purge_expired`] removes all of them at once).
+/// not contend. Expiry is checked on every read; besides, each operation that reads the clock
+/// visits a few expiring rows of its shard (a sweep that goes round the shard) and removes the
+/// dead ones, so memory does not grow with dead entries and no write pays for an expiry index
+/// ([`MemoryBackend::purge_expired`] removes all dead rows at once).
 #[derive(Debug)]
 pub struct MemoryBackend {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    /// Picks the shard; seeded apart from the maps', so a shard's keys still spread over its
+    /// maps' buckets.
+    shard_hasher: Hasher,
     clock: SharedClock,
-    /// One counter for every lock id: strictly increasing per id follows from strictly
-    /// increasing overall, and no per-id state has to outlive the lock.
-    fence: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Namespace {
-    Lock,
-    Cache,
-    List,
-    Queue,
+/// A stored row that can die of old age.
+trait Expiring {
+    /// Whether the row is dead at `now` and may be removed unseen.
+    fn is_dead(&self, now: u64) -> bool;
+}
+
+/// A lock holder's token, inline when it is the 32 characters the rule layer draws for every
+/// acquisition, so taking a lock allocates nothing for it; any other length is kept on the heap.
+#[derive(Debug)]
+enum StoredToken {
+    Inline([u8; 32]),
+    Heap(Box<str>),
+}
+
+impl StoredToken {
+    fn new(token: &str) -> Self {
+        match <[u8; 32]>::try_from(token.as_bytes()) {
+            Ok(bytes) => StoredToken::Inline(bytes),
+            Err(_) => StoredToken::Heap(token.into()),
+        }
+    }
+
+    fn is(&self, token: &str) -> bool {
+        match self {
+            StoredToken::Inline(bytes) => bytes == token.as_bytes(),
+            StoredToken::Heap(stored) => **stored == *token,
+        }
+    }
+
+    fn to_owned_string(&self) -> String {
+        match self {
+            // Always UTF-8: the bytes came from a `&str`.
+            StoredToken::Inline(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            StoredToken::Heap(stored) => stored.to_string(),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct LockRow {
-    token: String,
+    token: StoredToken,
     expires_at: u64,
     fence: u64,
+}
+
+impl Expiring for LockRow {
+    fn is_dead(&self, now: u64) -> bool {
+        now >= self.expires_at
+    }
 }
 
 #[derive(Debug)]
@@ -65,97 +119,194 @@ struct CacheRow {
     expires_at: Option<u64>,
 }
 
+impl Expiring for CacheRow {
+    fn is_dead(&self, now: u64) -> bool {
+        !is_live(self.expires_at, now)
+    }
+}
+
 #[derive(Debug, Default)]
 struct ListRow {
     items: VecDeque<Vec<u8>>,
     expires_at: Option<u64>,
 }
 
+impl Expiring for ListRow {
+    fn is_dead(&self, now: u64) -> bool {
+        !is_live(self.expires_at, now)
+    }
+}
+
 #[derive(Debug, Default)]
 struct QueueRow {
     entries: VecDeque<QueueEntry>,
+    /// At least the latest `expires_at` of the entries: once it has passed, every entry has.
+    /// Only raised, never lowered when entries leave, so it may be late, never early.
+    dead_from: u64,
 }
 
 impl QueueRow {
     fn drop_expired(&mut self, now: u64) {
         self.entries.retain(|e| !e.is_expired_at(now));
     }
+}
 
-    /// When the last entry dies, after which the whole queue can go.
-    fn last_expiry(&self) -> Option<u64> {
-        self.entries.iter().map(|e| e.expires_at).max()
+impl Expiring for QueueRow {
+    fn is_dead(&self, now: u64) -> bool {
+        self.entries.is_empty() || now >= self.dead_from
     }
 }
 
-#[derive(Debug, Default)]
+/// The expiring maps of a shard, in the order the sweep visits them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Namespace {
+    #[default]
+    Lock,
+    Cache,
+    List,
+    Queue,
+}
+
+impl Namespace {
+    fn next(self) -> Self {
+        match self {
+            Namespace::Lock => Namespace::Cache,
+            Namespace::Cache => Namespace::List,
+            Namespace::List => Namespace::Queue,
+            Namespace::Queue => Namespace::Lock,
+        }
+    }
+}
+
+/// Where the shard's sweep stands: the next row to visit.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cursor {
+    namespace: Namespace,
+    index: usize,
+}
+
+#[derive(Debug)]
 struct Shard {
-    subscriptions: HashSet<String>,
-    locks: HashMap<String, LockRow>,
-    cache: HashMap<String, CacheRow>,
-    lists: HashMap<String, ListRow>,
-    queues: HashMap<String, QueueRow>,
-    /// Exactly one entry per expiring row: `(expires_at, namespace, key)`.
-    expiries: BTreeSet<(u64, Namespace, String)>,
+    subscriptions: HashSet<String, Hasher>,
+    locks: Map<LockRow>,
+    cache: Map<CacheRow>,
+    lists: Map<ListRow>,
+    queues: Map<QueueRow>,
+    cursor: Cursor,
+    /// The last fence issued for any lock of this shard. A lock id always maps to the same
+    /// shard, so strictly increasing per shard is strictly increasing per id; one counter per
+    /// shard, under the shard's mutex, is shared by no other core (a process-wide atomic
+    /// bounced between cores on every acquisition), and no per-id state outlives the lock.
+    last_fence: u64,
+}
+
+/// What visiting the row under the cursor found.
+enum Visit {
+    /// The row was dead and is gone; the map's last row moved into its place.
+    Removed,
+    Kept,
+    /// The cursor is past the map's last row.
+    End,
+}
+
+fn visit<V: Expiring>(map: &mut Map<V>, index: usize, now: u64) -> Visit {
+    match map.get_index(index) {
+        None => Visit::End,
+        Some((_, row)) if row.is_dead(now) => {
+            map.swap_remove_index(index);
+            Visit::Removed
+        }
+        Some(_) => Visit::Kept,
+    }
 }
 
 impl Shard {
-    fn set_expiry(&mut self, ns: Namespace, key: &str, old: Option<u64>, new: Option<u64>) {
-        if old == new {
-            return;
-        }
-        if let Some(at) = old {
-            self.expiries.remove(&(at, ns, key.to_owned()));
-        }
-        if let Some(at) = new {
-            self.expiries.insert((at, ns, key.to_owned()));
+    fn new() -> Self {
+        Self {
+            subscriptions: HashSet::with_hasher(random_hasher()),
+            locks: Map::with_hasher(random_hasher()),
+            cache: Map::with_hasher(random_hasher()),
+            lists: Map::with_hasher(random_hasher()),
+            queues: Map::with_hasher(random_hasher()),
+            cursor: Cursor::default(),
+            last_fence: 0,
         }
     }
 
-    /// Stores a cache row, replacing value and expiry, and keeps the expiry index in step.
-    fn put_cache(&mut self, key: &str, value: &[u8], expires_at: Option<u64>) {
-        let old = self
-            .cache
-            .insert(
-                key.to_owned(),
-                CacheRow {
-                    value: value.to_vec(),
-                    expires_at,
-                },
-            )
-            .and_then(|row| row.expires_at);
-        self.set_expiry(Namespace::Cache, key, old, expires_at);
+    fn expiring_rows(&self) -> usize {
+        self.locks.len() + self.cache.len() + self.lists.len() + self.queues.len()
     }
 
-    /// Removes up to `limit` rows whose expiry has passed. Returns how many it removed.
-    fn remove_expired(&mut self, now: u64, limit: usize) -> usize {
+    /// Visits up to `budget` expiring rows from the cursor on, removing the dead ones.
+    /// Returns how many it removed.
+    fn sweep(&mut self, now: u64, budget: usize) -> usize {
+        // Never more visits than rows, so a small shard is not gone round twice.
+        let mut visits = budget.min(self.expiring_rows());
         let mut removed = 0;
-        while removed < limit {
-            let Some(first) = self.expiries.first() else {
-                break;
+        while visits > 0 {
+            let Cursor { namespace, index } = self.cursor;
+            let found = match namespace {
+                Namespace::Lock => visit(&mut self.locks, index, now),
+                Namespace::Cache => visit(&mut self.cache, index, now),
+                Namespace::List => visit(&mut self.lists, index, now),
+                Namespace::Queue => visit(&mut self.queues, index, now),
             };
-            if first.0 > now {
-                break;
-            }
-            let Some((_, ns, key)) = self.expiries.pop_first() else {
-                break;
-            };
-            match ns {
-                Namespace::Lock => {
-                    self.locks.remove(&key);
-                }
-                Namespace::Cache => {
-                    self.cache.remove(&key);
-                }
-                Namespace::List => {
-                    self.lists.remove(&key);
-                }
-                Namespace::Queue => {
-                    self.queues.remove(&key);
+            match found {
+                // The row that moved into the slot is visited next.
+                Visit::Removed => removed += 1,
+                Visit::Kept => self.cursor.index += 1,
+                Visit::End => {
+                    self.cursor = Cursor {
+                        namespace: namespace.next(),
+                        index: 0,
+                    };
+                    continue;
                 }
             }
-            removed += 1;
+            visits -= 1;
         }
         removed
+    }
+
+    /// Removes every dead row. Returns how many it removed.
+    fn purge(&mut self, now: u64) -> usize {
+        let before = self.expiring_rows();
+        self.locks.retain(|_, row| !row.is_dead(now));
+        self.cache.retain(|_, row| !row.is_dead(now));
+        self.lists.retain(|_, row| !row.is_dead(now));
+        self.queues.retain(|_, row| !row.is_dead(now));
+        self.cursor = Cursor::default();
+        before - self.expiring_rows()
+    }
+
+    /// Stores a cache row, replacing value and expiry; reuses the row's buffer when it fits.
+    fn put_cache(&mut self, key: &str, value: &[u8], expires_at: Option<u64>) {
+        match self.cache.get_mut(key) {
+            Some(row) => {
+                copy_into(&mut row.value, value);
+                row.expires_at = expires_at;
+            }
+            None => {
+                self.cache.insert(
+                    key.to_owned(),
+                    CacheRow {
+                        value: value.to_vec(),
+                        expires_at,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Overwrites `buffer` with `value` without allocating when its capacity fits, unless that
+/// would keep much more memory than the value needs.
+fn copy_into(buffer: &mut Vec<u8>, value: &[u8]) {
+    if buffer.capacity() > 2 * value.len() + 64 {
+        *buffer = value.to_vec();
+    } else {
+        buffer.clear();
+        buffer.extend_from_slice(value);
     }
 }
 
@@ -180,10 +331,9 @@ impl MemoryBackend {
     /// An empty store reading time from a shared clock.
     pub fn with_shared_clock(clock: SharedClock) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            shard_hasher: random_hasher(),
             clock,
-            fence: AtomicU64::new(0),
         }
     }
 
@@ -192,7 +342,7 @@ impl MemoryBackend {
         let now = self.clock.now_ms();
         self.shards
             .iter()
-            .map(|shard| lock_shard(shard).remove_expired(now, usize::MAX))
+            .map(|shard| lock_shard(shard).purge(now))
             .sum()
     }
 
@@ -203,24 +353,53 @@ impl MemoryBackend {
             .iter()
             .map(|shard| {
                 let s = lock_shard(shard);
-                s.subscriptions.len()
-                    + s.locks.len()
-                    + s.cache.len()
-                    + s.lists.len()
-                    + s.queues.len()
+                s.subscriptions.len() + s.expiring_rows()
             })
             .sum()
     }
 
-    /// Runs `f` on the key's shard with the current time, after removing a few expired
-    /// entries of that shard.
-    fn with_shard<T>(&self, key: &str, f: impl FnOnce(&mut Shard, u64) -> Result<T>) -> Result<T> {
-        let index = (self.hasher.hash_one(key) as usize) & (SHARDS - 1);
-        let mut shard = lock_shard(&self.shards[index]);
-        let now = self.clock.now_ms();
-        shard.remove_expired(now, CLEANUP_PER_OP);
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let index = (self.shard_hasher.hash_one(key) as usize) & (SHARDS - 1);
+        lock_shard(&self.shards[index])
+    }
+
+    /// Runs `f` on the key's shard, for operations whose outcome does not depend on time.
+    fn with_shard<T>(&self, key: &str, f: impl FnOnce(&mut Shard) -> T) -> Result<T> {
+        Ok(f(&mut self.shard(key)))
+    }
+
+    /// Runs `f` on the key's shard at `now`; a write (which may add a row) first sweeps a
+    /// few rows of that shard.
+    fn with_shard_at<T>(
+        &self,
+        key: &str,
+        now: u64,
+        access: Access,
+        f: impl FnOnce(&mut Shard, u64) -> Result<T>,
+    ) -> Result<T> {
+        let mut shard = self.shard(key);
+        if access == Access::Write {
+            shard.sweep(now, CLEANUP_PER_OP);
+        }
         f(&mut shard, now)
     }
+
+    /// [`Self::with_shard_at`] the current time.
+    fn with_shard_now<T>(
+        &self,
+        key: &str,
+        access: Access,
+        f: impl FnOnce(&mut Shard, u64) -> Result<T>,
+    ) -> Result<T> {
+        self.with_shard_at(key, self.clock.now_ms(), access, f)
+    }
+}
+
+/// Whether an operation may add a row, and so pays for sweeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
 }
 
 /// A poisoned shard only means another thread panicked mid-operation; every operation leaves
@@ -241,35 +420,33 @@ fn expiry(op: Operation, now: u64, ttl: Option<Duration>) -> Result<Option<u64>>
 }
 
 impl MemoryBackend {
-    /// Runs `f` on the thread's queue with expired entries already dropped, then keeps the
-    /// expiry index in step (and drops the queue once it is empty).
-    fn with_queue<T>(&self, thread_id: &str, f: impl FnOnce(&mut QueueRow, u64) -> T) -> Result<T> {
-        self.with_shard(thread_id, |s, now| {
-            let Some(mut row) = s.queues.remove(thread_id) else {
-                let mut empty = QueueRow::default();
-                let out = f(&mut empty, now);
-                if !empty.entries.is_empty() {
-                    let at = empty.last_expiry();
-                    s.set_expiry(Namespace::Queue, thread_id, None, at);
-                    s.queues.insert(thread_id.to_owned(), empty);
+    /// Runs `f` on the thread's queue with expired entries already dropped, and drops the
+    /// queue once it is empty.
+    fn with_queue<T>(
+        &self,
+        thread_id: &str,
+        access: Access,
+        f: impl FnOnce(&mut QueueRow, u64) -> T,
+    ) -> Result<T> {
+        self.with_shard_now(thread_id, access, |s, now| {
+            let Some(row) = s.queues.get_mut(thread_id) else {
+                let mut row = QueueRow::default();
+                let out = f(&mut row, now);
+                if !row.entries.is_empty() {
+                    s.queues.insert(thread_id.to_owned(), row);
                 }
                 return Ok(out);
             };
-            let old = row.last_expiry();
             row.drop_expired(now);
-            let out = f(&mut row, now);
-            let new = row.last_expiry();
-            s.set_expiry(Namespace::Queue, thread_id, old, new);
-            if !row.entries.is_empty() {
-                s.queues.insert(thread_id.to_owned(), row);
+            let out = f(row, now);
+            if row.entries.is_empty() {
+                s.queues.swap_remove(thread_id);
             }
             Ok(out)
         })
     }
 }
 
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
 impl Backend for MemoryBackend {
     fn name(&self) -> &'static str {
         BACKEND
@@ -281,94 +458,98 @@ impl Backend for MemoryBackend {
 
     async fn close(&self) -> Result<()> {
         for shard in self.shards.iter() {
-            *lock_shard(shard) = Shard::default();
+            let mut s = lock_shard(shard);
+            // Fences keep rising, even for a caller that uses the backend after close.
+            let last_fence = s.last_fence;
+            *s = Shard::new();
+            s.last_fence = last_fence;
         }
         Ok(())
     }
 
     async fn subscribe(&self, thread_id: &str) -> Result<()> {
-        self.with_shard(thread_id, |s, _| {
-            s.subscriptions.insert(thread_id.to_owned());
-            Ok(())
+        self.with_shard(thread_id, |s| {
+            if !s.subscriptions.contains(thread_id) {
+                s.subscriptions.insert(thread_id.to_owned());
+            }
         })
     }
 
     async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
-        self.with_shard(thread_id, |s, _| {
+        self.with_shard(thread_id, |s| {
             s.subscriptions.remove(thread_id);
-            Ok(())
         })
     }
 
     async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
-        self.with_shard(thread_id, |s, _| Ok(s.subscriptions.contains(thread_id)))
+        self.with_shard(thread_id, |s| s.subscriptions.contains(thread_id))
     }
 
     async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>> {
         let lock_id = request.lock_id;
-        self.with_shard(lock_id, |s, now| {
-            let old_expiry = match s.locks.get(lock_id) {
-                Some(row) if now < row.expires_at => return Ok(None),
-                Some(row) => Some(row.expires_at),
-                None => None,
-            };
-            // The same clock the layer read just before: its expiry is exactly ours.
-            let expires_at = request.expires_at;
-            let fence = self.fence.fetch_add(1, Ordering::SeqCst) + 1;
-            s.locks.insert(
-                lock_id.to_owned(),
-                LockRow {
-                    token: request.token.to_owned(),
-                    expires_at,
-                    fence,
-                },
-            );
-            s.set_expiry(Namespace::Lock, lock_id, old_expiry, Some(expires_at));
-            Ok(Some(fence))
+        // The time the layer read just before, on this same clock: a holder that expired
+        // since is seen as holding, never the other way round, and the expiry is exactly
+        // the one the caller is told.
+        self.with_shard_at(lock_id, request.now_ms, Access::Write, |s, now| {
+            let Shard {
+                locks, last_fence, ..
+            } = s;
+            match locks.get_mut(lock_id) {
+                Some(row) if now < row.expires_at => Ok(None),
+                Some(row) => {
+                    *last_fence += 1;
+                    row.token = StoredToken::new(request.token);
+                    row.expires_at = request.expires_at;
+                    row.fence = *last_fence;
+                    Ok(Some(*last_fence))
+                }
+                None => {
+                    *last_fence += 1;
+                    let row = LockRow {
+                        token: StoredToken::new(request.token),
+                        expires_at: request.expires_at,
+                        fence: *last_fence,
+                    };
+                    locks.insert(lock_id.to_owned(), row);
+                    Ok(Some(*last_fence))
+                }
+            }
         })
     }
 
     async fn release_lock(&self, lock: &Lock) -> Result<()> {
-        self.with_shard(&lock.thread_id, |s, _| {
+        self.with_shard(&lock.thread_id, |s| {
             if s.locks
                 .get(&lock.thread_id)
-                .is_some_and(|row| row.token == lock.token)
-                && let Some(row) = s.locks.remove(&lock.thread_id)
+                .is_some_and(|row| row.token.is(&lock.token))
             {
-                s.set_expiry(Namespace::Lock, &lock.thread_id, Some(row.expires_at), None);
+                s.locks.swap_remove(&lock.thread_id);
             }
-            Ok(())
         })
     }
 
     async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool> {
         let lock_id = request.lock_id;
-        self.with_shard(lock_id, |s, now| {
+        self.with_shard_at(lock_id, request.now_ms, Access::Read, |s, now| {
             let Some(row) = s.locks.get_mut(lock_id) else {
                 return Ok(false);
             };
-            if row.token != request.token || now >= row.expires_at {
+            if !row.token.is(request.token) || now >= row.expires_at {
                 return Ok(false);
             }
-            let old = row.expires_at;
-            let new = validate::expiry_ms(BACKEND, Operation::ExtendLock, now, request.ttl)?;
-            row.expires_at = new;
-            s.set_expiry(Namespace::Lock, lock_id, Some(old), Some(new));
+            row.expires_at = request.expires_at;
             Ok(true)
         })
     }
 
     async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
-        self.with_shard(lock_id, |s, _| {
-            if let Some(row) = s.locks.remove(lock_id) {
-                s.set_expiry(Namespace::Lock, lock_id, Some(row.expires_at), None);
-            }
-            Ok(())
+        self.with_shard(lock_id, |s| {
+            s.locks.swap_remove(lock_id);
         })
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.with_shard(key, |s, now| {
+        self.with_shard_now(key, Access::Read, |s, now| {
             Ok(s.cache
                 .get(key)
                 .filter(|row| is_live(row.expires_at, now))
@@ -377,7 +558,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        self.with_shard(key, |s, now| {
+        self.with_shard_now(key, Access::Write, |s, now| {
             s.put_cache(key, value, expiry(Operation::Set, now, ttl)?);
             Ok(())
         })
@@ -389,7 +570,7 @@ impl Backend for MemoryBackend {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool> {
-        self.with_shard(key, |s, now| {
+        self.with_shard_now(key, Access::Write, |s, now| {
             if let Some(row) = s.cache.get(key)
                 && is_live(row.expires_at, now)
             {
@@ -401,19 +582,18 @@ impl Backend for MemoryBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.with_shard(key, |s, _| {
-            if let Some(row) = s.cache.remove(key) {
-                s.set_expiry(Namespace::Cache, key, row.expires_at, None);
-            }
-            Ok(())
+        self.with_shard(key, |s| {
+            s.cache.swap_remove(key);
         })
     }
 
     async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()> {
-        self.with_shard(key, |s, now| {
+        self.with_shard_now(key, Access::Write, |s, now| {
             let new_expiry = expiry(Operation::AppendToList, now, options.ttl)?;
-            let row = s.lists.entry(key.to_owned()).or_default();
-            let old_expiry = row.expires_at;
+            let row = match s.lists.get_mut(key) {
+                Some(row) => row,
+                None => s.lists.entry(key.to_owned()).or_default(),
+            };
             if !is_live(row.expires_at, now) {
                 // An expired list restarts empty, with no expiry unless this append sets one.
                 *row = ListRow::default();
@@ -427,14 +607,12 @@ impl Backend for MemoryBackend {
             if new_expiry.is_some() {
                 row.expires_at = new_expiry;
             }
-            let current = row.expires_at;
-            s.set_expiry(Namespace::List, key, old_expiry, current);
             Ok(())
         })
     }
 
     async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
-        self.with_shard(key, |s, now| {
+        self.with_shard_now(key, Access::Read, |s, now| {
             Ok(s.lists
                 .get(key)
                 .filter(|row| is_live(row.expires_at, now))
@@ -444,9 +622,10 @@ impl Backend for MemoryBackend {
     }
 
     async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
-        self.with_queue(thread_id, |row, now| {
+        self.with_queue(thread_id, Access::Write, |row, now| {
             // An entry already dead on arrival is accepted but, by rule 7, never counted.
             if !entry.is_expired_at(now) {
+                row.dead_from = row.dead_from.max(entry.expires_at);
                 row.entries.push_back(entry);
             }
             while row.entries.len() > max_size {
@@ -457,23 +636,23 @@ impl Backend for MemoryBackend {
     }
 
     async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
-        self.with_queue(thread_id, |row, _| row.entries.pop_front())
+        self.with_queue(thread_id, Access::Read, |row, _| row.entries.pop_front())
     }
 
     async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
-        self.with_queue(thread_id, |row, _| row.entries.len())
+        self.with_queue(thread_id, Access::Read, |row, _| row.entries.len())
     }
 }
 
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
 impl LockInspector for MemoryBackend {
     async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>> {
-        self.with_shard(lock_id, |s, now| {
+        self.with_shard_now(lock_id, Access::Read, |s, now| {
             Ok(s.locks
                 .get(lock_id)
                 .filter(|row| now < row.expires_at)
-                .map(|row| LockInfo::new(row.token.clone(), row.expires_at, Some(row.fence))))
+                .map(|row| {
+                    LockInfo::new(row.token.to_owned_string(), row.expires_at, Some(row.fence))
+                }))
         })
     }
 }
@@ -514,10 +693,14 @@ mod tests {
         }
         assert_eq!(state.backend().stored_rows(), 2_000);
         clock.advance(Duration::from_millis(10));
-        // One call cleans exactly its budget from its shard (2,000 rows over 32 shards leave
-        // every shard more expired rows than that), never the whole backlog...
-        state.get("one call").await.unwrap();
-        assert_eq!(state.backend().stored_rows(), 2_000 - CLEANUP_PER_OP);
+        // Reads leave them be...
+        state.get("a read").await.unwrap();
+        assert_eq!(state.backend().stored_rows(), 2_000);
+        // ...one write cleans exactly its budget from its shard (2,000 rows over 32 shards
+        // leave every shard more expired rows than that), never the whole backlog...
+        state.delete("a write").await.unwrap();
+        state.set("a write", b"v", None).await.unwrap();
+        assert_eq!(state.backend().stored_rows(), 2_000 - CLEANUP_PER_OP + 1);
         // ...so unrelated traffic cleans a bounded amount per call...
         for i in 0..400 {
             state.set(&format!("live{i}"), b"v", None).await.unwrap();
@@ -529,7 +712,7 @@ mod tests {
         );
         // ...and a purge removes the rest, leaving exactly the live rows.
         state.backend().purge_expired();
-        assert_eq!(state.backend().stored_rows(), 400);
+        assert_eq!(state.backend().stored_rows(), 401);
         // Close frees what is left rather than waiting for the drop.
         state.close().await.unwrap();
         assert_eq!(state.backend().stored_rows(), 0);
@@ -572,29 +755,142 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn overwriting_a_key_keeps_one_index_entry() {
-        let clock = ManualClock::new(0);
-        let state = state_on(&clock);
-        for ttl in 1..=100 {
-            state
-                .set("k", b"v", Some(Duration::from_secs(ttl)))
-                .await
-                .unwrap();
+    async fn tokens_of_any_length_are_kept_and_compared_exactly() {
+        // Through the rule layer every token is 32 characters (kept inline); a caller of the
+        // raw backend may store others, kept on the heap.
+        let backend = MemoryBackend::with_clock(ManualClock::new(1_000));
+        let ttl = Duration::from_secs(1);
+        let hex = "0123456789abcdef0123456789abcdef";
+        for token in [hex, "short", "a-token-longer-than-thirty-two-characters"] {
+            let request =
+                LockRequest::new(BACKEND, Operation::AcquireLock, "t", token, ttl, 1_000).unwrap();
+            assert!(backend.acquire_lock(&request).await.unwrap().is_some());
+            let info = backend.lock_info("t").await.unwrap().unwrap();
+            assert_eq!(info.token, token);
+            let other = Lock {
+                thread_id: "t".into(),
+                token: format!("{token}x"),
+                expires_at: 2_000,
+                fence: 0,
+            };
+            backend.release_lock(&other).await.unwrap();
+            assert!(
+                backend.lock_info("t").await.unwrap().is_some(),
+                "{token}: wrong token released"
+            );
+            let extend = LockRequest::new(
+                BACKEND,
+                Operation::ExtendLock,
+                "t",
+                &other.token,
+                ttl,
+                1_000,
+            )
+            .unwrap();
+            assert!(!backend.extend_lock(&extend).await.unwrap());
+            let extend =
+                LockRequest::new(BACKEND, Operation::ExtendLock, "t", token, ttl, 1_000).unwrap();
+            assert!(backend.extend_lock(&extend).await.unwrap());
+            let mine = Lock {
+                token: token.into(),
+                ..other
+            };
+            backend.release_lock(&mine).await.unwrap();
+            assert_eq!(
+                backend.lock_info("t").await.unwrap(),
+                None,
+                "{token}: not released"
+            );
         }
-        let indexed: usize = state
-            .backend()
-            .shards
-            .iter()
-            .map(|s| lock_shard(s).expiries.len())
-            .sum();
-        assert_eq!(indexed, 1);
-        state.set("k", b"v", None).await.unwrap();
-        let indexed: usize = state
-            .backend()
-            .shards
-            .iter()
-            .map(|s| lock_shard(s).expiries.len())
-            .sum();
-        assert_eq!(indexed, 0);
+    }
+
+    /// A shard with every kind of expiring row, half of them dying at 2,000 ms.
+    fn mixed_shard(rows_per_kind: usize) -> Shard {
+        let mut s = Shard::new();
+        for i in 0..rows_per_kind {
+            let key = format!("k{i}");
+            let dies = (i % 2 == 0).then_some(2_000);
+            s.locks.insert(
+                key.clone(),
+                LockRow {
+                    token: StoredToken::new("t"),
+                    expires_at: dies.unwrap_or(u64::MAX),
+                    fence: 1,
+                },
+            );
+            s.put_cache(&key, b"v", dies);
+            s.lists.insert(
+                key.clone(),
+                ListRow {
+                    items: VecDeque::from([b"v".to_vec()]),
+                    expires_at: dies,
+                },
+            );
+            let entry = QueueEntry::new(serde_json::json!(i), 0, Duration::from_millis(2_000));
+            s.queues.insert(
+                key,
+                QueueRow {
+                    dead_from: if dies.is_some() { 2_000 } else { u64::MAX },
+                    entries: VecDeque::from([entry]),
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn the_sweep_goes_round_every_map_of_the_shard() {
+        let mut s = mixed_shard(50);
+        assert_eq!(s.sweep(1_999, 400), 0, "nothing is dead yet");
+        // 200 rows, 100 dead: each call visits 8, so 25 calls visit every row once, whatever
+        // the removals move around.
+        let removed: usize = (0..25).map(|_| s.sweep(2_000, 8)).sum();
+        assert_eq!(removed, 100);
+        assert_eq!(s.expiring_rows(), 100);
+        for (key, row) in &s.cache {
+            assert!(row.expires_at.is_none(), "{key} should have been swept");
+        }
+        assert!(s.locks.values().all(|r| r.expires_at == u64::MAX));
+        assert!(s.lists.values().all(|r| r.expires_at.is_none()));
+        assert!(s.queues.values().all(|r| r.dead_from == u64::MAX));
+        assert_eq!(s.sweep(10_000, 400), 0, "the live rows never die");
+    }
+
+    #[test]
+    fn one_sweep_visits_no_more_than_its_budget_nor_a_row_twice() {
+        let mut s = mixed_shard(50);
+        // Three visits: k0 (dead, removed; k49 moves into its slot), k49 (live), k1 (live).
+        assert_eq!(s.sweep(2_000, 3), 1);
+        assert_eq!(s.expiring_rows(), 199);
+        assert_eq!(s.sweep(2_000, 1), 1, "the fourth visit is k2, dead");
+        let mut small = mixed_shard(1);
+        assert_eq!(small.sweep(2_000, 400), 4, "4 rows: one visit each");
+        assert_eq!(small.sweep(2_000, 400), 0);
+        assert_eq!(small.purge(2_000), 0);
+        let mut purged = mixed_shard(50);
+        assert_eq!(purged.purge(1_999), 0);
+        assert_eq!(purged.purge(2_000), 100);
+    }
+
+    #[test]
+    fn overwriting_a_value_reuses_its_buffer_unless_it_would_waste_memory() {
+        let mut buffer = vec![0u8; 300];
+        let before = buffer.as_ptr();
+        copy_into(&mut buffer, &[1; 200]);
+        assert_eq!(
+            (buffer.as_ptr(), buffer.as_slice()),
+            (before, &[1u8; 200][..])
+        );
+        // The boundary: a buffer of exactly twice the value plus 64 bytes is still reused.
+        let mut edge: Vec<u8> = Vec::with_capacity(2 * 100 + 64);
+        let edge_at = edge.as_ptr();
+        copy_into(&mut edge, &[3; 100]);
+        assert_eq!(edge.as_ptr(), edge_at);
+        copy_into(&mut buffer, &[2; 10]);
+        assert_eq!(buffer, vec![2; 10]);
+        assert!(
+            buffer.capacity() < 300,
+            "a small value does not keep a big buffer"
+        );
     }
 }

@@ -140,7 +140,6 @@ async fn the_rule_layer_names_backend_and_operation_on_every_rejection() {
 #[derive(Debug, Default)]
 struct DefaultClock(chat_state_memory::MemoryBackend);
 
-#[async_trait]
 impl chat_state_core::Backend for DefaultClock {
     fn name(&self) -> &'static str {
         "default-clock"

@@ -9,8 +9,6 @@ use redis::Value;
 use crate::backend::now_ms;
 use crate::{BACKEND, RedisBackend};
 
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
 impl LockInspector for RedisBackend {
     /// Reads the lock key and its fence counter in one read-only script, in this adapter's
     /// layout (so cluster-tagged locks are found too). `fence` is the last fence issued for

@@ -105,8 +105,6 @@ fn snippet(raw: &[u8]) -> String {
     }
 }
 
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
 impl Backend for RedisBackend {
     fn name(&self) -> &'static str {
         BACKEND

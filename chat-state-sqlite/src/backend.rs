@@ -39,8 +39,6 @@ fn count(op: Operation, n: i64) -> Result<usize> {
     usize::try_from(n).map_err(|_| corrupt(op, format!("SQLite counted {n} entries")))
 }
 
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
 impl Backend for SqliteBackend {
     fn name(&self) -> &'static str {
         BACKEND
@@ -298,8 +296,6 @@ impl Backend for SqliteBackend {
     }
 }
 
-#[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
-#[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
 impl LockInspector for SqliteBackend {
     /// Reads the lock row on a read connection; never writes. Open with
     /// [`SchemaMode::VerifyOnly`](crate::SchemaMode::VerifyOnly) to inspect a deployment's

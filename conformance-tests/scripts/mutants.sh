@@ -19,9 +19,11 @@ fi
 
 # The suite on the reference backend, both clocks, is the test command: libtest runs the
 # cases in parallel, so the wall-clock run costs ~11 s of mostly sleeping per mutant. The
-# layers test covers the pointer impls and Layered; the crate's unit tests cover what the contract
-# cannot see (the bounded cleanup, memory freed on close).
-suite=(--test-package chat-state-memory -- --lib --test conformance --test layers)
+# layers test covers the pointer impls and Layered; the two crates' unit tests cover what the
+# contract cannot see (memory's bounded cleanup and freed rows, core's reused JSON buffers and
+# reseeded token generator).
+suite=(--test-package chat-state-memory --test-package chat-state-core
+  -- --lib --test conformance --test layers)
 
 case "$what" in
   memory)
@@ -48,7 +50,7 @@ esac
 # The unmutated tree must pass first, so a red tree is never mistaken for a strong suite.
 # (Run here rather than by cargo-mutants: its baseline tests the mutated package, core, and
 # not the test package.) Two jobs: one builds while the other's wall-clock cases sleep.
-cargo test -p chat-state-memory --lib --test conformance --test layers -q
+cargo test -p chat-state-memory -p chat-state-core --lib --test conformance --test layers -q
 mkdir -p "target/mutants/$what"
 cargo mutants --no-shuffle --jobs 2 --baseline skip --timeout 120 \
   --output "target/mutants/$what" "${files[@]}" "${suite[@]}"

@@ -343,7 +343,6 @@ impl Newbie {
     }
 }
 
-#[async_trait]
 impl Backend for Newbie {
     fn name(&self) -> &'static str {
         "newbie"

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use chat_state_conformance::{Failure, Harness, Outcome, Report, run_all};
 use chat_state_core::{
     Backend, Checked, Clock, ListOptions, Lock, LockInspector, LockRequest, ManualClock, Operation,
-    QueueEntry, Result, StateAdapter, async_trait, validate,
+    QueueEntry, Result, StateAdapter, validate,
 };
 use chat_state_memory::{MemoryBackend, MemoryState};
 
@@ -149,7 +149,6 @@ impl Broken {
     }
 }
 
-#[async_trait]
 impl Backend for Broken {
     fn name(&self) -> &'static str {
         self.inner.name()

@@ -104,6 +104,7 @@ pub async fn validation_oversized_multibyte_key_rejected_everywhere(h: &Harness)
 pub async fn validation_nul_key_rejected_everywhere(h: &Harness) -> CaseResult {
     every_operation_rejects(h, "a\0b", "a key containing NUL").await?;
     every_operation_rejects(h, "\0", "a key that is a single NUL").await?;
+    every_operation_rejects(h, "a\0\0b", "a key with two NULs").await?;
     nothing_stored(h, "a").await?;
     nothing_stored(h, "ab").await
 }
@@ -143,6 +144,7 @@ pub async fn validation_lock_token_rules(h: &Harness) -> CaseResult {
         (String::new(), "an empty token"),
         ("f".repeat(MAX_KEY_BYTES + 1), "a 1025-byte token"),
         ("ab\0cd".to_owned(), "a token containing NUL"),
+        ("ab\0\0cd".to_owned(), "a token containing two NULs"),
     ] {
         let bad = Lock {
             token,

@@ -33,7 +33,7 @@ impl Counting {
     }
 }
 
-// The same pair of attributes every backend uses: `Send` futures natively, `?Send` on wasm32.
+// `Layer` is an `async_trait` trait: `Send` futures natively, `?Send` on wasm32.
 #[cfg_attr(not(target_arch = "wasm32"), chat_state_core::async_trait)]
 #[cfg_attr(target_arch = "wasm32", chat_state_core::async_trait(?Send))]
 impl Layer for Counting {
