@@ -85,17 +85,14 @@ fn decode<T: DeserializeOwned>(
     key: &str,
     bytes: &[u8],
 ) -> Result<T> {
-    let corrupt = |e: &dyn std::fmt::Display| {
+    crate::json::from_json_slice(bytes).map_err(|e| {
         Error::corrupt(format!(
             "stored value at {key:?} is not the expected JSON ({} bytes): {e}",
             bytes.len()
         ))
         .context(backend, op)
-    };
-    // One UTF-8 check of the whole value, then a parser that trusts it: `from_slice` checks
-    // every string on its own, which cost more than the rest of the parse.
-    let text = std::str::from_utf8(bytes).map_err(|e| corrupt(&e).with_source(e))?;
-    serde_json::from_str(text).map_err(|e| corrupt(&e).with_source(e))
+        .with_source(e)
+    })
 }
 
 /// Typed JSON helpers for every [`StateAdapter`], implemented once for all of them

@@ -7,6 +7,7 @@ mod error;
 mod ext;
 #[cfg(not(target_arch = "wasm32"))]
 mod guard;
+pub mod json;
 mod layer;
 mod lifecycle;
 mod token;

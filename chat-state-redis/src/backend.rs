@@ -357,7 +357,9 @@ impl Backend for RedisBackend {
             return Ok(None);
         };
         let parsed = (status == "ok")
-            .then(|| serde_json::from_slice::<QueueEntry>(&raw).ok())
+            // A TypeScript bot's entry may hold lone surrogates (`JSON.stringify` of a string
+            // cut inside an emoji); they decode as U+FFFD rather than lose the entry.
+            .then(|| chat_state_core::json::from_json_slice::<QueueEntry>(&raw).ok())
             .flatten();
         parsed.map(Some).ok_or_else(|| {
             // The script already removed it: report it rather than block the queue forever.

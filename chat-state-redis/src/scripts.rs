@@ -48,10 +48,21 @@ return 1
 /// Shared by the queue scripts: whether a stored entry is alive at `now`. Entries another
 /// client wrote that do not decode count as alive, so `dequeue` reports them as corrupt
 /// instead of dropping them silently.
+///
+/// cjson refuses lone surrogate escapes (`"\ud83e"`, which `JSON.stringify` writes for a
+/// string cut inside an emoji); only `expiresAt` matters here, so such an entry is read again
+/// with every surrogate escape masked, and the client decodes the message itself.
 const ALIVE: &str = r"
-local function alive(raw, now)
+local function decode(raw)
   local ok, e = pcall(cjson.decode, raw)
-  if not ok or type(e) ~= 'table' or type(e.expiresAt) ~= 'number' then
+  if ok then return e end
+  ok, e = pcall(cjson.decode, (string.gsub(raw, '\u[dD][89abcdefABCDEF]%x%x', '\u003f')))
+  if ok then return e end
+  return nil
+end
+local function alive(raw, now)
+  local e = decode(raw)
+  if type(e) ~= 'table' or type(e.expiresAt) ~= 'number' then
     return true, nil
   end
   return e.expiresAt > now, e.expiresAt

@@ -334,3 +334,69 @@ async fn foreign_data_gives_typed_errors() {
         ErrorKind::CorruptData
     );
 }
+
+/// JavaScript strings are UTF-16: a message cut inside an emoji and written by the TypeScript
+/// adapter (`JSON.stringify`) holds a lone surrogate escape, which is not Unicode. It must
+/// still be read, never lost: the lone surrogate decodes as U+FFFD.
+#[tokio::test]
+async fn typescript_lone_surrogates_are_read_not_lost() {
+    let server = support::RedisServer::start();
+    let (state, mut ts) = setup(&server).await;
+    let now = SystemClock.now_ms();
+    let expires = now + 90_000;
+    // The bytes exactly as upstream writes them: JSON.stringify under Node, one per line.
+    let script = format!(
+        r#"const text = "cut 🤖".slice(0, 5);
+        const entry = {{ message: {{ id: "m1", text }}, enqueuedAt: {now}, expiresAt: {expires} }};
+        const dead = {{ message: {{ id: "m0", text }}, enqueuedAt: {now} - 20000, expiresAt: {now} - 10000 }};
+        process.stdout.write([entry, {{ text }}, dead].map((v) => JSON.stringify(v)).join("\n"));"#
+    );
+    let written = support::run_node(&script);
+    let lines: Vec<&str> = written.split('\n').collect();
+    let [entry_json, value_json, dead_json] = lines[..] else {
+        panic!("three lines expected: {written}");
+    };
+    assert!(
+        [entry_json, value_json, dead_json]
+            .iter()
+            .all(|line| line.contains(r"\ud83e")),
+        "node should write a lone surrogate escape: {written}"
+    );
+    let cut = json!({"text": "cut \u{fffd}"});
+
+    // The expired one in front: the queue scripts must still see its expiry (cjson refuses
+    // lone surrogates), so it is neither counted nor returned.
+    let _: () = ts
+        .rpush("chat-sdk:queue:slack:C9:t1", dead_json)
+        .await
+        .unwrap();
+    let _: () = ts
+        .rpush("chat-sdk:queue:slack:C9:t1", entry_json)
+        .await
+        .unwrap();
+    assert_eq!(state.queue_depth("slack:C9:t1").await.unwrap(), 1);
+    let entry = state
+        .dequeue("slack:C9:t1")
+        .await
+        .unwrap()
+        .expect("the entry");
+    assert_eq!(entry.message, json!({"id": "m1", "text": "cut \u{fffd}"}));
+    assert_eq!((entry.enqueued_at, entry.expires_at), (now, expires));
+
+    for _ in 0..2 {
+        let _: () = ts
+            .rpush("chat-sdk:list:history:t9", value_json)
+            .await
+            .unwrap();
+    }
+    let items: Vec<Value> = state.get_list_json("history:t9").await.unwrap();
+    assert_eq!(items, vec![cut.clone(), cut.clone()]);
+
+    let _: () = ts.set("chat-sdk:cache:state:t9", value_json).await.unwrap();
+    let value: Value = state
+        .get_json("state:t9")
+        .await
+        .unwrap()
+        .expect("the value");
+    assert_eq!(value, cut);
+}

@@ -10,7 +10,7 @@ use chat_state_core::{
     Result, validate,
 };
 
-use crate::error::{corrupt, map_sqlx};
+use crate::error::corrupt;
 use crate::writes::{
     Acquire, Append, Delete, Dequeue, Enqueue, Extend, ForceRelease, Release, Set, SetIfNotExists,
     Subscribe, Unsubscribe,
@@ -33,6 +33,21 @@ impl SqliteBackend {
     fn scope(&self) -> &str {
         &self.inner.scope
     }
+
+    /// Runs a read on the writer's connection if the writer is idle, else on a read
+    /// connection (which never waits for the writer); see [`Writer::read_if_idle`].
+    ///
+    /// [`Writer::read_if_idle`]: crate::writer::Writer::read_if_idle
+    fn read<T>(
+        &self,
+        op: Operation,
+        read: impl Fn(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        match self.inner.writer.read_if_idle(op, &read) {
+            Some(result) => result,
+            None => self.inner.readers.read(op, read),
+        }
+    }
 }
 
 fn count(op: Operation, n: i64) -> Result<usize> {
@@ -51,9 +66,7 @@ impl Backend for SqliteBackend {
     async fn connect(&self) -> Result<()> {
         let op = Operation::Connect;
         // The schema was applied at open; this proves the file is still readable.
-        reads::ping(&mut *self.inner.readers.get(op).await?)
-            .await
-            .map_err(|e| map_sqlx(e, op))
+        self.inner.readers.read(op, reads::ping)
     }
 
     async fn close(&self) -> Result<()> {
@@ -69,7 +82,7 @@ impl Backend for SqliteBackend {
         }
         // Lets writes already handed to the writer commit, then closes its connection.
         self.inner.writer.shutdown().await;
-        self.inner.readers.close().await;
+        self.inner.readers.close();
         Ok(())
     }
 
@@ -93,13 +106,7 @@ impl Backend for SqliteBackend {
 
     async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
         let op = Operation::IsSubscribed;
-        reads::is_subscribed(
-            &mut *self.inner.readers.get(op).await?,
-            self.scope(),
-            thread_id,
-        )
-        .await
-        .map_err(|e| map_sqlx(e, op))
+        self.read(op, |c| reads::is_subscribed(c, self.scope(), thread_id))
     }
 
     async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>> {
@@ -160,14 +167,7 @@ impl Backend for SqliteBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let op = Operation::Get;
         let now = self.now();
-        reads::get(
-            &mut *self.inner.readers.get(op).await?,
-            self.scope(),
-            key,
-            now,
-        )
-        .await
-        .map_err(|e| map_sqlx(e, op))
+        self.read(op, |c| reads::get(c, self.scope(), key, now))
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
@@ -224,14 +224,7 @@ impl Backend for SqliteBackend {
     async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
         let op = Operation::GetList;
         let now = self.now();
-        reads::get_list(
-            &mut *self.inner.readers.get(op).await?,
-            self.scope(),
-            key,
-            now,
-        )
-        .await
-        .map_err(|e| map_sqlx(e, op))
+        self.read(op, |c| reads::get_list(c, self.scope(), key, now))
     }
 
     async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
@@ -271,7 +264,8 @@ impl Backend for SqliteBackend {
             u64::try_from(v)
                 .map_err(|_| corrupt(op, format!("queue entry has a negative {what} ({v})")))
         };
-        let message = serde_json::from_str(&message).map_err(|e| {
+        // Lone surrogates (a JavaScript writer's string cut inside an emoji) decode as U+FFFD.
+        let message = chat_state_core::json::from_json_slice(message.as_bytes()).map_err(|e| {
             corrupt(op, format!("queue entry message is not valid JSON: {e}")).with_source(e)
         })?;
         Ok(Some(QueueEntry {
@@ -284,14 +278,7 @@ impl Backend for SqliteBackend {
     async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
         let op = Operation::QueueDepth;
         let now = self.now();
-        let depth = reads::queue_depth(
-            &mut *self.inner.readers.get(op).await?,
-            self.scope(),
-            thread_id,
-            now,
-        )
-        .await
-        .map_err(|e| map_sqlx(e, op))?;
+        let depth = self.read(op, |c| reads::queue_depth(c, self.scope(), thread_id, now))?;
         count(op, depth)
     }
 }
@@ -303,14 +290,7 @@ impl LockInspector for SqliteBackend {
     async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>> {
         let op = Operation::LockInfo;
         let now = self.now();
-        let row = reads::lock_info(
-            &mut *self.inner.readers.get(op).await?,
-            self.scope(),
-            lock_id,
-            now,
-        )
-        .await
-        .map_err(|e| map_sqlx(e, op))?;
+        let row = self.read(op, |c| reads::lock_info(c, self.scope(), lock_id, now))?;
         row.map(|(token, expires_at, fence)| {
             let expires_at = u64::try_from(expires_at)
                 .map_err(|_| corrupt(op, format!("lock {lock_id:?} has expiry {expires_at}")))?;

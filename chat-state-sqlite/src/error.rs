@@ -1,4 +1,4 @@
-//! Turning SQLite and sqlx failures into the contract's typed [`Error`]s.
+//! Turning SQLite failures (from sqlx at open, from rusqlite on the hot path) into the contract's typed [`Error`]s.
 
 use std::fmt;
 
@@ -136,46 +136,86 @@ pub(crate) fn is_not_a_database(e: &sqlx::Error) -> bool {
     matches!(sqlite_code(e), Some(SQLITE_NOTADB | SQLITE_CORRUPT))
 }
 
+/// Kind and explanation for a SQLite result code (primary code, the low byte) and SQLite's
+/// message.
+fn classify_code(code: i32, detail: &str) -> (ErrorKind, String) {
+    match code {
+        SQLITE_BUSY | SQLITE_LOCKED => (
+            ErrorKind::Unavailable,
+            format!(
+                "the database stayed locked by another connection or process for longer \
+                 than busy_timeout ({detail}); retry, or raise busy_timeout"
+            ),
+        ),
+        SQLITE_READONLY => (
+            ErrorKind::Backend,
+            format!(
+                "the database is read-only ({detail}); check the permissions of the file \
+                 and its directory"
+            ),
+        ),
+        SQLITE_CORRUPT | SQLITE_NOTADB => (
+            ErrorKind::CorruptData,
+            format!(
+                "the database file is corrupt or not a SQLite database ({detail}); \
+                 restore it from a backup"
+            ),
+        ),
+        SQLITE_FULL => (
+            ErrorKind::Backend,
+            format!("the disk is full ({detail}); free space and retry"),
+        ),
+        SQLITE_IOERR | SQLITE_CANTOPEN => (
+            ErrorKind::Unavailable,
+            format!("SQLite could not read or write the file ({detail})"),
+        ),
+        _ => (ErrorKind::Backend, format!("SQLite error {code}: {detail}")),
+    }
+}
+
+/// The primary SQLite result code of a failure on the hot path (rusqlite), if it is one.
+pub(crate) fn rusqlite_code(e: &rusqlite::Error) -> Option<i32> {
+    e.sqlite_error().map(|f| f.extended_code & 0xff)
+}
+
+/// Whether a hot-path failure is `SQLITE_BUSY`/`SQLITE_LOCKED`: another connection holds
+/// the lock, nothing was done, and the same work can run again once it is free.
+pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(rusqlite_code(e), Some(SQLITE_BUSY | SQLITE_LOCKED))
+}
+
+/// Kind and explanation for a hot-path (rusqlite) error, without the source (so it can be
+/// built more than once).
+pub(crate) fn classify_rusqlite(e: &rusqlite::Error) -> (ErrorKind, String) {
+    match e {
+        rusqlite::Error::SqliteFailure(f, message) => {
+            let detail = message
+                .clone()
+                .unwrap_or_else(|| rusqlite::ffi::code_to_str(f.extended_code).to_owned());
+            classify_code(f.extended_code & 0xff, &detail)
+        }
+        other => (ErrorKind::Backend, other.to_string()),
+    }
+}
+
+/// The typed error for an operation that failed on the hot path, with the rusqlite error as
+/// its source.
+pub(crate) fn map_rusqlite(e: rusqlite::Error, op: Operation) -> Error {
+    let (kind, message) = classify_rusqlite(&e);
+    Error::new(kind, message)
+        .context(BACKEND, op)
+        .with_source(e)
+}
+
 /// Kind and explanation for a sqlx error, without the source (so it can be built more than
-/// once, e.g. for every caller of a failed group commit).
+/// once).
 pub(crate) fn classify(e: &sqlx::Error) -> (ErrorKind, String) {
     if let Some(code) = sqlite_code(e) {
         let detail = match e {
             sqlx::Error::Database(db) => db.message().to_owned(),
             _ => String::new(),
         };
-        return match code {
-            SQLITE_BUSY | SQLITE_LOCKED => (
-                ErrorKind::Unavailable,
-                format!(
-                    "the database stayed locked by another connection or process for longer \
-                     than busy_timeout ({detail}); retry, or raise busy_timeout"
-                ),
-            ),
-            SQLITE_READONLY => (
-                ErrorKind::Backend,
-                format!(
-                    "the database is read-only ({detail}); check the permissions of the file \
-                     and its directory"
-                ),
-            ),
-            SQLITE_CORRUPT | SQLITE_NOTADB => (
-                ErrorKind::CorruptData,
-                format!(
-                    "the database file is corrupt or not a SQLite database ({detail}); \
-                     restore it from a backup"
-                ),
-            ),
-            SQLITE_FULL => (
-                ErrorKind::Backend,
-                format!("the disk is full ({detail}); free space and retry"),
-            ),
-            SQLITE_IOERR | SQLITE_CANTOPEN => (
-                ErrorKind::Unavailable,
-                format!("SQLite could not read or write the file ({detail})"),
-            ),
-            _ => (ErrorKind::Backend, format!("SQLite error {code}: {detail}")),
-        };
+        return classify_code(code, &detail);
     }
     match e {
         sqlx::Error::PoolTimedOut => (

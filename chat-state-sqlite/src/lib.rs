@@ -5,9 +5,11 @@
 //   reads and writes, rows decoded into results;
 // - `reads` / `writes`: the SQL of each read and of each write (one `Write` type per write,
 //   with its own output type);
-// - `writer`: the group-commit engine (channel, batching, transactions, retries);
+// - `writer`: the group-commit engine (queue, lead hand-off, batching, transactions,
+//   retries);
 // - `readers`: the read connections;
-// - `open`, `config`, `schema`: opening, its options, the versioned schema;
+// - `open`, `config`, `schema`: opening (schema and migrations through sqlx, then the
+//   hot-path connections on libsqlite3 through rusqlite), its options, the versioned schema;
 // - `cleanup`: expired-row cleanup, on demand and in the background;
 // - `error`: SQLite failures as the contract's typed errors.
 
@@ -55,7 +57,7 @@ pub const SCHEMA_VERSION: i64 = schema::LATEST_VERSION;
 /// [`Checked::backend`]. See the crate docs for the design.
 pub type SqliteState = Checked<SqliteBackend>;
 
-/// The SQLite backend's storage: one writer task (group commit) and a set of read
+/// The SQLite backend's storage: one writer connection (group commit) and a set of read
 /// connections on one database file.
 ///
 /// Use it as a [`SqliteState`], which is what the constructors return; the layer validates
@@ -94,9 +96,9 @@ impl SqliteBackend {
     /// WAL mode, `synchronous = NORMAL`, a 5 s busy timeout, no key prefix, the system
     /// clock, schema created or upgraded, expired rows cleaned every 60 s.
     ///
-    /// Must be called inside a tokio runtime (it starts the writer and cleanup tasks on it),
-    /// and used while that runtime runs: once it shuts down, operations fail with
-    /// [`ErrorKind::Closed`](chat_state_core::ErrorKind::Closed).
+    /// Must be called inside a tokio runtime (it starts the cleanup task on it, and a write
+    /// that finds the file locked by another process waits on the runtime's blocking
+    /// threads).
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteState> {
         Self::builder(path).open().await
     }
@@ -107,10 +109,11 @@ impl SqliteBackend {
     }
 
     /// A builder that uses the application's existing pool: one of its connections is taken
-    /// out of it (detached) to be the writer, and the read connections are opened with the
-    /// pool's connect options (its file, flags and pragmas), plus this builder's
-    /// `busy_timeout` and `synchronous`. The pool itself stays the application's, to use and
-    /// close.
+    /// out of it (detached) to check and migrate the schema, then closed; the backend's own
+    /// connections (the writer and the readers) are opened on the pool's file, with this
+    /// builder's `busy_timeout` and `synchronous`. The pool itself stays the application's,
+    /// to use and close. A pool on an in-memory database is refused (`InvalidInput`): no
+    /// other connection could see its data.
     pub fn builder_with_pool(pool: SqlitePool) -> SqliteBuilder {
         SqliteBuilder::new(Source::Pool(pool))
     }

@@ -1,15 +1,18 @@
-//! Opening a database: connection settings, the schema check or migration, WAL mode, then
-//! the writer, the read connections and the background cleanup task.
+//! Opening a database: connection settings, the schema check or migration and WAL mode
+//! (through sqlx), then the writer, the read connections (the hot path, on libsqlite3
+//! directly) and the background cleanup task.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chat_state_core::{Checked, Error, Operation, Result, validate};
+use rusqlite::{Connection, OpenFlags};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, SqliteConnection};
 
-use crate::config::{SchemaMode, Source};
-use crate::error::{self, OpenFailure, map_sqlx};
+use crate::config::{SchemaMode, Source, Synchronous};
+use crate::error::{self, OpenFailure, map_rusqlite, map_sqlx};
 use crate::readers::Readers;
 use crate::schema::{self, SchemaError};
 use crate::writer::Writer;
@@ -24,7 +27,7 @@ pub(crate) async fn open(b: SqliteBuilder) -> Result<SqliteState> {
     if !b.key_prefix.is_empty() {
         validate::key(BACKEND, Operation::Open, "key prefix", &b.key_prefix)?;
     }
-    let (mut conn, read_options, path) = match &b.source {
+    let (mut conn, file, path) = match &b.source {
         Source::Path(path) => {
             let shown = path.display().to_string();
             if path.is_dir() {
@@ -53,40 +56,70 @@ pub(crate) async fn open(b: SqliteBuilder) -> Result<SqliteState> {
                     open_error(e)
                 }
             })?;
-            // `create_if_missing` off: a file deleted under us is an error, not a new
-            // empty database.
-            (conn, options.create_if_missing(false), shown)
+            (conn, path.clone(), shown)
         }
         Source::Pool(pool) => {
+            let file = pool.connect_options().get_filename().to_path_buf();
+            // sqlx names the database of an in-memory pool `file:sqlx-in-memory-<n>` (a
+            // shared-cache URI), or keeps `:memory:`.
+            let name = file.to_string_lossy();
+            if name.is_empty() || name == ":memory:" || name.starts_with("file:sqlx-in-memory-") {
+                return Err(Error::invalid_input(
+                    "the pool is on an in-memory database, which only its own connections \
+                     can see; open the pool on a file",
+                )
+                .context(BACKEND, Operation::Open));
+            }
+            // Detached: the pragmas set on it below must not leak back into the pool.
             let conn = pool.acquire().await.map_err(open_error)?.detach();
-            let options = (*pool.connect_options()).clone();
-            let path = options.get_filename().display().to_string();
-            let options = options
-                .busy_timeout(b.busy_timeout)
-                .synchronous(b.synchronous.to_sqlx());
-            (conn, options, path)
+            let path = file.display().to_string();
+            (conn, file, path)
         }
     };
-    if let Err(e) = prepare(&mut conn, &b, &path).await {
-        schema::close_quietly(conn).await;
-        return Err(e);
-    }
+    let prepared = prepare(&mut conn, &b, &path).await;
+    schema::close_quietly(conn).await;
+    prepared?;
     // Opened after the schema is in place, so they never see a half-built file.
-    let readers = match Readers::open(&read_options, b.read_connections).await {
-        Ok(readers) => readers,
-        Err(e) => {
-            schema::close_quietly(conn).await;
-            return Err(open_error(e));
-        }
-    };
+    let hot = || connect(&file, b.busy_timeout, b.synchronous);
+    let writer_conn = hot().map_err(|e| map_rusqlite(e, Operation::Open))?;
+    let readers = (0..b.read_connections.max(1))
+        .map(|_| hot())
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| map_rusqlite(e, Operation::Open))?;
+    let readers = Readers::new(readers);
     let scope: Arc<str> = Arc::from(b.key_prefix.as_str());
-    let writer = Writer::spawn(conn, scope.clone(), b.clock.clone(), b.max_batch);
+    let writer = Writer::new(
+        writer_conn,
+        scope.clone(),
+        b.clock.clone(),
+        b.max_batch,
+        b.busy_timeout,
+    )?;
     let backend = SqliteBackend::new(writer, readers, scope, b.clock.clone(), b.cleanup_batch);
     if let Some(every) = b.cleanup_interval {
         cleanup::start(&backend, every);
     }
     tracing::debug!(path = %path, prefix = %b.key_prefix, "sqlite chat-state opened");
     Ok(Checked::new(backend))
+}
+
+/// A hot-path connection to `file`, which exists and has the schema: read-write, never
+/// created (a file deleted under us is an error, not a new empty database), no
+/// per-connection mutex (each connection is used by one thread at a time, behind our own
+/// lock), prepared statements cached.
+fn connect(file: &Path, busy_timeout: Duration, sync: Synchronous) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.execute_batch(sync.pragma())?;
+    // The bundled SQLite enforces foreign keys by default; our schema has none, so skip the
+    // per-statement lookups (as the sqlx connection at open does).
+    conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+    // Every statement of the crate (about 25) stays prepared.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 /// Connection settings, then the schema check or migration. Nothing is written before the

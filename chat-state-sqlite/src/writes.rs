@@ -6,11 +6,34 @@
 //! expired.
 
 use chat_state_core::Operation;
-use sqlx::SqliteConnection;
+use rusqlite::{Connection, Params, Row, params};
 
 use crate::writer::Write;
 
-type SqlResult<T> = std::result::Result<T, sqlx::Error>;
+type SqlResult<T> = rusqlite::Result<T>;
+
+/// Runs a write with a `RETURNING` clause of at most one row, to completion, and answers
+/// that row.
+///
+/// Why not `query_row`: it steps once and then resets the statement, ignoring what the reset
+/// reports. Alone (autocommit), a `RETURNING` statement commits only when it finishes, so a
+/// failed commit (disk full, I/O error) would be lost and the caller told the write was
+/// stored. Stepping until SQLite says done surfaces it.
+fn returning<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    row: impl FnOnce(&Row<'_>) -> SqlResult<T>,
+) -> SqlResult<Option<T>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query(params)?;
+    let first = match rows.next()? {
+        Some(r) => Some(row(r)?),
+        None => return Ok(None),
+    };
+    while rows.next()?.is_some() {}
+    Ok(first)
+}
 
 /// [`Subscriptions::subscribe`](chat_state_core::Subscriptions::subscribe).
 pub(crate) struct Subscribe {
@@ -22,14 +45,11 @@ impl Write for Subscribe {
     const OPERATION: Operation = Operation::Subscribe;
     const SINGLE_STATEMENT: bool = true;
 
-    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
-        sqlx::query(
+    fn execute(&self, conn: &Connection, scope: &str, _now: i64) -> SqlResult<()> {
+        conn.prepare_cached(
             "INSERT OR IGNORE INTO chat_state_subscriptions (scope, thread_id) VALUES (?1, ?2)",
-        )
-        .bind(scope)
-        .bind(&self.thread_id)
-        .execute(&mut *conn)
-        .await?;
+        )?
+        .execute(params![scope, &self.thread_id])?;
         Ok(())
     }
 }
@@ -44,12 +64,11 @@ impl Write for Unsubscribe {
     const OPERATION: Operation = Operation::Unsubscribe;
     const SINGLE_STATEMENT: bool = true;
 
-    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
-        sqlx::query("DELETE FROM chat_state_subscriptions WHERE scope = ?1 AND thread_id = ?2")
-            .bind(scope)
-            .bind(&self.thread_id)
-            .execute(&mut *conn)
-            .await?;
+    fn execute(&self, conn: &Connection, scope: &str, _now: i64) -> SqlResult<()> {
+        conn.prepare_cached(
+            "DELETE FROM chat_state_subscriptions WHERE scope = ?1 AND thread_id = ?2",
+        )?
+        .execute(params![scope, &self.thread_id])?;
         Ok(())
     }
 }
@@ -67,16 +86,12 @@ impl Write for Acquire {
     const OPERATION: Operation = Operation::AcquireLock;
     const SINGLE_STATEMENT: bool = true;
 
-    async fn execute(
-        &self,
-        conn: &mut SqliteConnection,
-        scope: &str,
-        now: i64,
-    ) -> SqlResult<Option<i64>> {
+    fn execute(&self, conn: &Connection, scope: &str, now: i64) -> SqlResult<Option<i64>> {
         // One statement: insert, or take over a row whose lock has expired (rule 1:
         // held iff now < expires_at). The fence is one above the file's floor, which the
         // trigger then raises: strictly increasing across release, expiry and restarts.
-        sqlx::query_scalar(
+        returning(
+            conn,
             "INSERT INTO chat_state_locks (scope, lock_id, token, expires_at, fence)
              VALUES (?1, ?2, ?3, ?4,
                      (SELECT value + 1 FROM chat_state_meta WHERE name = 'fence'))
@@ -86,14 +101,9 @@ impl Write for Acquire {
                  fence = excluded.fence
              WHERE chat_state_locks.expires_at <= ?5
              RETURNING fence",
+            params![scope, &self.lock_id, &self.token, self.expires_at, now],
+            |r| r.get(0),
         )
-        .bind(scope)
-        .bind(&self.lock_id)
-        .bind(&self.token)
-        .bind(self.expires_at)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await
     }
 }
 
@@ -108,15 +118,11 @@ impl Write for Release {
     const OPERATION: Operation = Operation::ReleaseLock;
     const SINGLE_STATEMENT: bool = true;
 
-    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
-        sqlx::query(
+    fn execute(&self, conn: &Connection, scope: &str, _now: i64) -> SqlResult<()> {
+        conn.prepare_cached(
             "DELETE FROM chat_state_locks WHERE scope = ?1 AND lock_id = ?2 AND token = ?3",
-        )
-        .bind(scope)
-        .bind(&self.lock_id)
-        .bind(&self.token)
-        .execute(&mut *conn)
-        .await?;
+        )?
+        .execute(params![scope, &self.lock_id, &self.token])?;
         Ok(())
     }
 }
@@ -134,20 +140,21 @@ impl Write for Extend {
     const OPERATION: Operation = Operation::ExtendLock;
     const SINGLE_STATEMENT: bool = true;
 
-    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, now: i64) -> SqlResult<bool> {
+    fn execute(&self, conn: &Connection, scope: &str, now: i64) -> SqlResult<bool> {
         // Only the current, unexpired holder: never resurrects (rule 3).
-        let done = sqlx::query(
-            "UPDATE chat_state_locks SET expires_at = ?4
+        let done = conn
+            .prepare_cached(
+                "UPDATE chat_state_locks SET expires_at = ?4
              WHERE scope = ?1 AND lock_id = ?2 AND token = ?3 AND expires_at > ?5",
-        )
-        .bind(scope)
-        .bind(&self.lock_id)
-        .bind(&self.token)
-        .bind(self.expires_at)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        Ok(done.rows_affected() == 1)
+            )?
+            .execute(params![
+                scope,
+                &self.lock_id,
+                &self.token,
+                self.expires_at,
+                now
+            ])?;
+        Ok(done == 1)
     }
 }
 
@@ -161,12 +168,9 @@ impl Write for ForceRelease {
     const OPERATION: Operation = Operation::ForceReleaseLock;
     const SINGLE_STATEMENT: bool = true;
 
-    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
-        sqlx::query("DELETE FROM chat_state_locks WHERE scope = ?1 AND lock_id = ?2")
-            .bind(scope)
-            .bind(&self.lock_id)
-            .execute(&mut *conn)
-            .await?;
+    fn execute(&self, conn: &Connection, scope: &str, _now: i64) -> SqlResult<()> {
+        conn.prepare_cached("DELETE FROM chat_state_locks WHERE scope = ?1 AND lock_id = ?2")?
+            .execute(params![scope, &self.lock_id])?;
         Ok(())
     }
 }
@@ -183,19 +187,19 @@ impl Write for Set {
     const OPERATION: Operation = Operation::Set;
     const SINGLE_STATEMENT: bool = true;
 
-    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
-        sqlx::query(
+    fn execute(&self, conn: &Connection, scope: &str, _now: i64) -> SqlResult<()> {
+        conn.prepare_cached(
             "INSERT INTO chat_state_cache (scope, cache_key, value, expires_at)
              VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (scope, cache_key) DO UPDATE SET
                  value = excluded.value, expires_at = excluded.expires_at",
-        )
-        .bind(scope)
-        .bind(&self.key)
-        .bind(self.value.as_slice())
-        .bind(self.expires_at)
-        .execute(&mut *conn)
-        .await?;
+        )?
+        .execute(params![
+            scope,
+            &self.key,
+            self.value.as_slice(),
+            self.expires_at
+        ])?;
         Ok(())
     }
 }
@@ -213,9 +217,10 @@ impl Write for SetIfNotExists {
     const OPERATION: Operation = Operation::SetIfNotExists;
     const SINGLE_STATEMENT: bool = true;
 
-    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, now: i64) -> SqlResult<bool> {
+    fn execute(&self, conn: &Connection, scope: &str, now: i64) -> SqlResult<bool> {
         // An expired row counts as absent (rule 5), so it is overwritten in place.
-        let stored: Option<i64> = sqlx::query_scalar(
+        let stored: Option<i64> = returning(
+            conn,
             "INSERT INTO chat_state_cache (scope, cache_key, value, expires_at)
              VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (scope, cache_key) DO UPDATE SET
@@ -223,14 +228,15 @@ impl Write for SetIfNotExists {
              WHERE chat_state_cache.expires_at IS NOT NULL
                AND chat_state_cache.expires_at <= ?5
              RETURNING 1",
-        )
-        .bind(scope)
-        .bind(&self.key)
-        .bind(self.value.as_slice())
-        .bind(self.expires_at)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await?;
+            params![
+                scope,
+                &self.key,
+                self.value.as_slice(),
+                self.expires_at,
+                now
+            ],
+            |r| r.get(0),
+        )?;
         Ok(stored.is_some())
     }
 }
@@ -245,12 +251,9 @@ impl Write for Delete {
     const OPERATION: Operation = Operation::Delete;
     const SINGLE_STATEMENT: bool = true;
 
-    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, _now: i64) -> SqlResult<()> {
-        sqlx::query("DELETE FROM chat_state_cache WHERE scope = ?1 AND cache_key = ?2")
-            .bind(scope)
-            .bind(&self.key)
-            .execute(&mut *conn)
-            .await?;
+    fn execute(&self, conn: &Connection, scope: &str, _now: i64) -> SqlResult<()> {
+        conn.prepare_cached("DELETE FROM chat_state_cache WHERE scope = ?1 AND cache_key = ?2")?
+            .execute(params![scope, &self.key])?;
         Ok(())
     }
 }
@@ -268,58 +271,41 @@ impl Write for Append {
     const OPERATION: Operation = Operation::AppendToList;
     const SINGLE_STATEMENT: bool = false;
 
-    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, now: i64) -> SqlResult<()> {
+    fn execute(&self, conn: &Connection, scope: &str, now: i64) -> SqlResult<()> {
         let key = &self.key;
         // Items without a live list header belong to an expired list (or to one whose
         // header cleanup already removed): an expired list restarts empty (rule 6).
-        sqlx::query(
+        conn.prepare_cached(
             "DELETE FROM chat_state_list_items WHERE scope = ?1 AND list_key = ?2
              AND NOT EXISTS (SELECT 1 FROM chat_state_lists
                              WHERE scope = ?1 AND list_key = ?2
                                AND (expires_at IS NULL OR expires_at > ?3))",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        )?
+        .execute(params![scope, key, now])?;
         // With a TTL the whole list's expiry becomes now + TTL; without one it stays,
         // unless the old list had expired (then the restarted list has none).
-        sqlx::query(
+        conn.prepare_cached(
             "INSERT INTO chat_state_lists (scope, list_key, expires_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (scope, list_key) DO UPDATE SET expires_at =
                  CASE WHEN excluded.expires_at IS NOT NULL
                            OR chat_state_lists.expires_at <= ?4
                       THEN excluded.expires_at
                       ELSE chat_state_lists.expires_at END",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(self.expires_at)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
+        )?
+        .execute(params![scope, key, self.expires_at, now])?;
+        conn.prepare_cached(
             "INSERT INTO chat_state_list_items (scope, list_key, value) VALUES (?1, ?2, ?3)",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(self.value.as_slice())
-        .execute(&mut *conn)
-        .await?;
+        )?
+        .execute(params![scope, key, self.value.as_slice()])?;
         if let Some(max) = self.max_length {
             // Keep the newest `max`: drop everything older than the max-th newest item.
-            sqlx::query(
+            conn.prepare_cached(
                 "DELETE FROM chat_state_list_items WHERE scope = ?1 AND list_key = ?2
                  AND id < (SELECT id FROM chat_state_list_items
                            WHERE scope = ?1 AND list_key = ?2
                            ORDER BY id DESC LIMIT 1 OFFSET ?3 - 1)",
-            )
-            .bind(scope)
-            .bind(key)
-            .bind(max)
-            .execute(&mut *conn)
-            .await?;
+            )?
+            .execute(params![scope, key, max])?;
         }
         Ok(())
     }
@@ -341,54 +327,42 @@ impl Write for Enqueue {
     const OPERATION: Operation = Operation::Enqueue;
     const SINGLE_STATEMENT: bool = false;
 
-    async fn execute(&self, conn: &mut SqliteConnection, scope: &str, now: i64) -> SqlResult<i64> {
+    fn execute(&self, conn: &Connection, scope: &str, now: i64) -> SqlResult<i64> {
         let thread_id = &self.thread_id;
         // Expired entries first, so they neither count nor take a slot (rule 7).
-        sqlx::query(
+        conn.prepare_cached(
             "DELETE FROM chat_state_queue
              WHERE scope = ?1 AND thread_id = ?2 AND expires_at <= ?3",
-        )
-        .bind(scope)
-        .bind(thread_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        )?
+        .execute(params![scope, thread_id, now])?;
         // An entry dead on arrival is accepted but, by rule 7, neither stored nor counted
         // (so it does not push a live entry out either).
         if self.expires_at > now {
-            sqlx::query(
+            conn.prepare_cached(
                 "INSERT INTO chat_state_queue
                      (scope, thread_id, enqueued_at, expires_at, message)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(scope)
-            .bind(thread_id)
-            .bind(self.enqueued_at)
-            .bind(self.expires_at)
-            .bind(&self.message)
-            .execute(&mut *conn)
-            .await?;
+            )?
+            .execute(params![
+                scope,
+                thread_id,
+                self.enqueued_at,
+                self.expires_at,
+                &self.message
+            ])?;
         }
-        sqlx::query(
+        conn.prepare_cached(
             "DELETE FROM chat_state_queue WHERE scope = ?1 AND thread_id = ?2
              AND id < (SELECT id FROM chat_state_queue
                        WHERE scope = ?1 AND thread_id = ?2
                        ORDER BY id DESC LIMIT 1 OFFSET ?3 - 1)",
-        )
-        .bind(scope)
-        .bind(thread_id)
-        .bind(self.max_size)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query_scalar(
+        )?
+        .execute(params![scope, thread_id, self.max_size])?;
+        conn.prepare_cached(
             "SELECT count(*) FROM chat_state_queue
              WHERE scope = ?1 AND thread_id = ?2 AND expires_at > ?3",
-        )
-        .bind(scope)
-        .bind(thread_id)
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await
+        )?
+        .query_row(params![scope, thread_id, now], |r| r.get(0))
     }
 }
 
@@ -405,26 +379,19 @@ impl Write for Dequeue {
     const OPERATION: Operation = Operation::Dequeue;
     const SINGLE_STATEMENT: bool = true;
 
-    async fn execute(
-        &self,
-        conn: &mut SqliteConnection,
-        scope: &str,
-        now: i64,
-    ) -> SqlResult<Option<QueueRow>> {
+    fn execute(&self, conn: &Connection, scope: &str, now: i64) -> SqlResult<Option<QueueRow>> {
         // Select and delete in one statement: two dequeuers (even in two processes)
         // can never both get the entry.
-        sqlx::query_as(
+        returning(
+            conn,
             "DELETE FROM chat_state_queue WHERE id =
                  (SELECT id FROM chat_state_queue
                   WHERE scope = ?1 AND thread_id = ?2 AND expires_at > ?3
                   ORDER BY id LIMIT 1)
              RETURNING enqueued_at, expires_at, message",
+            params![scope, &self.thread_id, now],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
-        .bind(scope)
-        .bind(&self.thread_id)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await
     }
 }
 
@@ -471,66 +438,46 @@ impl Write for Cleanup {
     const OPERATION: Operation = Operation::Maintenance;
     const SINGLE_STATEMENT: bool = false;
 
-    async fn execute(
-        &self,
-        conn: &mut SqliteConnection,
-        _scope: &str,
-        now: i64,
-    ) -> SqlResult<CleanupReport> {
+    fn execute(&self, conn: &Connection, _scope: &str, now: i64) -> SqlResult<CleanupReport> {
         let limit = self.limit;
-        let locks = sqlx::query(
-            "DELETE FROM chat_state_locks WHERE (scope, lock_id) IN
+        let locks = conn
+            .prepare_cached(
+                "DELETE FROM chat_state_locks WHERE (scope, lock_id) IN
                  (SELECT scope, lock_id FROM chat_state_locks WHERE expires_at <= ?1 LIMIT ?2)",
-        )
-        .bind(now)
-        .bind(limit)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        let cache = sqlx::query(
-            "DELETE FROM chat_state_cache WHERE rowid IN
+            )?
+            .execute(params![now, limit])? as u64;
+        let cache = conn
+            .prepare_cached(
+                "DELETE FROM chat_state_cache WHERE rowid IN
                  (SELECT rowid FROM chat_state_cache WHERE expires_at <= ?1 LIMIT ?2)",
-        )
-        .bind(now)
-        .bind(limit)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+            )?
+            .execute(params![now, limit])? as u64;
         // Items first (bounded too), then headers: a header goes only once its items are
         // gone, and items without a live header are never read (see Append and get_list).
-        let list_items = sqlx::query(
-            "DELETE FROM chat_state_list_items WHERE id IN
+        let list_items = conn
+            .prepare_cached(
+                "DELETE FROM chat_state_list_items WHERE id IN
                  (SELECT i.id FROM chat_state_lists l
                   JOIN chat_state_list_items i ON i.scope = l.scope AND i.list_key = l.list_key
                   WHERE l.expires_at <= ?1 LIMIT ?2)",
-        )
-        .bind(now)
-        .bind(limit)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        let lists = sqlx::query(
-            "DELETE FROM chat_state_lists WHERE (scope, list_key) IN
+            )?
+            .execute(params![now, limit])? as u64;
+        let lists = conn
+            .prepare_cached(
+                "DELETE FROM chat_state_lists WHERE (scope, list_key) IN
                  (SELECT l.scope, l.list_key FROM chat_state_lists l
                   WHERE l.expires_at <= ?1
                     AND NOT EXISTS (SELECT 1 FROM chat_state_list_items i
                                     WHERE i.scope = l.scope AND i.list_key = l.list_key)
                   LIMIT ?2)",
-        )
-        .bind(now)
-        .bind(limit)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        let queue_entries = sqlx::query(
-            "DELETE FROM chat_state_queue WHERE id IN
+            )?
+            .execute(params![now, limit])? as u64;
+        let queue_entries = conn
+            .prepare_cached(
+                "DELETE FROM chat_state_queue WHERE id IN
                  (SELECT id FROM chat_state_queue WHERE expires_at <= ?1 LIMIT ?2)",
-        )
-        .bind(now)
-        .bind(limit)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+            )?
+            .execute(params![now, limit])? as u64;
         Ok(CleanupReport {
             locks,
             cache,

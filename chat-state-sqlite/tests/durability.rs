@@ -569,3 +569,19 @@ async fn lock_info_reads_the_live_holder_from_another_verify_only_handle() {
     let err = inspector.lock_info("").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_pool_is_refused() {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let err = SqliteBackend::builder_with_pool(pool.clone())
+        .open()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("in-memory"), "{err}");
+    pool.close().await;
+}

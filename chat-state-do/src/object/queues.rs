@@ -80,13 +80,16 @@ impl ChatStateDO {
         let Some(row) = row else { return Ok(None) };
         match row.first() {
             Some(SqlStorageValue::String(text)) => {
-                serde_json::from_str(text).map(Some).map_err(|e| {
-                    Error::corrupt(format!(
-                        "a stored queue entry is not valid JSON ({e}); it was removed from the \
+                // Lone surrogates (from a TypeScript writer) decode as U+FFFD.
+                chat_state_core::json::from_json_slice(text.as_bytes())
+                    .map(Some)
+                    .map_err(|e| {
+                        Error::corrupt(format!(
+                            "a stored queue entry is not valid JSON ({e}); it was removed from the \
                          queue"
-                    ))
-                    .context(BACKEND, o)
-                })
+                        ))
+                        .context(BACKEND, o)
+                    })
             }
             other => Err(Error::corrupt(format!(
                 "a stored queue entry has an unexpected SQL type ({other:?}); it was removed"

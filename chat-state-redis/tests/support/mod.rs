@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-pub use chat_state_test_support::{RedisCluster, RedisServer, ping, redis_cli};
+pub use chat_state_test_support::{RedisCluster, RedisServer, ping, redis_cli, run_node};
 
 /// Retries `f` until it succeeds, for at most `within`: every failure on the way must be
 /// retryable (a fault must never surface as a permanent error).

@@ -177,6 +177,7 @@ macro_rules! __case_list {
             typed_wrong_shape_is_corrupt_data
             typed_corrupt_list_item_is_corrupt_data
             typed_queue_message_wrong_shape_is_corrupt_data
+            typed_lone_surrogates_decode_as_replacement_characters
 
             model_based_operations
         ] native: [

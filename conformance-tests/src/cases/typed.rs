@@ -129,6 +129,31 @@ pub async fn typed_non_json_cache_value_is_corrupt_data(h: &Harness) -> CaseResu
     Ok(())
 }
 
+/// Rule 14: JSON that a JavaScript client wrote for a string cut inside an emoji holds a lone
+/// surrogate escape (`"\ud83e"`): not Unicode, yet it must be read, not lost. The typed
+/// helpers decode each lone surrogate as U+FFFD; the raw bytes stay as written.
+pub async fn typed_lone_surrogates_decode_as_replacement_characters(h: &Harness) -> CaseResult {
+    let a = &h.adapter;
+    let written = br#"{"text":"cut \ud83e","pair":"\ud83e\udd16","escaped":"\\ud83e"}"#;
+    let expected = json!({"text": "cut \u{fffd}", "pair": "🤖", "escaped": "\\ud83e"});
+    a.set("k", written, None).await?;
+    ensure_eq!(
+        a.get_json::<serde_json::Value>("k").await?,
+        Some(expected.clone()),
+        "cache value"
+    );
+    ensure_eq!(a.get("k").await?, Some(written.to_vec()), "raw bytes");
+    a.append_to_list("l", written, ListOptions::new()).await?;
+    a.append_to_list("l", br#""\udc16""#, ListOptions::new())
+        .await?;
+    ensure_eq!(
+        a.get_list_json::<serde_json::Value>("l").await?,
+        vec![expected, json!("\u{fffd}")],
+        "list items"
+    );
+    Ok(())
+}
+
 /// Rule 14: valid JSON of the wrong shape gives `CorruptData`, not a default value.
 pub async fn typed_wrong_shape_is_corrupt_data(h: &Harness) -> CaseResult {
     let a = &h.adapter;
