@@ -15,18 +15,13 @@ impl LockInspector for RedisBackend {
     /// the id: the holder's, unless the lock was taken by a client that does not fence (a
     /// TypeScript bot), in which case it is `None` or older.
     async fn lock_info(&self, lock_id: &str) -> Result<Option<LockInfo>> {
-        let (lock_key, fence_key) = (self.keys.lock(lock_id), self.keys.fence(lock_id));
+        let (lock, fence) = (self.keys.lock(lock_id), self.keys.fence(lock_id));
         let before = now_ms();
-        let row: Option<(String, i64, Option<u64>)> = self
-            .run(Operation::LockInfo, |mut c| async move {
-                self.scripts
-                    .inspect
-                    .key(&lock_key)
-                    .key(&fence_key)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let script = &self.scripts.inspect;
+        let mut cmd = script.command(2, 2, lock.len() + fence.len());
+        cmd.arg(lock).arg(fence);
+        let row: Option<(String, i64, Option<u64>)> =
+            self.eval(Operation::LockInfo, lock, script, &cmd).await?;
         Ok(row.map(|(token, pttl_ms, fence)| {
             // PTTL -1 means no expiry: never written so by this backend, shown as "never"
             // rather than invented.

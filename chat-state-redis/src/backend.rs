@@ -3,22 +3,27 @@
 //! [`Checked`](chat_state_core::Checked) layer checks both before calling in.
 
 use std::future::Future;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chat_state_core::{
     Backend, Clock, Error, ListOptions, Lock, LockRequest, Operation, QueueEntry, Result,
     SystemClock, validate,
 };
-use redis::RedisResult;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, FromRedisValue, RedisResult, ServerErrorKind};
 
 use crate::conn::Conn;
-use crate::scripts::Scripts;
+use crate::keys::Key;
+use crate::scripts::{LuaScript, Scripts};
 use crate::{BACKEND, error, keys};
 
 /// Extra lifetime of a queue key beyond its last entry's `expiresAt`, so a client whose clock
 /// runs behind the server's never sees a queue vanish before its entries are due.
 const QUEUE_KEY_GRACE_MS: u64 = 60_000;
+
+/// Bytes of a decimal `u64`, the most a numeric argument takes.
+const NUMBER_BYTES: usize = 20;
 
 /// The Redis backend's storage: state shared by every bot instance (Rust or TypeScript)
 /// pointed at the same Redis and key prefix.
@@ -26,10 +31,13 @@ const QUEUE_KEY_GRACE_MS: u64 = 60_000;
 /// Used as [`RedisState`](crate::RedisState) (this behind core's rule layer); create one
 /// with [`RedisBackend::connect`] or [`RedisBackend::builder`]. Cheap to share
 /// (`Arc<RedisState>` or `Arc<dyn StateAdapter>`): all concurrent calls are multiplexed over
-/// one connection (one per node on a cluster).
+/// one connection (one per node on a cluster), or over the few that
+/// [`RedisBuilder::connections`](crate::RedisBuilder::connections) asks for.
 pub struct RedisBackend {
-    /// `None` once closed.
-    conn: RwLock<Option<Conn>>,
+    /// The multiplexed connections; `None` once closed.
+    conns: RwLock<Option<Arc<[Conn]>>>,
+    /// How many connections `conns` holds, to route a key without taking the lock first.
+    conn_count: usize,
     pub(crate) keys: keys::Keys,
     pub(crate) scripts: Scripts,
     timeout: Duration,
@@ -39,12 +47,13 @@ pub struct RedisBackend {
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let closed = self
-            .conn
+            .conns
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .is_none();
         f.debug_struct("RedisBackend")
             .field("prefix", &self.prefix)
+            .field("connections", &self.conn_count)
             .field("command_timeout", &self.timeout)
             .field("closed", &closed)
             .finish_non_exhaustive()
@@ -52,10 +61,11 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// A backend on an established connection.
-    pub(crate) fn new(conn: Conn, prefix: String, cluster: bool, timeout: Duration) -> Self {
+    /// A backend on established connections (at least one).
+    pub(crate) fn new(conns: Vec<Conn>, prefix: String, cluster: bool, timeout: Duration) -> Self {
         Self {
-            conn: RwLock::new(Some(conn)),
+            conn_count: conns.len(),
+            conns: RwLock::new(Some(conns.into())),
             keys: keys::Keys::new(&prefix, cluster),
             scripts: Scripts::new(),
             timeout,
@@ -68,26 +78,105 @@ impl RedisBackend {
         &self.prefix
     }
 
-    /// A clone of the multiplexed connection; a closed-error once [`Backend::close`] ran
-    /// (which also covers the backend-specific methods, which the rule layer does not see).
-    fn conn(&self, op: Operation) -> Result<Conn> {
-        let guard = self.conn.read().unwrap_or_else(|p| p.into_inner());
-        guard.clone().ok_or_else(|| Error::closed(BACKEND, op))
+    /// A clone of connection `index`; a closed-error once [`Backend::close`] ran (which also
+    /// covers the backend-specific methods, which the rule layer does not see).
+    fn conn(&self, op: Operation, index: usize) -> Result<Conn> {
+        let guard = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .and_then(|conns| conns.get(index))
+            .cloned()
+            .ok_or_else(|| Error::closed(BACKEND, op))
     }
 
-    /// Runs one call on a clone of the multiplexed connection, bounded by the command timeout.
-    pub(crate) async fn run<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
-    where
-        F: FnOnce(Conn) -> Fut,
-        Fut: Future<Output = RedisResult<T>>,
-    {
-        let conn = self.conn(op)?;
-        match tokio::time::timeout(self.timeout, f(conn)).await {
+    /// Bounds `call` by the command timeout. This is the only timer a call arms: the
+    /// connections the builder opens have no response timeout of their own.
+    async fn bounded<T>(
+        &self,
+        op: Operation,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(error::from_redis(op, e)),
             Err(_) => Err(error::timed_out(op, self.timeout)),
         }
     }
+
+    /// Runs one call on a clone of the first connection, bounded by the command timeout:
+    /// for the operator tools, where the route does not matter.
+    pub(crate) async fn run<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = self.conn(op, 0)?;
+        self.bounded(op, f(conn)).await
+    }
+
+    /// Sends `cmd`, whose first key is `key`, on that key's connection.
+    async fn query<T: FromRedisValue>(&self, op: Operation, key: Key<'_>, cmd: &Cmd) -> Result<T> {
+        let mut conn = self.conn(op, key.route(self.conn_count))?;
+        self.bounded(op, cmd.query_async(&mut conn)).await
+    }
+
+    /// Sends `cmd` (built by [`LuaScript::command`]) on `key`'s connection; if the server
+    /// does not know the script (restarted, failed over, flushed), loads it and sends `cmd`
+    /// once more, all within one command timeout.
+    pub(crate) async fn eval<T: FromRedisValue>(
+        &self,
+        op: Operation,
+        key: Key<'_>,
+        script: &LuaScript,
+        cmd: &Cmd,
+    ) -> Result<T> {
+        let mut conn = self.conn(op, key.route(self.conn_count))?;
+        let call = async move {
+            match cmd.query_async(&mut conn).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    load(&mut conn, script).await?;
+                    cmd.query_async(&mut conn).await
+                }
+                reply => reply,
+            }
+        };
+        self.bounded(op, call).await
+    }
+
+    /// Loads every script now, so the first calls run `EVALSHA` directly instead of paying
+    /// a `NOSCRIPT` round trip each. Best effort: a failure here only costs that round trip
+    /// later.
+    pub(crate) async fn preload_scripts(&self) {
+        for script in self.scripts.all() {
+            let result = self
+                .run(Operation::Open, |mut c| async move {
+                    load(&mut c, script).await
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(backend = BACKEND, error = %e, "could not preload a script");
+                return;
+            }
+        }
+    }
+}
+
+/// `SCRIPT LOAD` of `script` (idempotent; every connection of the adapter shares the server's
+/// script cache, and a cluster client sends it to every node).
+async fn load(conn: &mut impl ConnectionLike, script: &LuaScript) -> RedisResult<()> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(&script.code)
+        .query_async(conn)
+        .await
+}
+
+/// A command with its buffers sized for `args` arguments of `bytes` bytes in all (name
+/// included), so appending them does not reallocate.
+fn command(name: &'static str, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(1 + args, name.len() + bytes);
+    cmd.arg(name);
+    cmd
 }
 
 /// The client's clock, in Unix milliseconds: what queue expiry is compared with.
@@ -118,46 +207,31 @@ impl Backend for RedisBackend {
     }
 
     async fn close(&self) -> Result<()> {
-        // Dropping our handle closes the connection once no call is using a clone of it.
-        let mut guard = self.conn.write().unwrap_or_else(|p| p.into_inner());
+        // Dropping our handles closes the connections once no call is using a clone.
+        let mut guard = self.conns.write().unwrap_or_else(|p| p.into_inner());
         guard.take();
         Ok(())
     }
 
     async fn subscribe(&self, thread_id: &str) -> Result<()> {
         let key = self.keys.subscriptions();
-        self.run(Operation::Subscribe, |mut c| async move {
-            redis::cmd("SADD")
-                .arg(&key)
-                .arg(thread_id)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let mut cmd = command("SADD", 2, key.len() + thread_id.len());
+        cmd.arg(key).arg(thread_id);
+        self.query(Operation::Subscribe, key, &cmd).await
     }
 
     async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
         let key = self.keys.subscriptions();
-        self.run(Operation::Unsubscribe, |mut c| async move {
-            redis::cmd("SREM")
-                .arg(&key)
-                .arg(thread_id)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let mut cmd = command("SREM", 2, key.len() + thread_id.len());
+        cmd.arg(key).arg(thread_id);
+        self.query(Operation::Unsubscribe, key, &cmd).await
     }
 
     async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
         let key = self.keys.subscriptions();
-        self.run(Operation::IsSubscribed, |mut c| async move {
-            redis::cmd("SISMEMBER")
-                .arg(&key)
-                .arg(thread_id)
-                .query_async::<bool>(&mut c)
-                .await
-        })
-        .await
+        let mut cmd = command("SISMEMBER", 2, key.len() + thread_id.len());
+        cmd.arg(key).arg(thread_id);
+        self.query(Operation::IsSubscribed, key, &cmd).await
     }
 
     /// The fenced acquire script: `SET lock token NX PX ttl`, then `INCR fence`. The layer
@@ -165,22 +239,19 @@ impl Backend for RedisBackend {
     /// be earlier than the server's own (`PX` from arrival): contract rule 12.
     async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>> {
         let ttl_ms = validate::duration_ms(request.ttl);
-        let (lock_key, fence_key) = (
+        let (lock, fence) = (
             self.keys.lock(request.lock_id),
             self.keys.fence(request.lock_id),
         );
-        let token = request.token;
+        let script = &self.scripts.acquire;
+        let mut cmd = script.command(
+            2,
+            4,
+            lock.len() + fence.len() + request.token.len() + NUMBER_BYTES,
+        );
+        cmd.arg(lock).arg(fence).arg(request.token).arg(ttl_ms);
         let fence: u64 = self
-            .run(Operation::AcquireLock, |mut c| async move {
-                self.scripts
-                    .acquire
-                    .key(&lock_key)
-                    .key(&fence_key)
-                    .arg(token)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut c)
-                    .await
-            })
+            .eval(Operation::AcquireLock, lock, script, &cmd)
             .await?;
         // Fences start at 1: 0 is the script's "held by someone else".
         Ok((fence > 0).then_some(fence))
@@ -188,67 +259,48 @@ impl Backend for RedisBackend {
 
     async fn release_lock(&self, lock: &Lock) -> Result<()> {
         let key = self.keys.lock(&lock.thread_id);
-        self.run(Operation::ReleaseLock, |mut c| async move {
-            self.scripts
-                .release
-                .key(&key)
-                .arg(&lock.token)
-                .invoke_async::<i64>(&mut c)
-                .await
-        })
-        .await
-        .map(drop)
+        let script = &self.scripts.release;
+        let mut cmd = script.command(1, 2, key.len() + lock.token.len());
+        cmd.arg(key).arg(&lock.token);
+        self.eval::<i64>(Operation::ReleaseLock, key, script, &cmd)
+            .await
+            .map(drop)
     }
 
     async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool> {
         let key = self.keys.lock(request.lock_id);
         // Validated non-zero: `PEXPIRE key 0` would delete the lock and still answer 1.
         let ttl_ms = validate::duration_ms(request.ttl);
-        let token = request.token;
-        let extended: i64 = self
-            .run(Operation::ExtendLock, |mut c| async move {
-                self.scripts
-                    .extend
-                    .key(&key)
-                    .arg(token)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let script = &self.scripts.extend;
+        let mut cmd = script.command(1, 3, key.len() + request.token.len() + NUMBER_BYTES);
+        cmd.arg(key).arg(request.token).arg(ttl_ms);
+        let extended: i64 = self.eval(Operation::ExtendLock, key, script, &cmd).await?;
         Ok(extended == 1)
     }
 
     async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
         // Only the lock key: the fence counter stays, so the next holder's fence is greater.
         let key = self.keys.lock(lock_id);
-        self.run(Operation::ForceReleaseLock, |mut c| async move {
-            redis::cmd("DEL").arg(&key).query_async::<()>(&mut c).await
-        })
-        .await
+        let mut cmd = command("DEL", 1, key.len());
+        cmd.arg(key);
+        self.query(Operation::ForceReleaseLock, key, &cmd).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = self.keys.cache(key);
-        self.run(Operation::Get, |mut c| async move {
-            redis::cmd("GET")
-                .arg(&key)
-                .query_async::<Option<Vec<u8>>>(&mut c)
-                .await
-        })
-        .await
+        let mut cmd = command("GET", 1, key.len());
+        cmd.arg(key);
+        self.query(Operation::Get, key, &cmd).await
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.keys.cache(key)).arg(value);
+        let key = self.keys.cache(key);
+        let mut cmd = command("SET", 4, key.len() + value.len() + 2 + NUMBER_BYTES);
+        cmd.arg(key).arg(value);
         if let Some(ttl) = ttl {
             cmd.arg("PX").arg(validate::duration_ms(ttl));
         }
-        self.run(Operation::Set, |mut c| async move {
-            cmd.query_async::<()>(&mut c).await
-        })
-        .await
+        self.query(Operation::Set, key, &cmd).await
     }
 
     async fn set_if_not_exists(
@@ -258,62 +310,48 @@ impl Backend for RedisBackend {
         ttl: Option<Duration>,
     ) -> Result<bool> {
         // Redis treats an expired key as absent, so `SET NX` is rule 5 in one command.
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.keys.cache(key)).arg(value).arg("NX");
+        let key = self.keys.cache(key);
+        let mut cmd = command("SET", 5, key.len() + value.len() + 4 + NUMBER_BYTES);
+        cmd.arg(key).arg(value).arg("NX");
         if let Some(ttl) = ttl {
             cmd.arg("PX").arg(validate::duration_ms(ttl));
         }
-        let reply: Option<String> = self
-            .run(Operation::SetIfNotExists, |mut c| async move {
-                cmd.query_async(&mut c).await
-            })
-            .await?;
-        Ok(reply.is_some())
+        // `OK` when set, nil when the key exists: read as "was there a reply".
+        let reply: redis::Value = self.query(Operation::SetIfNotExists, key, &cmd).await?;
+        Ok(reply != redis::Value::Nil)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let key = self.keys.cache(key);
-        self.run(Operation::Delete, |mut c| async move {
-            redis::cmd("DEL").arg(&key).query_async::<()>(&mut c).await
-        })
-        .await
+        let mut cmd = command("DEL", 1, key.len());
+        cmd.arg(key);
+        self.query(Operation::Delete, key, &cmd).await
     }
 
     async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()> {
         let key = self.keys.list(key);
-        let max_length = options
-            .max_length
-            .map(|n| n.to_string())
-            .unwrap_or_default();
-        let ttl_ms = options
-            .ttl
-            .map(|t| validate::duration_ms(t).to_string())
-            .unwrap_or_default();
-        self.run(Operation::AppendToList, |mut c| async move {
-            self.scripts
-                .append
-                .key(&key)
-                .arg(value)
-                .arg(&max_length)
-                .arg(&ttl_ms)
-                .invoke_async::<i64>(&mut c)
-                .await
-        })
-        .await
-        .map(drop)
+        let script = &self.scripts.append;
+        let mut cmd = script.command(1, 4, key.len() + value.len() + 2 * NUMBER_BYTES);
+        cmd.arg(key).arg(value);
+        // The script reads an empty argument as "no limit" / "no expiry".
+        match options.max_length {
+            Some(n) => cmd.arg(n),
+            None => cmd.arg(""),
+        };
+        match options.ttl {
+            Some(t) => cmd.arg(validate::duration_ms(t)),
+            None => cmd.arg(""),
+        };
+        self.eval::<i64>(Operation::AppendToList, key, script, &cmd)
+            .await
+            .map(drop)
     }
 
     async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
         let key = self.keys.list(key);
-        self.run(Operation::GetList, |mut c| async move {
-            redis::cmd("LRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(-1)
-                .query_async::<Vec<Vec<u8>>>(&mut c)
-                .await
-        })
-        .await
+        let mut cmd = command("LRANGE", 3, key.len() + 3);
+        cmd.arg(key).arg(0).arg(-1);
+        self.query(Operation::GetList, key, &cmd).await
     }
 
     async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
@@ -324,35 +362,24 @@ impl Backend for RedisBackend {
                 .context(BACKEND, op)
         })?;
         let key = self.keys.queue(thread_id);
-        let depth: u64 = self
-            .run(op, |mut c| async move {
-                self.scripts
-                    .enqueue
-                    .key(&key)
-                    .arg(&json)
-                    .arg(max_size)
-                    .arg(now_ms())
-                    .arg(QUEUE_KEY_GRACE_MS)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let script = &self.scripts.enqueue;
+        let mut cmd = script.command(1, 5, key.len() + json.len() + 3 * NUMBER_BYTES);
+        cmd.arg(key)
+            .arg(&json)
+            .arg(max_size)
+            .arg(now_ms())
+            .arg(QUEUE_KEY_GRACE_MS);
+        let depth: u64 = self.eval(op, key, script, &cmd).await?;
         Ok(usize::try_from(depth).unwrap_or(usize::MAX))
     }
 
     async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
         let op = Operation::Dequeue;
         let key = self.keys.queue(thread_id);
-        let reply: Option<(String, Vec<u8>)> = self
-            .run(op, |mut c| async move {
-                self.scripts
-                    .dequeue
-                    .key(&key)
-                    .arg(now_ms())
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let script = &self.scripts.dequeue;
+        let mut cmd = script.command(1, 2, key.len() + NUMBER_BYTES);
+        cmd.arg(key).arg(now_ms());
+        let reply: Option<(String, Vec<u8>)> = self.eval(op, key, script, &cmd).await?;
         let Some((status, raw)) = reply else {
             return Ok(None);
         };
@@ -374,16 +401,10 @@ impl Backend for RedisBackend {
 
     async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
         let key = self.keys.queue(thread_id);
-        let depth: u64 = self
-            .run(Operation::QueueDepth, |mut c| async move {
-                self.scripts
-                    .depth
-                    .key(&key)
-                    .arg(now_ms())
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let script = &self.scripts.depth;
+        let mut cmd = script.command(1, 2, key.len() + NUMBER_BYTES);
+        cmd.arg(key).arg(now_ms());
+        let depth: u64 = self.eval(Operation::QueueDepth, key, script, &cmd).await?;
         Ok(usize::try_from(depth).unwrap_or(usize::MAX))
     }
 }

@@ -31,7 +31,12 @@ pub struct RedisBuilder {
     prefix: String,
     command_timeout: Duration,
     connect_timeout: Duration,
+    connections: usize,
 }
+
+/// Most connections [`RedisBuilder::connections`] accepts: past a few, more sockets only add
+/// driver tasks competing for the same cores.
+pub const MAX_CONNECTIONS: usize = 16;
 
 impl std::fmt::Debug for RedisBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,6 +45,7 @@ impl std::fmt::Debug for RedisBuilder {
             .field("prefix", &self.prefix)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("connections", &self.connections)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +98,7 @@ impl RedisBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connections: 1,
         }
     }
 
@@ -115,6 +122,19 @@ impl RedisBuilder {
         self
     }
 
+    /// How many multiplexed connections to a single node the adapter opens (default 1, at
+    /// most [`MAX_CONNECTIONS`]). Every command on one key always goes over the same
+    /// connection (chosen by a hash of the key), so commands on a key keep their order; with
+    /// more than one, replies for different keys are read by several driver tasks at once,
+    /// which lets a multi-threaded runtime spread the client's work over its cores.
+    ///
+    /// Applies to URLs and [`RedisBackend::builder_with_client`]; an application's own
+    /// connection manager or cluster connection is used as the one connection.
+    pub fn connections(mut self, count: usize) -> Self {
+        self.connections = count;
+        self
+    }
+
     /// Connects, checks the server's eviction policy, and returns the adapter.
     ///
     /// Fails with [`ErrorKind::InvalidInput`](chat_state_core::ErrorKind::InvalidInput) for a bad prefix or URL, and with the retryable
@@ -133,7 +153,14 @@ impl RedisBuilder {
                 .context(BACKEND, op));
             }
         }
-        let (conn, cluster) = match self.source {
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return Err(Error::invalid_input(format!(
+                "connections is {}; pass 1 to {MAX_CONNECTIONS}",
+                self.connections
+            ))
+            .context(BACKEND, op));
+        }
+        let (conns, cluster) = match self.source {
             Source::Url(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(|e| {
                     Error::invalid_input(format!(
@@ -142,14 +169,16 @@ impl RedisBuilder {
                     ))
                     .context(BACKEND, op)
                 })?;
-                let manager = manager(client, self.connect_timeout, self.command_timeout).await?;
-                (Conn::Single(manager), false)
+                (
+                    managers(client, self.connect_timeout, self.connections).await?,
+                    false,
+                )
             }
-            Source::Client(client) => {
-                let manager = manager(*client, self.connect_timeout, self.command_timeout).await?;
-                (Conn::Single(manager), false)
-            }
-            Source::Manager(m) => (Conn::Single(m), false),
+            Source::Client(client) => (
+                managers(*client, self.connect_timeout, self.connections).await?,
+                false,
+            ),
+            Source::Manager(m) => (vec![Conn::Single(m)], false),
             #[cfg(feature = "cluster")]
             Source::ClusterUrls(urls) => {
                 let client = redis::cluster::ClusterClientBuilder::new(urls)
@@ -165,57 +194,48 @@ impl RedisBuilder {
                     Ok(r) => r.map_err(|e| error::from_redis(op, e))?,
                     Err(_) => return Err(error::timed_out(op, self.connect_timeout)),
                 };
-                (Conn::Cluster(conn), true)
+                (vec![Conn::Cluster(conn)], true)
             }
             #[cfg(feature = "cluster")]
-            Source::Cluster(c) => (Conn::Cluster(c), true),
+            Source::Cluster(c) => (vec![Conn::Cluster(c)], true),
         };
-        let backend = RedisBackend::new(conn, self.prefix, cluster, self.command_timeout);
+        let backend = RedisBackend::new(conns, self.prefix, cluster, self.command_timeout);
         backend.check_eviction_policy().await;
         backend.preload_scripts().await;
         Ok(RedisState::new(backend))
     }
 }
 
-/// A connection manager on `client`, connected within `connect_timeout`.
-async fn manager(
+/// Commands one connection queues for its socket before a caller waits.
+const PIPELINE_BUFFER: usize = 1024;
+
+/// `count` connection managers on `client`, each connected within `connect_timeout`.
+async fn managers(
     client: redis::Client,
     connect_timeout: Duration,
-    command_timeout: Duration,
-) -> Result<ConnectionManager> {
+    count: usize,
+) -> Result<Vec<Conn>> {
     let op = Operation::Open;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(command_timeout))
+        // The adapter bounds every call by its command timeout; a response timeout here too
+        // would arm a second timer per command.
+        .set_response_timeout(None)
+        // Room for every call of a busy bot to queue for the socket without waiting for a
+        // slot (the default, 50, parks callers and wakes them again at 64 in flight).
+        .set_pipeline_buffer_size(PIPELINE_BUFFER)
         // Reconnect attempts back off from 10 ms up to 1 s, so a server that comes back is
         // picked up within about a second.
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_secs(1));
-    let fut = ConnectionManager::new_with_config(client, config);
-    match tokio::time::timeout(connect_timeout, fut).await {
-        Ok(r) => r.map_err(|e| error::from_redis(op, e)),
-        Err(_) => Err(error::timed_out(op, connect_timeout)),
+    let mut conns = Vec::with_capacity(count);
+    for _ in 0..count {
+        let fut = ConnectionManager::new_with_config(client.clone(), config.clone());
+        let manager = match tokio::time::timeout(connect_timeout, fut).await {
+            Ok(r) => r.map_err(|e| error::from_redis(op, e))?,
+            Err(_) => return Err(error::timed_out(op, connect_timeout)),
+        };
+        conns.push(Conn::Single(manager));
     }
-}
-
-impl RedisBackend {
-    /// Loads every script now (`SCRIPT LOAD`), so the first calls run `EVALSHA` directly
-    /// instead of paying a `NOSCRIPT` round trip each. Best effort: a failure here only costs
-    /// that round trip later (the `redis` crate loads on `NOSCRIPT`).
-    async fn preload_scripts(&self) {
-        let s = &self.scripts;
-        for script in [
-            &s.acquire, &s.release, &s.extend, &s.append, &s.enqueue, &s.dequeue, &s.depth,
-        ] {
-            let result = self
-                .run(Operation::Open, |mut c| async move {
-                    script.prepare_invoke().load_async(&mut c).await
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::debug!(backend = BACKEND, error = %e, "could not preload a script");
-                return;
-            }
-        }
-    }
+    Ok(conns)
 }

@@ -22,7 +22,7 @@ mod scripts;
 use std::time::Duration;
 
 pub use backend::RedisBackend;
-pub use builder::RedisBuilder;
+pub use builder::{MAX_CONNECTIONS, RedisBuilder};
 pub use keys::{DEFAULT_PREFIX, MAX_PREFIX_BYTES, validate_prefix};
 
 /// The backend name in errors and logs.

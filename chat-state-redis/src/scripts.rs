@@ -1,8 +1,8 @@
-//! The Lua scripts. Each runs atomically on the server in one round trip (`EVALSHA`; the
-//! `redis` crate loads the script and retries once when the server answers `NOSCRIPT`, as
-//! it does after a restart or a failover).
+//! The Lua scripts. Each runs atomically on the server in one round trip (`EVALSHA`; when
+//! the server answers `NOSCRIPT`, as it does after a restart or a failover, the backend
+//! loads the script and sends the same command once more).
 
-use redis::Script;
+use redis::Cmd;
 
 /// `KEYS[1]` lock, `KEYS[2]` fence counter; `ARGV[1]` token, `ARGV[2]` TTL in ms.
 /// Returns the new fence, or 0 if the lock is held. The fence counter never expires and is
@@ -132,30 +132,68 @@ if not token then return nil end
 return {token, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
 ";
 
+/// A script and its SHA-1, which `EVALSHA` names it by.
+#[derive(Debug)]
+pub(crate) struct LuaScript {
+    pub(crate) code: String,
+    sha: String,
+}
+
+impl LuaScript {
+    fn new(code: String) -> Self {
+        let sha = redis::Script::new(&code).get_hash().to_owned();
+        Self { code, sha }
+    }
+
+    /// `EVALSHA <sha> <keys>`, with room for `args` more arguments of `bytes` bytes in all,
+    /// so that appending the keys and arguments does not reallocate. Built directly rather
+    /// than through `redis::ScriptInvocation`, which copies every key and argument into a
+    /// `Vec` of its own and then again into a new command on every call.
+    pub(crate) fn command(&self, keys: usize, args: usize, bytes: usize) -> Cmd {
+        let mut cmd = Cmd::with_capacity(3 + args, 7 + self.sha.len() + 2 + bytes);
+        cmd.arg("EVALSHA").arg(&self.sha).arg(keys);
+        cmd
+    }
+}
+
 /// The scripts, hashed once per adapter.
 #[derive(Debug)]
 pub(crate) struct Scripts {
-    pub(crate) acquire: Script,
-    pub(crate) inspect: Script,
-    pub(crate) release: Script,
-    pub(crate) extend: Script,
-    pub(crate) append: Script,
-    pub(crate) enqueue: Script,
-    pub(crate) dequeue: Script,
-    pub(crate) depth: Script,
+    pub(crate) acquire: LuaScript,
+    pub(crate) inspect: LuaScript,
+    pub(crate) release: LuaScript,
+    pub(crate) extend: LuaScript,
+    pub(crate) append: LuaScript,
+    pub(crate) enqueue: LuaScript,
+    pub(crate) dequeue: LuaScript,
+    pub(crate) depth: LuaScript,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
-            acquire: Script::new(ACQUIRE),
-            inspect: Script::new(INSPECT),
-            release: Script::new(RELEASE),
-            extend: Script::new(EXTEND),
-            append: Script::new(APPEND),
-            enqueue: Script::new(&format!("{ALIVE}{ENQUEUE_BODY}")),
-            dequeue: Script::new(&format!("{ALIVE}{DEQUEUE_BODY}")),
-            depth: Script::new(&format!("{ALIVE}{DEPTH_BODY}")),
+            acquire: LuaScript::new(ACQUIRE.to_owned()),
+            inspect: LuaScript::new(INSPECT.to_owned()),
+            release: LuaScript::new(RELEASE.to_owned()),
+            extend: LuaScript::new(EXTEND.to_owned()),
+            append: LuaScript::new(APPEND.to_owned()),
+            enqueue: LuaScript::new(format!("{ALIVE}{ENQUEUE_BODY}")),
+            dequeue: LuaScript::new(format!("{ALIVE}{DEQUEUE_BODY}")),
+            depth: LuaScript::new(format!("{ALIVE}{DEPTH_BODY}")),
         }
+    }
+
+    /// Every script, for loading them all at connect.
+    pub(crate) fn all(&self) -> [&LuaScript; 8] {
+        [
+            &self.acquire,
+            &self.inspect,
+            &self.release,
+            &self.extend,
+            &self.append,
+            &self.enqueue,
+            &self.dequeue,
+            &self.depth,
+        ]
     }
 }

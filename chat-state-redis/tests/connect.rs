@@ -181,13 +181,38 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    for count in [0, chat_state_redis::MAX_CONNECTIONS + 1] {
+        let err = RedisBackend::builder("redis://127.0.0.1:1")
+            .connections(count)
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{count}: {err}");
+        assert!(err.to_string().contains("connections is"), "{err}");
+    }
 
-    // Use after close.
-    let server = support::RedisServer::start();
-    let state = RedisBackend::connect(&server.url()).await.unwrap();
-    state.close().await.unwrap();
-    state.close().await.unwrap();
-    assert_eq!(state.get("k").await.unwrap_err().kind(), ErrorKind::Closed);
+    // Use after close, with one connection and with several.
+    for connections in [1, 3] {
+        let server = support::RedisServer::start();
+        let state = RedisBackend::builder(server.url())
+            .connections(connections)
+            .connect()
+            .await
+            .unwrap();
+        state.close().await.unwrap();
+        state.close().await.unwrap();
+        assert_eq!(state.get("k").await.unwrap_err().kind(), ErrorKind::Closed);
+        for id in ["a", "b", "c", "d"] {
+            assert_eq!(
+                state
+                    .acquire_lock(id, Duration::from_secs(1))
+                    .await
+                    .unwrap_err()
+                    .kind(),
+                ErrorKind::Closed
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -253,4 +278,30 @@ return 0
     assert_eq!(state.queue_depth("q").await.unwrap(), 1);
     assert!(state.dequeue("q").await.unwrap().is_some());
     assert_eq!(state.get_list("l").await.unwrap(), vec![b"1".to_vec()]);
+}
+
+#[tokio::test]
+async fn commands_spread_over_the_connections_asked_for() {
+    let server = support::RedisServer::start();
+    let state = RedisBackend::builder(server.url())
+        .connections(3)
+        .connect()
+        .await
+        .unwrap();
+    for i in 0..64 {
+        assert_eq!(state.get(&format!("k{i}")).await.unwrap(), None);
+    }
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    // `cmd=` is each client's last command: all three of ours last sent a GET.
+    let getters = clients.lines().filter(|l| l.contains(" cmd=get ")).count();
+    assert_eq!(getters, 3, "{clients}");
 }
