@@ -29,6 +29,12 @@
 //! - `CHAT_STATE_BENCH_ROUNDS` (default 5), `CHAT_STATE_BENCH_SCALE` (default 1.0: multiplies
 //!   every iteration count), `CHAT_STATE_BENCH_ONLY=<workload>[,..]` (a subset),
 //!   `CHAT_STATE_BENCH_CONC=1,64` (the concurrencies);
+//! - `CHAT_STATE_BENCH_RTT_MS=<ms>`: a slow link instead of loopback. redis-server runs in its
+//!   own network namespace behind a veth pair, and every side reaches it through a proxy on
+//!   127.0.0.1 that delays each direction by half the RTT
+//!   (`chat_state_test_support::netns`; this kernel has no `sch_netem`). Needs root, iproute2
+//!   and iptables. The proxy's own cost (a thread hop per chunk) is paid by every side alike;
+//!   `CHAT_STATE_BENCH_RTT_MS=0` measures it alone;
 //! - `CHAT_STATE_BENCH_NODE`: the node binary (default: `<repo>/.tools/.../node` if the repo's
 //!   Node 22 is installed, else `node` from `PATH`); `CHAT_STATE_BENCH_SKIP=ts,wire,raw`
 //!   leaves sides out;
@@ -49,6 +55,7 @@ use chat_state_core::{ListOptions, StateAdapter};
 use chat_state_redis::RedisBackend;
 use chat_state_test_support::RedisServer;
 use chat_state_test_support::bench::{NodeBench, env_or, median};
+use chat_state_test_support::netns::{self, DelayProxy, NetnsRedis};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
@@ -575,6 +582,58 @@ fn workload(name: &str) -> Workload {
         .unwrap_or_else(|| panic!("unknown workload {name:?}"))
 }
 
+/// Where the bench's redis-server runs: on loopback, or behind a slow link.
+enum Server {
+    Loopback(RedisServer),
+    /// The proxy is what every side connects to; the namespace holds the server.
+    SlowLink(NetnsRedis, DelayProxy, u64),
+}
+
+impl Server {
+    fn start() -> Self {
+        let Ok(rtt) = std::env::var("CHAT_STATE_BENCH_RTT_MS") else {
+            return Server::Loopback(RedisServer::start());
+        };
+        let rtt: u64 = rtt
+            .parse()
+            .expect("CHAT_STATE_BENCH_RTT_MS is a whole number of ms");
+        if let Err(why) = netns::available() {
+            panic!("CHAT_STATE_BENCH_RTT_MS needs network namespaces: {why}");
+        }
+        let net = NetnsRedis::start();
+        let proxy = DelayProxy::start(net.addr(), Duration::from_micros(rtt * 500));
+        Server::SlowLink(net, proxy, rtt)
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            Server::Loopback(s) => s.port(),
+            Server::SlowLink(_, proxy, _) => proxy.port(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port())
+    }
+
+    fn link(&self) -> String {
+        match self {
+            Server::Loopback(_) => "loopback".to_owned(),
+            Server::SlowLink(_, _, rtt) => format!("a veth link + {rtt} ms RTT delay proxy"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Server::Loopback(s) => format!("127.0.0.1:{}", s.port()),
+            Server::SlowLink(net, _, rtt) => format!(
+                "{} in a network namespace, reached through a {rtt} ms RTT delay proxy",
+                net.addr()
+            ),
+        }
+    }
+}
+
 /// Connects both Rust sides to `url`.
 async fn connect(url: &str) -> (Arc<dyn StateAdapter>, Arc<Raw>) {
     let state: Arc<dyn StateAdapter> = Arc::new(
@@ -676,7 +735,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let server = RedisServer::start();
+    let server = Server::start();
     let (state, raw) = rt.block_on(connect(&server.url()));
     let node = sides.contains(&Side::Ts).then(|| {
         NodeBench::prepare(
@@ -728,8 +787,8 @@ fn main() {
             .to_owned()
     });
     eprintln!(
-        "redis-server {server_version} on 127.0.0.1:{} (no persistence), {} cores, {rounds} rounds, scale {scale}{}",
-        server.port(),
+        "redis-server {server_version} on {} (no persistence), {} cores, {rounds} rounds, scale {scale}{}",
+        server.describe(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         ts_info.as_ref().map_or(String::new(), |i| format!(
             ", TS: {} + {} on node {}",
@@ -767,8 +826,9 @@ fn main() {
     let cell_or = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("-".to_owned(), f);
     println!();
     println!(
-        "chat-state-redis, redis-server {server_version} on loopback, {} cores, median of {rounds} \
+        "chat-state-redis, redis-server {server_version} on {}, {} cores, median of {rounds} \
          interleaved rounds, cycles per second (run took {:.0} s){}",
+        server.link(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         started.elapsed().as_secs_f64(),
         ts_info.as_ref().map_or(String::new(), |i| format!(

@@ -4,16 +4,16 @@
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_state_core::{
-    Backend, Clock, Error, ListOptions, Lock, LockRequest, Operation, QueueEntry, Result,
-    SystemClock, validate,
+    Backend, Clock, Error, ErrorKind, ListOptions, Lock, LockRequest, Operation, QueueEntry,
+    Result, SystemClock, validate,
 };
 use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, RedisResult, ServerErrorKind};
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Slot};
 use crate::keys::Key;
 use crate::scripts::{LuaScript, Scripts};
 use crate::{BACKEND, error, keys};
@@ -35,7 +35,7 @@ const NUMBER_BYTES: usize = 20;
 /// [`RedisBuilder::connections`](crate::RedisBuilder::connections) asks for.
 pub struct RedisBackend {
     /// The multiplexed connections; `None` once closed.
-    conns: RwLock<Option<Arc<[Conn]>>>,
+    conns: RwLock<Option<Arc<[Slot]>>>,
     /// How many connections `conns` holds, to route a key without taking the lock first.
     conn_count: usize,
     pub(crate) keys: keys::Keys,
@@ -62,7 +62,7 @@ impl std::fmt::Debug for RedisBackend {
 
 impl RedisBackend {
     /// A backend on established connections (at least one).
-    pub(crate) fn new(conns: Vec<Conn>, prefix: String, cluster: bool, timeout: Duration) -> Self {
+    pub(crate) fn new(conns: Vec<Slot>, prefix: String, cluster: bool, timeout: Duration) -> Self {
         Self {
             conn_count: conns.len(),
             conns: RwLock::new(Some(conns.into())),
@@ -78,51 +78,56 @@ impl RedisBackend {
         &self.prefix
     }
 
-    /// A clone of connection `index`; a closed-error once [`Backend::close`] ran (which also
-    /// covers the backend-specific methods, which the rule layer does not see).
-    fn conn(&self, op: Operation, index: usize) -> Result<Conn> {
+    /// The connections; a closed-error once [`Backend::close`] ran (which also covers the
+    /// backend-specific methods, which the rule layer does not see).
+    fn slots(&self, op: Operation) -> Result<Arc<[Slot]>> {
         let guard = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        guard
-            .as_ref()
-            .and_then(|conns| conns.get(index))
-            .cloned()
-            .ok_or_else(|| Error::closed(BACKEND, op))
+        guard.clone().ok_or_else(|| Error::closed(BACKEND, op))
     }
 
-    /// Bounds `call` by the command timeout. This is the only timer a call arms: the
-    /// connections the builder opens have no response timeout of their own.
-    async fn bounded<T>(
-        &self,
-        op: Operation,
-        call: impl Future<Output = RedisResult<T>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(error::from_redis(op, e)),
-            Err(_) => Err(error::timed_out(op, self.timeout)),
-        }
+    /// Runs `f` on a clone of connection `index`, bounded by the command timeout, which is
+    /// the only timer a call arms (the connections the builder opens have no response timeout
+    /// of their own). A call that times out has the connection replaced: see [`Slot`].
+    async fn call<T, F, Fut>(&self, op: Operation, index: usize, f: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let (conn, generation) = {
+            let guard = self.conns.read().unwrap_or_else(|p| p.into_inner());
+            let slot = guard
+                .as_ref()
+                .and_then(|slots| slots.get(index))
+                .ok_or_else(|| Error::closed(BACKEND, op))?;
+            slot.get()
+        };
+        bounded(op, self.timeout, f(conn), || {
+            if let Ok(slots) = self.slots(op) {
+                slots[index].replace(generation);
+            }
+        })
+        .await
     }
 
-    /// Runs one call on a clone of the first connection, bounded by the command timeout:
-    /// for the operator tools, where the route does not matter.
+    /// Runs one call on the first connection: for the operator tools, where the route does
+    /// not matter.
     pub(crate) async fn run<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let conn = self.conn(op, 0)?;
-        self.bounded(op, f(conn)).await
+        self.call(op, 0, f).await
     }
 
     /// Sends `cmd`, whose first key is `key`, on that key's connection.
     async fn query<T: FromRedisValue>(&self, op: Operation, key: Key<'_>, cmd: &Cmd) -> Result<T> {
-        let mut conn = self.conn(op, key.route(self.conn_count))?;
-        self.bounded(op, cmd.query_async(&mut conn)).await
+        self.call(op, key.route(self.conn_count), |mut conn| async move {
+            cmd.query_async(&mut conn).await
+        })
+        .await
     }
 
-    /// Sends `cmd` (built by [`LuaScript::command`]) on `key`'s connection; if the server
-    /// does not know the script (restarted, failed over, flushed), loads it and sends `cmd`
-    /// once more, all within one command timeout.
+    /// Sends `cmd` (built by [`LuaScript::command`]) on `key`'s connection; see [`eval_on`].
     pub(crate) async fn eval<T: FromRedisValue>(
         &self,
         op: Operation,
@@ -130,17 +135,62 @@ impl RedisBackend {
         script: &LuaScript,
         cmd: &Cmd,
     ) -> Result<T> {
-        let mut conn = self.conn(op, key.route(self.conn_count))?;
-        let call = async move {
-            match cmd.query_async(&mut conn).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    load(&mut conn, script).await?;
-                    cmd.query_async(&mut conn).await
-                }
-                reply => reply,
-            }
+        self.call(op, key.route(self.conn_count), |mut conn| async move {
+            eval_on(&mut conn, script, cmd).await
+        })
+        .await
+    }
+
+    /// How many times a connection of this adapter was replaced because a call on it timed
+    /// out; for monitoring and tests.
+    pub fn connection_replacements(&self) -> u64 {
+        self.slots(Operation::Maintenance)
+            .map(|slots| slots.iter().map(Slot::replacements).sum())
+            .unwrap_or(0)
+    }
+
+    /// After an acquire whose outcome is unknown (it timed out, or the connection broke after
+    /// it was sent), releases the lock it may have taken, in the background: Redis may have
+    /// run it and only the reply was lost, and then nobody would hold the lock until its TTL
+    /// ran out. The token is the one the acquire sent, so the release is a no-op if the lock
+    /// was never taken, expired, or belongs to someone else.
+    fn release_orphan(&self, index: usize, lock_id: &str, token: &str, ttl: Duration) {
+        let Ok(slots) = self.slots(Operation::AcquireLock) else {
+            return;
         };
-        self.bounded(op, call).await
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let key = self.keys.lock(lock_id);
+        let script = self.scripts.release.clone();
+        let mut cmd = script.command(1, 2, key.len() + token.len());
+        cmd.arg(key).arg(token);
+        let timeout = self.timeout;
+        let gives_up = Instant::now() + ttl;
+        let lock_id = lock_id.to_owned();
+        runtime.spawn(async move {
+            // The connection that carried the acquire was replaced when it timed out, and its
+            // last user is gone within one command timeout; then the socket is reset with its
+            // unsent bytes (linger 0), so the acquire cannot reach Redis after this release.
+            tokio::time::sleep(timeout + ORPHAN_GRACE).await;
+            while Instant::now() < gives_up {
+                let (mut conn, generation) = slots[index].get();
+                let release = async { eval_on::<i64>(&mut conn, &script, &cmd).await };
+                let replace = || {
+                    slots[index].replace(generation);
+                };
+                match bounded(Operation::ReleaseLock, timeout, release, replace).await {
+                    Ok(released) => {
+                        if released == 1 {
+                            tracing::info!(backend = BACKEND, lock_id = %lock_id,
+                                "released a lock whose acquire timed out (Redis had taken it)");
+                        }
+                        return;
+                    }
+                    Err(_) => tokio::time::sleep(ORPHAN_RETRY).await,
+                }
+            }
+        });
     }
 
     /// Loads every script now, so the first calls run `EVALSHA` directly instead of paying
@@ -158,6 +208,45 @@ impl RedisBackend {
                 return;
             }
         }
+    }
+}
+
+/// How long after the acquire's timeout its cleanup starts, beyond one command timeout.
+const ORPHAN_GRACE: Duration = Duration::from_millis(100);
+/// Pause between the cleanup's attempts while Redis cannot be reached.
+const ORPHAN_RETRY: Duration = Duration::from_millis(100);
+
+/// Awaits `call` for at most `timeout`; on timeout, runs `on_timeout` (which replaces the
+/// connection) before returning the timeout error.
+async fn bounded<T>(
+    op: Operation,
+    timeout: Duration,
+    call: impl Future<Output = RedisResult<T>>,
+    on_timeout: impl FnOnce(),
+) -> Result<T> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error::from_redis(op, e)),
+        Err(_) => {
+            on_timeout();
+            Err(error::timed_out(op, timeout))
+        }
+    }
+}
+
+/// Sends `cmd` (built by [`LuaScript::command`]); if the server does not know the script
+/// (restarted, failed over, flushed), loads it and sends `cmd` once more.
+async fn eval_on<T: FromRedisValue>(
+    conn: &mut Conn,
+    script: &LuaScript,
+    cmd: &Cmd,
+) -> RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+            load(conn, script).await?;
+            cmd.query_async(conn).await
+        }
+        reply => reply,
     }
 }
 
@@ -250,9 +339,17 @@ impl Backend for RedisBackend {
             lock.len() + fence.len() + request.token.len() + NUMBER_BYTES,
         );
         cmd.arg(lock).arg(fence).arg(request.token).arg(ttl_ms);
-        let fence: u64 = self
-            .eval(Operation::AcquireLock, lock, script, &cmd)
-            .await?;
+        let fence: u64 = match self.eval(Operation::AcquireLock, lock, script, &cmd).await {
+            Ok(fence) => fence,
+            Err(e) => {
+                // Timed out or broken after sending: Redis may hold the lock for our token.
+                if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable) {
+                    let index = lock.route(self.conn_count);
+                    self.release_orphan(index, request.lock_id, request.token, request.ttl);
+                }
+                return Err(e);
+            }
+        };
         // Fences start at 1: 0 is the script's "held by someone else".
         Ok((fence > 0).then_some(fence))
     }

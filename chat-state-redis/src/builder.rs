@@ -5,10 +5,11 @@ use std::time::Duration;
 use chat_state_core::{Error, Operation, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Slot, TcpOptions};
 use crate::{
-    BACKEND, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, RedisBackend,
-    RedisState, error, validate_prefix,
+    BACKEND, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_PREFIX, DEFAULT_TCP_KEEPALIVE, DEFAULT_TCP_USER_TIMEOUT, RedisBackend, RedisState,
+    error, validate_prefix,
 };
 
 /// Where a [`RedisBuilder`] gets its connection from.
@@ -31,7 +32,9 @@ pub struct RedisBuilder {
     prefix: String,
     command_timeout: Duration,
     connect_timeout: Duration,
+    connect_attempt_timeout: Duration,
     connections: usize,
+    tcp: TcpOptions,
 }
 
 /// Most connections [`RedisBuilder::connections`] accepts: past a few, more sockets only add
@@ -45,7 +48,9 @@ impl std::fmt::Debug for RedisBuilder {
             .field("prefix", &self.prefix)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("connect_attempt_timeout", &self.connect_attempt_timeout)
             .field("connections", &self.connections)
+            .field("tcp", &self.tcp)
             .finish_non_exhaustive()
     }
 }
@@ -98,7 +103,13 @@ impl RedisBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_attempt_timeout: DEFAULT_CONNECT_ATTEMPT_TIMEOUT,
             connections: 1,
+            tcp: TcpOptions {
+                nodelay: true,
+                keepalive: Some(DEFAULT_TCP_KEEPALIVE),
+                user_timeout: Some(DEFAULT_TCP_USER_TIMEOUT),
+            },
         }
     }
 
@@ -119,6 +130,43 @@ impl RedisBuilder {
     /// How long establishing a connection may take. Default 5 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one attempt to open a connection (TCP, TLS, `HELLO`/`AUTH`) may take before a
+    /// new attempt starts, within [`connect_timeout`](Self::connect_timeout) at connect and
+    /// indefinitely when reconnecting. Default 500 ms: short, because an attempt whose first
+    /// packet was lost waits for the kernel's SYN retransmission (1 s, then 3 s, 7 s...)
+    /// while a new attempt is answered at once, so after a partition heals the next attempt
+    /// gets through within about this time. Raise it if your link needs longer to set up a
+    /// connection (a TLS handshake over a long-haul link).
+    pub fn connect_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_attempt_timeout = timeout;
+        self
+    }
+
+    /// `TCP_NODELAY` on the connections the adapter opens (default `true`). Nagle's
+    /// algorithm holds a small command back until the previous one is acknowledged, which
+    /// on a link with a few milliseconds of latency halves the throughput of concurrent calls.
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
+        self.tcp.nodelay = nodelay;
+        self
+    }
+
+    /// TCP keepalive on the connections the adapter opens: probes after this long without
+    /// traffic, then every third of it, three times (default 10 s; `None` turns it off). It
+    /// finds a dead link while the adapter is idle; a busy adapter notices through its
+    /// command timeout first.
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.tcp.keepalive = idle;
+        self
+    }
+
+    /// `TCP_USER_TIMEOUT` on the connections the adapter opens (Linux): how long sent data
+    /// may stay unacknowledged before the kernel drops the connection (default 10 s; `None`
+    /// leaves the kernel's default, about 15 minutes of retransmissions).
+    pub fn tcp_user_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.tcp.user_timeout = timeout;
         self
     }
 
@@ -143,9 +191,18 @@ impl RedisBuilder {
         validate_prefix(BACKEND, &self.prefix)?;
         let op = Operation::Open;
         for (what, t) in [
-            ("command_timeout", self.command_timeout),
-            ("connect_timeout", self.connect_timeout),
-        ] {
+            ("command_timeout", Some(self.command_timeout)),
+            ("connect_timeout", Some(self.connect_timeout)),
+            (
+                "connect_attempt_timeout",
+                Some(self.connect_attempt_timeout),
+            ),
+            ("tcp_keepalive", self.tcp.keepalive),
+            ("tcp_user_timeout", self.tcp.user_timeout),
+        ]
+        .into_iter()
+        .filter_map(|(what, t)| Some((what, t?)))
+        {
             if t.is_zero() {
                 return Err(Error::invalid_input(format!(
                     "{what} is zero: every call would time out; pass a positive duration"
@@ -160,7 +217,7 @@ impl RedisBuilder {
             ))
             .context(BACKEND, op));
         }
-        let (conns, cluster) = match self.source {
+        let (conns, cluster) = match &self.source {
             Source::Url(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(|e| {
                     Error::invalid_input(format!(
@@ -169,35 +226,31 @@ impl RedisBuilder {
                     ))
                     .context(BACKEND, op)
                 })?;
-                (
-                    managers(client, self.connect_timeout, self.connections).await?,
-                    false,
-                )
+                (self.managers(client).await?, false)
             }
-            Source::Client(client) => (
-                managers(*client, self.connect_timeout, self.connections).await?,
-                false,
-            ),
-            Source::Manager(m) => (vec![Conn::Single(m)], false),
+            Source::Client(client) => (self.managers((**client).clone()).await?, false),
+            Source::Manager(m) => (vec![Slot::fixed(Conn::Single(m.clone()))], false),
             #[cfg(feature = "cluster")]
             Source::ClusterUrls(urls) => {
-                let client = redis::cluster::ClusterClientBuilder::new(urls)
-                    .connection_timeout(self.connect_timeout)
-                    .response_timeout(self.command_timeout)
-                    .build()
-                    .map_err(|e| {
-                        Error::invalid_input(format!("invalid Redis Cluster node URLs: {e}"))
-                            .context(BACKEND, op)
-                    })?;
+                let client =
+                    redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                        .connection_timeout(self.connect_timeout)
+                        .response_timeout(self.command_timeout)
+                        .tcp_settings(self.tcp.settings())
+                        .build()
+                        .map_err(|e| {
+                            Error::invalid_input(format!("invalid Redis Cluster node URLs: {e}"))
+                                .context(BACKEND, op)
+                        })?;
                 let fut = async move { client.get_async_connection().await };
                 let conn = match tokio::time::timeout(self.connect_timeout, fut).await {
                     Ok(r) => r.map_err(|e| error::from_redis(op, e))?,
                     Err(_) => return Err(error::timed_out(op, self.connect_timeout)),
                 };
-                (vec![Conn::Cluster(conn)], true)
+                (vec![Slot::fixed(Conn::Cluster(conn))], true)
             }
             #[cfg(feature = "cluster")]
-            Source::Cluster(c) => (vec![Conn::Cluster(c)], true),
+            Source::Cluster(c) => (vec![Slot::fixed(Conn::Cluster(c.clone()))], true),
         };
         let backend = RedisBackend::new(conns, self.prefix, cluster, self.command_timeout);
         backend.check_eviction_policy().await;
@@ -209,33 +262,37 @@ impl RedisBuilder {
 /// Commands one connection queues for its socket before a caller waits.
 const PIPELINE_BUFFER: usize = 1024;
 
-/// `count` connection managers on `client`, each connected within `connect_timeout`.
-async fn managers(
-    client: redis::Client,
-    connect_timeout: Duration,
-    count: usize,
-) -> Result<Vec<Conn>> {
-    let op = Operation::Open;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        // The adapter bounds every call by its command timeout; a response timeout here too
-        // would arm a second timer per command.
-        .set_response_timeout(None)
-        // Room for every call of a busy bot to queue for the socket without waiting for a
-        // slot (the default, 50, parks callers and wakes them again at 64 in flight).
-        .set_pipeline_buffer_size(PIPELINE_BUFFER)
-        // Reconnect attempts back off from 10 ms up to 1 s, so a server that comes back is
-        // picked up within about a second.
-        .set_min_delay(Duration::from_millis(10))
-        .set_max_delay(Duration::from_secs(1));
-    let mut conns = Vec::with_capacity(count);
-    for _ in 0..count {
-        let fut = ConnectionManager::new_with_config(client.clone(), config.clone());
-        let manager = match tokio::time::timeout(connect_timeout, fut).await {
-            Ok(r) => r.map_err(|e| error::from_redis(op, e))?,
-            Err(_) => return Err(error::timed_out(op, connect_timeout)),
-        };
-        conns.push(Conn::Single(manager));
+impl RedisBuilder {
+    /// The connection managers on `client` (with this builder's TCP settings), each connected
+    /// within the connect timeout, in slots that can replace them.
+    async fn managers(&self, client: redis::Client) -> Result<Vec<Slot>> {
+        let op = Operation::Open;
+        let info = client
+            .get_connection_info()
+            .clone()
+            .set_tcp_settings(self.tcp.settings());
+        let client = redis::Client::open(info).map_err(|e| error::from_redis(op, e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_attempt_timeout.min(self.connect_timeout)))
+            // The adapter bounds every call by its command timeout; a response timeout here
+            // too would arm a second timer per command.
+            .set_response_timeout(None)
+            // Room for every call of a busy bot to queue for the socket without waiting for a
+            // slot (the default, 50, parks callers and wakes them again at 64 in flight).
+            .set_pipeline_buffer_size(PIPELINE_BUFFER)
+            // Attempts follow each other within 10-100 ms: with the short attempt timeout, a
+            // server or link that comes back is used within about half a second.
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
+        let mut slots = Vec::with_capacity(self.connections);
+        for _ in 0..self.connections {
+            let fut = ConnectionManager::new_with_config(client.clone(), config.clone());
+            let manager = match tokio::time::timeout(self.connect_timeout, fut).await {
+                Ok(r) => r.map_err(|e| error::from_redis(op, e))?,
+                Err(_) => return Err(error::timed_out(op, self.connect_timeout)),
+            };
+            slots.push(Slot::replaceable(manager, client.clone(), config.clone()));
+        }
+        Ok(slots)
     }
-    Ok(conns)
 }

@@ -32,6 +32,13 @@ pub const BACKEND: &str = "redis";
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time to establish the first connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time one connection attempt may take before the next starts
+/// ([`RedisBuilder::connect_attempt_timeout`]).
+pub const DEFAULT_CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default idle time before TCP keepalive probes ([`RedisBuilder::tcp_keepalive`]).
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+/// Default `TCP_USER_TIMEOUT` ([`RedisBuilder::tcp_user_timeout`]).
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Redis backend as a [`StateAdapter`](chat_state_core::StateAdapter): a
 /// [`RedisBackend`] behind core's rule layer, which validates inputs, checks that the

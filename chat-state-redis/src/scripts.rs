@@ -133,7 +133,7 @@ return {token, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
 ";
 
 /// A script and its SHA-1, which `EVALSHA` names it by.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct LuaScript {
     pub(crate) code: String,
     sha: String,
