@@ -232,9 +232,10 @@ impl RedisBuilder {
             Source::Manager(m) => (vec![Slot::fixed(Conn::Single(m.clone()))], false),
             #[cfg(feature = "cluster")]
             Source::ClusterUrls(urls) => {
+                let attempt = self.connect_attempt_timeout.min(self.connect_timeout);
                 let client =
                     redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
-                        .connection_timeout(self.connect_timeout)
+                        .connection_timeout(attempt)
                         .response_timeout(self.command_timeout)
                         .tcp_settings(self.tcp.settings())
                         .build()
@@ -242,12 +243,8 @@ impl RedisBuilder {
                             Error::invalid_input(format!("invalid Redis Cluster node URLs: {e}"))
                                 .context(BACKEND, op)
                         })?;
-                let fut = async move { client.get_async_connection().await };
-                let conn = match tokio::time::timeout(self.connect_timeout, fut).await {
-                    Ok(r) => r.map_err(|e| error::from_redis(op, e))?,
-                    Err(_) => return Err(error::timed_out(op, self.connect_timeout)),
-                };
-                (vec![Slot::fixed(Conn::Cluster(conn))], true)
+                let conn = cluster_connection(&client, self.connect_timeout, attempt).await?;
+                (vec![Slot::cluster(conn, client, attempt)], true)
             }
             #[cfg(feature = "cluster")]
             Source::Cluster(c) => (vec![Slot::fixed(Conn::Cluster(c.clone()))], true),
@@ -258,6 +255,35 @@ impl RedisBuilder {
         Ok(RedisState::new(backend))
     }
 }
+
+/// A connection to the cluster, retrying attempts of at most `attempt` each within
+/// `connect_timeout` (as a single node's connection manager does).
+#[cfg(feature = "cluster")]
+async fn cluster_connection(
+    client: &redis::cluster::ClusterClient,
+    connect_timeout: Duration,
+    attempt: Duration,
+) -> Result<redis::cluster_async::ClusterConnection> {
+    let op = Operation::Open;
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    loop {
+        let started = tokio::time::Instant::now();
+        let last = match tokio::time::timeout(attempt, client.get_async_connection()).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => error::from_redis(op, e),
+            Err(_) => error::timed_out(op, attempt),
+        };
+        let next = (started + attempt).max(tokio::time::Instant::now() + RETRY_PAUSE);
+        if next >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Pause between two failed connection attempts to a cluster.
+#[cfg(feature = "cluster")]
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// Commands one connection queues for its socket before a caller waits.
 const PIPELINE_BUFFER: usize = 1024;

@@ -1,8 +1,8 @@
 //! The connections of one adapter: one connection type over a single node or a cluster, and
 //! the slots that hold them, which replace a connection that stopped answering.
 
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -85,9 +85,21 @@ impl TcpOptions {
 }
 
 /// How a slot opens a replacement connection.
-struct Opener {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
+enum Opener {
+    /// A new connection manager, which connects on first use.
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    /// A new cluster connection, which has to be built (slots fetched) before it replaces the
+    /// old one: a background task tries every `attempt` until one is built.
+    #[cfg(feature = "cluster")]
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        attempt: Duration,
+        /// Whether that task is running, so many timeouts start one.
+        rebuilding: Arc<std::sync::atomic::AtomicBool>,
+    },
 }
 
 /// One of the adapter's connections, with the means to replace it.
@@ -99,11 +111,12 @@ struct Opener {
 /// manager, which connects on first use; calls already waiting on the old one finish (or time
 /// out) on it, and the old socket is reset once the last of them is gone.
 pub(crate) struct Slot {
-    /// The connection and its generation, bumped by every replacement.
-    current: RwLock<(Conn, u64)>,
+    /// The connection and its generation, bumped by every replacement. Shared with the task
+    /// that rebuilds a cluster connection.
+    current: Arc<RwLock<(Conn, u64)>>,
     /// `None` for a connection the application handed in: the adapter cannot rebuild it.
     opener: Option<Opener>,
-    replacements: AtomicU64,
+    replacements: Arc<AtomicU64>,
 }
 
 impl Slot {
@@ -111,9 +124,9 @@ impl Slot {
     /// cluster connection).
     pub(crate) fn fixed(conn: Conn) -> Self {
         Self {
-            current: RwLock::new((conn, 0)),
+            current: Arc::new(RwLock::new((conn, 0))),
             opener: None,
-            replacements: AtomicU64::new(0),
+            replacements: Arc::default(),
         }
     }
 
@@ -124,9 +137,28 @@ impl Slot {
         config: ConnectionManagerConfig,
     ) -> Self {
         Self {
-            current: RwLock::new((Conn::Single(manager), 0)),
-            opener: Some(Opener { client, config }),
-            replacements: AtomicU64::new(0),
+            current: Arc::new(RwLock::new((Conn::Single(manager), 0))),
+            opener: Some(Opener::Single { client, config }),
+            replacements: Arc::default(),
+        }
+    }
+
+    /// A slot over a cluster connection built from `client`, rebuilt from it (one attempt at
+    /// most every `attempt`) after a timeout.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster(
+        conn: redis::cluster_async::ClusterConnection,
+        client: redis::cluster::ClusterClient,
+        attempt: Duration,
+    ) -> Self {
+        Self {
+            current: Arc::new(RwLock::new((Conn::Cluster(conn), 0))),
+            opener: Some(Opener::Cluster {
+                client,
+                attempt,
+                rebuilding: Arc::default(),
+            }),
+            replacements: Arc::default(),
         }
     }
 
@@ -137,33 +169,68 @@ impl Slot {
     }
 
     /// Replaces the connection if it is still generation `seen` (so the many calls that time
-    /// out together on a dead connection replace it once). Returns whether it did.
-    pub(crate) fn replace(&self, seen: u64) -> bool {
-        let Some(opener) = &self.opener else {
-            return false;
-        };
-        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
-        if guard.1 != seen {
-            return false;
-        }
-        match ConnectionManager::new_lazy_with_config(opener.client.clone(), opener.config.clone())
-        {
-            Ok(manager) => {
-                *guard = (Conn::Single(manager), seen + 1);
-                drop(guard);
-                self.replacements.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    backend = crate::BACKEND,
-                    "a Redis connection stopped answering within the command timeout; \
-                     replaced it with a new one"
-                );
-                true
+    /// out together on a dead connection replace it once). A cluster connection is replaced
+    /// once a new one is built, in the background.
+    pub(crate) fn replace(&self, seen: u64) {
+        match &self.opener {
+            None => {}
+            Some(Opener::Single { client, config }) => {
+                let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+                if guard.1 != seen {
+                    return;
+                }
+                match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+                    Ok(manager) => {
+                        *guard = (Conn::Single(manager), seen + 1);
+                        drop(guard);
+                        replaced(&self.replacements);
+                    }
+                    // Only a configuration the first connection already passed can fail here.
+                    Err(e) => tracing::warn!(backend = crate::BACKEND, error = %e,
+                        "could not replace a Redis connection that stopped answering"),
+                }
             }
-            Err(e) => {
-                // Only a configuration the first connection already passed can fail here.
-                tracing::warn!(backend = crate::BACKEND, error = %e,
-                    "could not replace a Redis connection that stopped answering");
-                false
+            #[cfg(feature = "cluster")]
+            Some(Opener::Cluster {
+                client,
+                attempt,
+                rebuilding,
+            }) => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                if rebuilding.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                let (client, attempt, rebuilding) = (client.clone(), *attempt, rebuilding.clone());
+                let current = Arc::downgrade(&self.current);
+                let replacements = self.replacements.clone();
+                runtime.spawn(async move {
+                    // Until a new connection is built, or the adapter is gone, or someone
+                    // else replaced it: the old connection serves meanwhile.
+                    while let Some(slot) = current.upgrade() {
+                        if slot.read().unwrap_or_else(|p| p.into_inner()).1 != seen {
+                            break;
+                        }
+                        drop(slot);
+                        let started = tokio::time::Instant::now();
+                        let built =
+                            tokio::time::timeout(attempt, client.get_async_connection()).await;
+                        if let Ok(Ok(conn)) = built {
+                            if let Some(slot) = current.upgrade() {
+                                let mut guard = slot.write().unwrap_or_else(|p| p.into_inner());
+                                if guard.1 == seen {
+                                    *guard = (Conn::Cluster(conn), seen + 1);
+                                    drop(guard);
+                                    replaced(&replacements);
+                                }
+                            }
+                            break;
+                        }
+                        tokio::time::sleep_until(started + attempt).await;
+                    }
+                    rebuilding.store(false, Ordering::Release);
+                });
             }
         }
     }
@@ -172,4 +239,13 @@ impl Slot {
     pub(crate) fn replacements(&self) -> u64 {
         self.replacements.load(Ordering::Relaxed)
     }
+}
+
+/// Counts and logs one replacement.
+fn replaced(count: &AtomicU64) {
+    count.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        backend = crate::BACKEND,
+        "a Redis connection stopped answering within the command timeout; replaced it"
+    );
 }

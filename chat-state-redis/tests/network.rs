@@ -108,8 +108,18 @@ async fn scenario(
     heal: impl FnOnce(&NetnsRedis),
 ) -> Option<Arc<RedisState>> {
     let net = network()?;
-    let net = &net;
     let state = Arc::new(adapter(&net.url()).await);
+    Some(scenario_on(&net, state, fault, duration, heal).await)
+}
+
+/// [`scenario`] on a given link and adapter.
+async fn scenario_on(
+    net: &NetnsRedis,
+    state: Arc<RedisState>,
+    fault: impl FnOnce(&NetnsRedis),
+    duration: Duration,
+    heal: impl FnOnce(&NetnsRedis),
+) -> Arc<RedisState> {
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| tokio::spawn(worker(state.clone(), w, stop.clone())))
@@ -171,7 +181,7 @@ async fn scenario(
             "worker {w} never got an append through"
         );
     }
-    Some(state)
+    state
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,18 +195,28 @@ async fn short_partition() {
 }
 
 /// Long enough that the kernel's retransmission backoff on the old socket is many seconds:
-/// recovery must come from a new connection, not from the old one's next retransmission.
+/// recovery must come from a new connection, not from the old one's next retransmission. With
+/// keepalive and `TCP_USER_TIMEOUT` off, so that the kernel does not end the dead connection
+/// either and only the adapter's replacement can recover in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_partition() {
-    let state = scenario(
+    let Some(net) = network() else { return };
+    let state = RedisBackend::builder(net.url())
+        .command_timeout(COMMAND_TIMEOUT)
+        .tcp_keepalive(None)
+        .tcp_user_timeout(None)
+        .connect()
+        .await
+        .expect("connect over the veth link");
+    let state = scenario_on(
+        &net,
+        Arc::new(state),
         NetnsRedis::partition,
         Duration::from_secs(20),
         NetnsRedis::heal,
     )
     .await;
-    if let Some(state) = state {
-        assert!(state.backend().connection_replacements() > 0);
-    }
+    assert!(state.backend().connection_replacements() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,4 +349,28 @@ async fn a_partitioned_holder_loses_its_lock_to_a_greater_fence() {
         }
     }
     assert!(other.extend_lock(&second, ttl).await.unwrap());
+}
+
+/// A cluster behind the link: its client's connections are rebuilt after a timeout too.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_partition() {
+    if !netns::require() {
+        return;
+    }
+    let net = NetnsRedis::start_cluster();
+    let state = RedisBackend::cluster_builder(net.cluster_urls())
+        .command_timeout(COMMAND_TIMEOUT)
+        .connect()
+        .await
+        .expect("connect to the cluster over the veth link");
+    let state = scenario_on(
+        &net,
+        Arc::new(state),
+        NetnsRedis::partition,
+        Duration::from_secs(10),
+        NetnsRedis::heal,
+    )
+    .await;
+    assert!(state.backend().connection_replacements() > 0);
 }

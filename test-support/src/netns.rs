@@ -79,17 +79,54 @@ pub struct NetnsRedis {
     /// must keep reaching the server during a fault (the "other side" of a partition).
     second_link: String,
     second_ip: String,
-    child: Option<Child>,
+    /// The servers: one, or the nodes of a cluster.
+    children: Vec<Child>,
+    ports: Vec<u16>,
     _dir: TempDir,
 }
+
+/// Ports of the cluster nodes [`NetnsRedis::start_cluster`] starts.
+const CLUSTER_PORTS: [u16; 3] = [7001, 7002, 7003];
 
 /// Distinguishes the instances of one test process.
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl NetnsRedis {
-    /// Creates the namespace and link and starts redis-server inside; panics with the failing
-    /// command if that cannot be done (call [`require`] first).
+    /// Creates the namespace and links and starts one redis-server inside; panics with the
+    /// failing command if that cannot be done (call [`require`] first).
     pub fn start() -> Self {
+        Self::start_nodes(&[PORT])
+    }
+
+    /// The same with a Redis Cluster of three masters inside (ports 7001-7003, slots assigned,
+    /// `cluster_state:ok`); the nodes announce the faulted link's address, so clients reach
+    /// every node through it, and their cluster bus runs over the namespace's loopback, which
+    /// no fault touches.
+    pub fn start_cluster() -> Self {
+        let me = Self::start_nodes(&CLUSTER_PORTS);
+        let nodes: Vec<String> = me
+            .ports
+            .iter()
+            .map(|p| format!("{}:{p}", me.server_ip))
+            .collect();
+        let mut args = vec!["netns", "exec", &me.namespace, "redis-cli", "--cluster", "create"];
+        args.extend(nodes.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        if let Err(e) = run("ip", &args) {
+            panic!("redis-cli --cluster create: {e}");
+        }
+        let started = Instant::now();
+        for port in &me.ports {
+            let port = port.to_string();
+            while !me.cli_on(&port, &["cluster", "info"]).contains("cluster_state:ok") {
+                assert!(started.elapsed() < READY_TIMEOUT, "cluster never became ok");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        me
+    }
+
+    fn start_nodes(ports: &[u16]) -> Self {
         let (namespace, host_link, peer_link, n) = loop {
             // 16,384 /30 subnets; the pid spreads parallel test processes apart.
             let n = (std::process::id().wrapping_mul(64) + NEXT.fetch_add(1, Ordering::Relaxed))
@@ -115,7 +152,8 @@ impl NetnsRedis {
             server_ip: server_ip.clone(),
             second_link: second_link.clone(),
             second_ip: second_ip.clone(),
-            child: None,
+            children: Vec::new(),
+            ports: ports.to_vec(),
             _dir: dir,
         };
         let ns = namespace.as_str();
@@ -187,30 +225,46 @@ impl NetnsRedis {
                 panic!("network setup failed: {e}");
             }
         }
-        let port = PORT.to_string();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, &redis_server_binary()])
-            .args(["--bind", &server_ip, &second_ip, "--port", &port])
-            .args(["--protected-mode", "no"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--maxmemory-policy", "noeviction", "--loglevel", "warning"])
-            .arg("--dir")
-            .arg(me._dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server in the namespace");
-        me.child = Some(child);
-        let started = Instant::now();
-        while !ping(&server_ip) {
-            assert!(
-                started.elapsed() < READY_TIMEOUT,
-                "redis-server in {ns} did not answer"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        for &port in ports {
+            let dir = me._dir.path().join(port.to_string());
+            std::fs::create_dir_all(&dir).expect("create a node directory");
+            let port_arg = port.to_string();
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, &redis_server_binary()])
+                .args(["--bind", &server_ip, &second_ip, "--port", &port_arg])
+                .args(["--protected-mode", "no"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(["--maxmemory-policy", "noeviction", "--loglevel", "warning"])
+                .arg("--dir")
+                .arg(&dir);
+            if ports.len() > 1 {
+                cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
+            }
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server in the namespace");
+            me.children.push(child);
+            let started = Instant::now();
+            while !ping(&server_ip, port) {
+                assert!(
+                    started.elapsed() < READY_TIMEOUT,
+                    "redis-server in {ns} did not answer"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         me
+    }
+
+    /// The cluster's node URLs over the faulted link ([`NetnsRedis::start_cluster`]).
+    pub fn cluster_urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://{}:{p}", self.server_ip))
+            .collect()
     }
 
     /// `redis://<server address>:6379`, over the link the faults are made on.
@@ -237,38 +291,15 @@ impl NetnsRedis {
         self.drop_replies();
     }
 
-    /// Drops what reaches the server: it never sees the requests (half-open link).
+    /// Drops what reaches the server (every node): it never sees the requests (half-open
+    /// link).
     pub fn drop_requests(&self) {
-        let port = PORT.to_string();
-        self.iptables(&[
-            "-A",
-            "INPUT",
-            "-i",
-            &self.peer_link,
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "-j",
-            "DROP",
-        ]);
+        self.iptables(&["-A", "INPUT", "-i", &self.peer_link, "-p", "tcp", "-j", "DROP"]);
     }
 
     /// Drops what the server sends: it runs the commands, the replies are lost (half-open).
     pub fn drop_replies(&self) {
-        let port = PORT.to_string();
-        self.iptables(&[
-            "-A",
-            "OUTPUT",
-            "-o",
-            &self.peer_link,
-            "-p",
-            "tcp",
-            "--sport",
-            &port,
-            "-j",
-            "DROP",
-        ]);
+        self.iptables(&["-A", "OUTPUT", "-o", &self.peer_link, "-p", "tcp", "-j", "DROP"]);
     }
 
     /// Drops `percent` % of packets in each direction, at random.
@@ -319,19 +350,17 @@ impl NetnsRedis {
         }
     }
 
-    /// Runs `redis-cli` against the server from inside its namespace, over its loopback: the
-    /// fault rules match only the veth, so this sees the server's state during a fault.
+    /// Runs `redis-cli` against the (first) server from inside its namespace, over its
+    /// loopback: the fault rules match only the veth, so this sees the server's state during a
+    /// fault.
     pub fn cli(&self, args: &[&str]) -> String {
+        self.cli_on(&self.ports[0].to_string(), args)
+    }
+
+    fn cli_on(&self, port: &str, args: &[&str]) -> String {
+        let ns = self.namespace.as_str();
         let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.namespace,
-                "redis-cli",
-                "-h",
-                &self.server_ip,
-            ])
-            .args(["-p", &PORT.to_string()])
+            .args(["netns", "exec", ns, "redis-cli", "-h", &self.server_ip, "-p", port])
             .args(args)
             .output()
             .expect("run redis-cli in the namespace");
@@ -349,7 +378,7 @@ impl NetnsRedis {
 
 impl Drop for NetnsRedis {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for mut child in self.children.drain(..) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -360,9 +389,9 @@ impl Drop for NetnsRedis {
     }
 }
 
-/// Whether `ip`:6379 answers `PING`.
-fn ping(ip: &str) -> bool {
-    let Ok(addr) = format!("{ip}:{PORT}").parse() else {
+/// Whether `ip`:`port` answers `PING`.
+fn ping(ip: &str, port: u16) -> bool {
+    let Ok(addr) = format!("{ip}:{port}").parse() else {
         return false;
     };
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
