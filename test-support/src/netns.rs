@@ -109,7 +109,14 @@ impl NetnsRedis {
             .iter()
             .map(|p| format!("{}:{p}", me.server_ip))
             .collect();
-        let mut args = vec!["netns", "exec", &me.namespace, "redis-cli", "--cluster", "create"];
+        let mut args = vec![
+            "netns",
+            "exec",
+            &me.namespace,
+            "redis-cli",
+            "--cluster",
+            "create",
+        ];
         args.extend(nodes.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
         if let Err(e) = run("ip", &args) {
@@ -118,7 +125,10 @@ impl NetnsRedis {
         let started = Instant::now();
         for port in &me.ports {
             let port = port.to_string();
-            while !me.cli_on(&port, &["cluster", "info"]).contains("cluster_state:ok") {
+            while !me
+                .cli_on(&port, &["cluster", "info"])
+                .contains("cluster_state:ok")
+            {
                 assert!(started.elapsed() < READY_TIMEOUT, "cluster never became ok");
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -294,12 +304,30 @@ impl NetnsRedis {
     /// Drops what reaches the server (every node): it never sees the requests (half-open
     /// link).
     pub fn drop_requests(&self) {
-        self.iptables(&["-A", "INPUT", "-i", &self.peer_link, "-p", "tcp", "-j", "DROP"]);
+        self.iptables(&[
+            "-A",
+            "INPUT",
+            "-i",
+            &self.peer_link,
+            "-p",
+            "tcp",
+            "-j",
+            "DROP",
+        ]);
     }
 
     /// Drops what the server sends: it runs the commands, the replies are lost (half-open).
     pub fn drop_replies(&self) {
-        self.iptables(&["-A", "OUTPUT", "-o", &self.peer_link, "-p", "tcp", "-j", "DROP"]);
+        self.iptables(&[
+            "-A",
+            "OUTPUT",
+            "-o",
+            &self.peer_link,
+            "-p",
+            "tcp",
+            "-j",
+            "DROP",
+        ]);
     }
 
     /// Drops `percent` % of packets in each direction, at random.
@@ -360,7 +388,16 @@ impl NetnsRedis {
     fn cli_on(&self, port: &str, args: &[&str]) -> String {
         let ns = self.namespace.as_str();
         let out = Command::new("ip")
-            .args(["netns", "exec", ns, "redis-cli", "-h", &self.server_ip, "-p", port])
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "redis-cli",
+                "-h",
+                &self.server_ip,
+                "-p",
+                port,
+            ])
             .args(args)
             .output()
             .expect("run redis-cli in the namespace");
