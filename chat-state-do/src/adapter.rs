@@ -1,7 +1,10 @@
-//! The adapter (wasm32 only): [`DurableObjectBackend`], the storage logic that sends
-//! [`protocol`](crate::protocol) requests to [`ChatStateDO`](crate::ChatStateDO) objects from
-//! inside a Worker, and [`DurableObjectAdapter`], that backend behind core's rule layer.
+//! The adapter (wasm32 only): [`DurableObjectBackend`], the storage logic that calls
+//! [`ChatStateDO`](crate::ChatStateDO) objects over Workers RPC from inside a Worker
+//! ([`protocol`](crate::protocol)), and [`DurableObjectAdapter`], that backend behind core's
+//! rule layer.
 
+use std::fmt;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,13 +12,15 @@ use chat_state_core::{
     Backend, Checked, Error, ErrorKind, ListOptions, Lock, LockRequest, Operation, QueueEntry,
     Result, validate,
 };
-use serde::de::DeserializeOwned;
+use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
-use worker::{Env, Method, ObjectNamespace, RequestInit};
+use worker::send::SendWrapper;
+use worker::{Env, ObjectNamespace};
 
 use crate::BACKEND;
-use crate::protocol::{Acquired, KIND_PROTOCOL_MISMATCH, REQUEST_URL, Request, WireError, b64};
+use crate::js::js_message;
 use crate::routing::{KeyRouteFn, Router, ShardFn, thread_of_key};
+use crate::transport::{Call, Transport};
 #[cfg(feature = "test-introspection")]
 use chat_state_core::SharedClock;
 
@@ -25,27 +30,40 @@ pub const DEFAULT_OBJECT_NAME: &str = "default";
 /// A [`StateAdapter`](chat_state_core::StateAdapter) backed by
 /// [`ChatStateDO`](crate::ChatStateDO) objects: [`DurableObjectBackend`] behind core's rule
 /// layer, which validates inputs, checks the adapter is open, draws lock tokens and computes
-/// `Lock::expires_at` before any request leaves the Worker.
+/// `Lock::expires_at` before any call leaves the Worker.
 ///
 /// Build it per request (it is cheap: no I/O until the first operation) with
 /// [`DurableObjectBackend::builder`] or [`DurableObjectBackend::from_env`].
 /// [`DurableObjectBackend::router`] is reached through `adapter.backend().router()`.
 pub type DurableObjectAdapter = Checked<DurableObjectBackend>;
 
-/// The storage logic of [`DurableObjectAdapter`]: each operation is one request to the object
-/// that owns its thread or key.
+/// The storage logic of [`DurableObjectAdapter`]: each operation is one RPC call to the
+/// object that owns its thread or key.
 ///
-/// Every call gets a fresh stub, so a broken stub after an object reset never poisons later
-/// calls. Inputs arrive validated (the rule layer checks them; the object checks them again,
-/// since requests can reach it without this adapter).
-#[derive(Debug)]
+/// The adapter keeps a stub per object, opens a session with an object it calls often, and
+/// sends the operations its tasks issue to one object at the same moment as one batch (see
+/// the crate docs, "Transport"). A stub whose call failed in the runtime is dropped and the
+/// next call gets a fresh one, as Cloudflare advises for stubs that may be broken. Inputs
+/// arrive validated (the rule layer checks them; the object checks them again, since calls
+/// can reach it without this adapter).
 pub struct DurableObjectBackend {
-    namespace: ObjectNamespace,
     router: Router,
-    location_hint: Option<String>,
-    /// Test-only: the clock for rule 12 and for the objects (sent with every request).
+    /// Wrapped like the worker crate's own handles: wasm32 Workers are single-threaded, and
+    /// the adapter stays `Send + Sync` for code that shares it as `Arc<dyn StateAdapter>`.
+    transport: SendWrapper<Rc<Transport>>,
+    /// Test-only: the clock for rule 12 and for the objects (passed with every call).
     #[cfg(feature = "test-introspection")]
     test_clock: Option<SharedClock>,
+}
+
+impl fmt::Debug for DurableObjectBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableObjectBackend")
+            .field("router", &self.router)
+            .field("location_hint", &self.transport.location_hint())
+            .field("objects", &self.transport.objects())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Configures a [`DurableObjectAdapter`]; see [`DurableObjectBackend::builder`].
@@ -117,10 +135,9 @@ impl DurableObjectAdapterBuilder {
 
     /// Test-only (feature `test-introspection`): read time from `clock` instead of
     /// `Date.now()`, both here (the `expires_at` of acquired locks) and in the objects: every
-    /// request carries the clock's time in the header
-    /// [`TEST_NOW_HEADER`](crate::protocol::TEST_NOW_HEADER), which objects built with the
-    /// same feature use as their time for that request. Objects built without the feature
-    /// reject such requests.
+    /// call passes the clock's time as its last argument, which objects built with the same
+    /// feature use as their time for that call. Objects built without the feature reject
+    /// such calls.
     #[cfg(feature = "test-introspection")]
     pub fn test_clock(mut self, clock: SharedClock) -> Self {
         self.test_clock = Some(clock);
@@ -141,9 +158,8 @@ impl DurableObjectAdapterBuilder {
             None => self.namespace,
         };
         Ok(Checked::new(DurableObjectBackend {
-            namespace,
+            transport: SendWrapper::new(Transport::new(namespace, self.location_hint)),
             router: self.router,
-            location_hint: self.location_hint,
             #[cfg(feature = "test-introspection")]
             test_clock: self.test_clock,
         }))
@@ -169,14 +185,6 @@ fn jurisdiction_namespace(namespace: &ObjectNamespace, j: &str) -> Result<Object
     Ok(ObjectNamespace::unchecked_from_js(sub))
 }
 
-/// The message of a thrown JS value, without the stack trace `Debug` would add.
-fn js_message(e: &JsValue) -> String {
-    match e.dyn_ref::<js_sys::Error>() {
-        Some(err) => String::from(err.message()),
-        None => e.as_string().unwrap_or_else(|| format!("{e:?}")),
-    }
-}
-
 impl DurableObjectBackend {
     /// A builder over the namespace binding (`env.durable_object("CHAT_STATE")?`).
     pub fn builder(namespace: ObjectNamespace) -> DurableObjectAdapterBuilder {
@@ -200,100 +208,87 @@ impl DurableObjectBackend {
         &self.router
     }
 
-    /// Sends one request to the object named `object` and decodes its result. Errors carry
-    /// no context; the rule layer attaches backend and operation.
-    async fn call<T: DeserializeOwned>(&self, object: &str, request: &Request) -> Result<T> {
-        let unavailable = |what: &str, e: worker::Error| {
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("{what} Durable Object {object:?} failed: {e}; retry later"),
-            )
-        };
-        let body = serde_json::to_string(request)
-            .map_err(|e| Error::invalid_input(format!("cannot encode the request: {e}")))?;
-        let stub = match &self.location_hint {
-            Some(hint) => self.namespace.get_by_name_with_location_hint(object, hint),
-            None => self.namespace.get_by_name(object),
-        }
-        .map_err(|e| unavailable("getting a stub for", e))?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post)
-            .with_body(Some(JsValue::from_str(&body)));
+    /// The test clock's time to pass with a call, if there is one.
+    fn test_now(&self) -> Option<f64> {
         #[cfg(feature = "test-introspection")]
         if let Some(clock) = &self.test_clock {
-            let headers = worker::Headers::new();
-            headers
-                .set(
-                    crate::protocol::TEST_NOW_HEADER,
-                    &clock.now_ms().to_string(),
-                )
-                .map_err(|e| unavailable("building a request for", e))?;
-            init.with_headers(headers);
+            return Some(clock.now_ms() as f64);
         }
-        let req = worker::Request::new_with_init(REQUEST_URL, &init)
-            .map_err(|e| unavailable("building a request for", e))?;
-        let mut resp = stub
-            .fetch_with_request(req)
-            .await
-            .map_err(|e| unavailable("calling", e))?;
-        let status = resp.status_code();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| unavailable("reading the answer of", e))?;
-        if status == 200 {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                Error::new(
-                    ErrorKind::Backend,
-                    format!(
-                        "Durable Object {object:?} answered with an unexpected result ({e}); \
-                         is the binding's class chat_state_do::ChatStateDO of the same version?"
-                    ),
-                )
-            });
-        }
-        Err(match serde_json::from_slice::<WireError>(&bytes) {
-            Ok(w) if w.kind == KIND_PROTOCOL_MISMATCH => Error::new(ErrorKind::Backend, w.message),
-            Ok(w) => Error::new(w.error_kind(), w.message),
-            Err(_) => Error::new(
-                if status >= 500 {
-                    ErrorKind::Unavailable
-                } else {
-                    ErrorKind::Backend
-                },
-                format!(
-                    "Durable Object {object:?} answered status {status} with a body that is not \
-                     a chat-state error ({:?}); check that the binding's class is \
-                     chat_state_do::ChatStateDO",
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-                ),
-            ),
-        })
+        None
     }
 
-    /// A thread-scoped request (subscriptions, locks, queues): to the thread's object.
-    async fn thread_call<T: DeserializeOwned>(
-        &self,
-        thread_id: &str,
-        request: Request,
-    ) -> Result<T> {
+    /// A thread-scoped call (subscriptions, locks, queues): to the thread's object.
+    async fn thread_call(&self, thread_id: &str, call: Call) -> Result<JsValue> {
         let object = self.router.object_for_thread(thread_id);
-        self.call(&object, &request).await
+        self.transport.call(&object, call).await
     }
 
-    /// A cache or list request: to the object the key routes to.
-    async fn key_call<T: DeserializeOwned>(&self, key: &str, request: Request) -> Result<T> {
+    /// A cache or list call: to the object the key routes to.
+    async fn key_call(&self, key: &str, call: Call) -> Result<JsValue> {
         let object = self.router.object_for_key(key);
-        self.call(&object, &request).await
+        self.transport.call(&object, call).await
     }
 }
 
-fn ttl_ms(t: Duration) -> u64 {
-    validate::duration_ms(t)
+fn str_js(s: &str) -> JsValue {
+    JsValue::from_str(s)
 }
 
-fn decode_b64(s: &str) -> Result<Vec<u8>> {
-    b64::decode(s).map_err(Error::corrupt)
+fn ttl_js(t: Duration) -> JsValue {
+    JsValue::from_f64(validate::duration_ms(t) as f64)
+}
+
+fn optional_ttl_js(t: Option<Duration>) -> JsValue {
+    t.map_or(JsValue::NULL, ttl_js)
+}
+
+/// A copy of the value the runtime may serialize whenever it likes; a view into wasm memory
+/// would carry the whole memory and could change under it.
+fn bytes_js(value: &[u8]) -> JsValue {
+    Uint8Array::new_from_slice(value).into()
+}
+
+/// A result of a shape this protocol never answers: the class is not this version's.
+fn unexpected(what: &str, v: &JsValue) -> Error {
+    Error::new(
+        ErrorKind::Backend,
+        format!(
+            "the Durable Object answered {v:?} where {what} was expected; is the binding's class \
+             chat_state_do::ChatStateDO of the same version as this Worker?"
+        ),
+    )
+}
+
+fn boolean(v: JsValue) -> Result<bool> {
+    v.as_bool().ok_or_else(|| unexpected("a boolean", &v))
+}
+
+fn count(v: JsValue) -> Result<usize> {
+    match v.as_f64() {
+        Some(n) if n >= 0.0 && n.fract() == 0.0 => Ok(n as usize),
+        _ => Err(unexpected("a count", &v)),
+    }
+}
+
+/// Stored bytes as the object answers them: an `ArrayBuffer` (SQL's BLOB), or text written
+/// into the table by something other than chat-state.
+fn bytes(v: &JsValue) -> Result<Vec<u8>> {
+    if let Some(buffer) = v.dyn_ref::<js_sys::ArrayBuffer>() {
+        return Ok(Uint8Array::new(buffer).to_vec());
+    }
+    if let Some(view) = v.dyn_ref::<Uint8Array>() {
+        return Ok(view.to_vec());
+    }
+    if let Some(text) = v.as_string() {
+        return Ok(text.into_bytes());
+    }
+    Err(Error::corrupt(format!(
+        "a stored value has an unexpected type ({v:?}); expected bytes"
+    )))
+}
+
+fn nothing(_: JsValue) -> Result<()> {
+    Ok(())
 }
 
 impl Backend for DurableObjectBackend {
@@ -314,86 +309,78 @@ impl Backend for DurableObjectBackend {
     // adapter holds nothing that needs releasing.
 
     async fn subscribe(&self, thread_id: &str) -> Result<()> {
-        let r = Request::Subscribe {
-            thread_id: thread_id.into(),
-        };
-        self.thread_call(thread_id, r).await
+        let call = Call::new("subscribe", vec![str_js(thread_id)], self.test_now());
+        self.thread_call(thread_id, call).await.and_then(nothing)
     }
 
     async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
-        let r = Request::Unsubscribe {
-            thread_id: thread_id.into(),
-        };
-        self.thread_call(thread_id, r).await
+        let call = Call::new("unsubscribe", vec![str_js(thread_id)], self.test_now());
+        self.thread_call(thread_id, call).await.and_then(nothing)
     }
 
     async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
-        let r = Request::IsSubscribed {
-            thread_id: thread_id.into(),
-        };
-        self.thread_call(thread_id, r).await
+        let call = Call::new("isSubscribed", vec![str_js(thread_id)], self.test_now());
+        self.thread_call(thread_id, call).await.and_then(boolean)
     }
 
     /// The object stores the layer's token and keeps its own expiry, counted from the
-    /// request's arrival: later than `request.expires_at`, which the layer read before
-    /// sending (contract rule 12).
+    /// call's arrival: later than `request.expires_at`, which the layer read before sending
+    /// (contract rule 12).
     async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>> {
-        let r = Request::AcquireLock {
-            lock_id: request.lock_id.into(),
-            ttl_ms: ttl_ms(request.ttl),
-            token: Some(request.token.into()),
-        };
-        let acquired: Option<Acquired> = self.thread_call(request.lock_id, r).await?;
-        match acquired {
-            None => Ok(None),
-            Some(a) if a.token == request.token => Ok(Some(a.fence)),
-            // An object from before tokens were sent draws its own and ignores ours.
-            Some(_) => Err(Error::new(
-                ErrorKind::Backend,
-                "the Durable Object stored a lock token other than the one sent; it runs an \
-                 older chat-state-do than this Worker: deploy the Worker and the Durable Object \
-                 class from the same chat-state-do version",
-            )),
+        let args = vec![
+            str_js(request.lock_id),
+            ttl_js(request.ttl),
+            str_js(request.token),
+        ];
+        let call = Call::new("acquireLock", args, self.test_now());
+        let v = self.thread_call(request.lock_id, call).await?;
+        if v.is_null() || v.is_undefined() {
+            return Ok(None);
+        }
+        match v.as_f64() {
+            Some(fence) if fence >= 1.0 && fence.fract() == 0.0 => Ok(Some(fence as u64)),
+            _ => Err(unexpected("a fence", &v)),
         }
     }
 
     async fn release_lock(&self, lock: &Lock) -> Result<()> {
-        let r = Request::ReleaseLock {
-            lock_id: lock.thread_id.clone(),
-            token: lock.token.clone(),
-        };
-        self.thread_call(&lock.thread_id, r).await
+        let args = vec![str_js(&lock.thread_id), str_js(&lock.token)];
+        let call = Call::new("releaseLock", args, self.test_now());
+        self.thread_call(&lock.thread_id, call)
+            .await
+            .and_then(nothing)
     }
 
     async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool> {
-        let r = Request::ExtendLock {
-            lock_id: request.lock_id.into(),
-            token: request.token.into(),
-            ttl_ms: ttl_ms(request.ttl),
-        };
-        self.thread_call(request.lock_id, r).await
+        let args = vec![
+            str_js(request.lock_id),
+            str_js(request.token),
+            ttl_js(request.ttl),
+        ];
+        let call = Call::new("extendLock", args, self.test_now());
+        self.thread_call(request.lock_id, call)
+            .await
+            .and_then(boolean)
     }
 
     async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
-        let r = Request::ForceReleaseLock {
-            lock_id: lock_id.into(),
-        };
-        self.thread_call(lock_id, r).await
+        let call = Call::new("forceReleaseLock", vec![str_js(lock_id)], self.test_now());
+        self.thread_call(lock_id, call).await.and_then(nothing)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let r = Request::Get { key: key.into() };
-        let v: Option<String> = self.key_call(key, r).await?;
-        v.map(|s| decode_b64(&s)).transpose()
+        let call = Call::new("get", vec![str_js(key)], self.test_now());
+        let v = self.key_call(key, call).await?;
+        if v.is_null() || v.is_undefined() {
+            return Ok(None);
+        }
+        bytes(&v).map(Some)
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        let r = Request::Set {
-            key: key.into(),
-            value: value.to_vec(),
-            ttl_ms: ttl.map(ttl_ms),
-        };
-        self.key_call(key, r).await
+        let args = vec![str_js(key), bytes_js(value), optional_ttl_js(ttl)];
+        let call = Call::new("set", args, self.test_now()).carrying(value.len());
+        self.key_call(key, call).await.and_then(nothing)
     }
 
     async fn set_if_not_exists(
@@ -402,55 +389,74 @@ impl Backend for DurableObjectBackend {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool> {
-        let r = Request::SetIfNotExists {
-            key: key.into(),
-            value: value.to_vec(),
-            ttl_ms: ttl.map(ttl_ms),
-        };
-        self.key_call(key, r).await
+        let args = vec![str_js(key), bytes_js(value), optional_ttl_js(ttl)];
+        let call = Call::new("setIfNotExists", args, self.test_now()).carrying(value.len());
+        self.key_call(key, call).await.and_then(boolean)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let r = Request::Delete { key: key.into() };
-        self.key_call(key, r).await
+        let call = Call::new("delete", vec![str_js(key)], self.test_now());
+        self.key_call(key, call).await.and_then(nothing)
     }
 
     async fn append_to_list(&self, key: &str, value: &[u8], options: ListOptions) -> Result<()> {
-        let r = Request::AppendToList {
-            key: key.into(),
-            value: value.to_vec(),
-            max_length: options.max_length.map(|n| n as u64),
-            ttl_ms: options.ttl.map(ttl_ms),
-        };
-        self.key_call(key, r).await
+        let max = options
+            .max_length
+            .map_or(JsValue::NULL, |n| JsValue::from_f64(n as f64));
+        let args = vec![
+            str_js(key),
+            bytes_js(value),
+            max,
+            optional_ttl_js(options.ttl),
+        ];
+        let call = Call::new("appendToList", args, self.test_now()).carrying(value.len());
+        self.key_call(key, call).await.and_then(nothing)
     }
 
     async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
-        let r = Request::GetList { key: key.into() };
-        let items: Vec<String> = self.key_call(key, r).await?;
-        items.iter().map(|s| decode_b64(s)).collect()
+        let call = Call::new("getList", vec![str_js(key)], self.test_now());
+        let v = self.key_call(key, call).await?;
+        let items = v
+            .dyn_into::<js_sys::Array>()
+            .map_err(|v| unexpected("an array", &v))?;
+        items.iter().map(|item| bytes(&item)).collect()
     }
 
     async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
-        let r = Request::Enqueue {
-            thread_id: thread_id.into(),
-            entry,
-            max_size: max_size as u64,
-        };
-        self.thread_call(thread_id, r).await
+        let text = serde_json::to_string(&entry)
+            .map_err(|e| Error::invalid_input(format!("cannot encode the queue entry: {e}")))?;
+        let args = vec![
+            str_js(thread_id),
+            str_js(&text),
+            JsValue::from_f64(max_size as f64),
+        ];
+        let call = Call::new("enqueue", args, self.test_now()).carrying(text.len());
+        self.thread_call(thread_id, call).await.and_then(count)
     }
 
     async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
-        let r = Request::Dequeue {
-            thread_id: thread_id.into(),
-        };
-        self.thread_call(thread_id, r).await
+        let call = Call::new("dequeue", vec![str_js(thread_id)], self.test_now());
+        let v = self.thread_call(thread_id, call).await?;
+        if v.is_null() || v.is_undefined() {
+            return Ok(None);
+        }
+        let text = v.as_string().ok_or_else(|| {
+            Error::corrupt(format!(
+                "a stored queue entry is not text ({v:?}); it was removed from the queue"
+            ))
+        })?;
+        // Lone surrogates (from a TypeScript writer) decode as U+FFFD.
+        chat_state_core::json::from_json_slice(text.as_bytes())
+            .map(Some)
+            .map_err(|e| {
+                Error::corrupt(format!(
+                    "a stored queue entry is not valid JSON ({e}); it was removed from the queue"
+                ))
+            })
     }
 
     async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
-        let r = Request::QueueDepth {
-            thread_id: thread_id.into(),
-        };
-        self.thread_call(thread_id, r).await
+        let call = Call::new("queueDepth", vec![str_js(thread_id)], self.test_now());
+        self.thread_call(thread_id, call).await.and_then(count)
     }
 }

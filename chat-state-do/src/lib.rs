@@ -5,10 +5,12 @@ pub mod routing;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
-// `#[durable_object]` generates undocumented wasm-bindgen glue (constructor, fetch, alarm).
 #[cfg(target_arch = "wasm32")]
-#[allow(missing_docs)]
+mod js;
+#[cfg(target_arch = "wasm32")]
 mod object;
+#[cfg(target_arch = "wasm32")]
+mod transport;
 
 #[cfg(target_arch = "wasm32")]
 pub use adapter::{

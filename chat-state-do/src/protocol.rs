@@ -1,201 +1,251 @@
-//! The request protocol between the adapter (in the user's Worker) and the Durable Object.
+//! The Workers RPC protocol between the adapter (in the user's Worker) and the Durable Object.
 //!
-//! # Wire format (version 1)
+//! # Calls (version 2)
 //!
-//! One operation per HTTP request: `POST https://chat-state.internal/v1` whose body is one
-//! JSON [`Request`], tagged by `op` (snake_case), for example
-//! `{"op":"acquire_lock","lock_id":"t1","ttl_ms":30000,"token":"9f86d0..."}`.
+//! Each operation is one RPC method call on the object's stub, named after the Rust method in
+//! camelCase ([`METHODS`]). Every call carries [`PROTOCOL_VERSION`] as its first argument and,
+//! from a test clock only, the caller's time as its last (see below). Arguments and results
+//! are structured-clone values, never JSON text around them:
 //!
-//! * Success: status 200, body = the operation's result as JSON (see [`Request`] for the
-//!   shape of each).
-//! * Failure: status 4xx/5xx, body = [`WireError`] `{"kind":"invalid_input","message":"..."}`.
+//! | method | arguments after the version | result |
+//! |---|---|---|
+//! | `subscribe`, `unsubscribe` | thread id | `undefined` |
+//! | `isSubscribed` | thread id | boolean |
+//! | `acquireLock` | lock id, TTL ms, the new holder's token | the fence (number), or `null` if held |
+//! | `releaseLock` | lock id, token | `undefined` |
+//! | `extendLock` | lock id, token, TTL ms | boolean |
+//! | `forceReleaseLock` | lock id | `undefined` |
+//! | `get` | key | the value's bytes (`ArrayBuffer`), or `null` |
+//! | `set` | key, value (`Uint8Array`), TTL ms or `null` | `undefined` |
+//! | `setIfNotExists` | key, value, TTL ms or `null` | boolean: stored |
+//! | `delete` | key | `undefined` |
+//! | `appendToList` | key, value, `max_length` or `null`, TTL ms or `null` | `undefined` |
+//! | `getList` | key | array of `ArrayBuffer`, oldest first |
+//! | `enqueue` | thread id, the [`QueueEntry`](chat_state_core::QueueEntry) as JSON text, `max_size` | live depth (number) |
+//! | `dequeue` | thread id | the oldest live entry as JSON text, or `null` |
+//! | `queueDepth` | thread id | number |
+//! | `batch` | calls, each `[method, version, ...arguments]` | `[results, failures]`: `results[i]` is call `i`'s result, `failures` lists `[i, message]` for each call that threw |
+//! | `inspect` | (none) | [`Inspection`] as JSON text (feature `test-introspection`) |
+//! | `failAlarms` | runs, retry ms | `undefined` (feature `test-introspection`) |
 //!
-//! Values (cache values, list items) are opaque bytes, carried as standard base64 strings.
-//! Queue messages are plain JSON.
+//! Queue entries travel as the JSON text the object stores, so the object neither builds nor
+//! parses a JavaScript object for them; cache values and list items are opaque bytes.
+//!
+//! `batch` runs its calls one after the other with no await in between (so the whole batch
+//! is atomic, which is more than each call needs); a call's failure is reported at its index
+//! with the message the method itself throws, and the other calls take effect. The adapter
+//! sends the calls its tasks issue to one object at the same moment as one batch.
+//!
+//! `session()` (no arguments) answers an RPC target with the same methods, all of them
+//! forwarded to the same object. Calls on it cost the runtime less than calls on the stub,
+//! so an adapter that calls an object often opens one (see the crate docs, "Transport").
+//!
+//! # Errors
+//!
+//! An operation that fails throws an `Error` whose message is [`ERROR_PREFIX`], the
+//! snake_case kind, `": "` and the explanation (`chat-state:invalid_input: key is empty`);
+//! [`encode_error`] writes it and [`decode_error`] reads it back. Failures of the runtime
+//! itself (the object could not be reached, was reset, is overloaded) arrive as the runtime's
+//! own errors; [`classify_runtime_error`] turns them into core errors.
 //!
 //! # Versioning
 //!
-//! The version is the path (`/v1`). An object answers any other path with status 400 and a
-//! [`WireError`] of kind `protocol_mismatch` that names both versions, and the adapter turns
-//! that into an error telling the user to deploy the Worker and the object from the same
-//! `chat-state-do` version. A new incompatible format gets a new path, so an old object and a
-//! new adapter (or the reverse) always fail loudly instead of misreading each other.
-//!
-//! Fields added within a version are optional: `acquire_lock`'s `token` (the caller's token
-//! for the new holder) may be absent, and the object then draws one. An object that predates
-//! the field ignores it and answers a token of its own, which the adapter detects and reports
-//! as a version mismatch instead of handing out a lock whose token the object does not know.
+//! An object answers a call whose version is not [`PROTOCOL_VERSION`] with a
+//! `protocol_mismatch` error that names both versions and tells the user to deploy the
+//! Worker and the class from the same `chat-state-do` version ([`version_mismatch`]). A
+//! method the object does not have, or an object whose class is not an RPC target at all (a
+//! class from before version 2, or one exported without the JavaScript wrapper), makes the
+//! runtime throw; the adapter reports those with the same advice. A Worker from before
+//! version 2 reaches the object with `fetch`, which answers every request with the version 1
+//! error body `{"kind":"protocol_mismatch","message":...}` ([`legacy_fetch_answer`]), so that
+//! Worker's adapter fails loudly too.
 //!
 //! # Test clock (feature `test-introspection` only)
 //!
-//! An adapter built with a test clock
-//! (`DurableObjectAdapterBuilder::test_clock`, which only exists with the feature) sends its clock's time with every request in the header [`TEST_NOW_HEADER`]
-//! (Unix ms, decimal). An object built with the feature uses that time instead of
-//! `Date.now()` for the request, so a test can drive both sides with one manual clock. An
-//! object built without the feature rejects any request that carries the header with
-//! `invalid_input`: a client can never set a production object's clock. Without a test clock
-//! the adapter never sends the header.
+//! An adapter built with a test clock (`DurableObjectAdapterBuilder::test_clock`, which only
+//! exists with the feature) passes its clock's time (Unix ms) as the last argument of every
+//! call. An object built with the feature uses that time instead of `Date.now()` for the
+//! call, so a test can drive both sides with one manual clock. An object built without the
+//! feature rejects any call that carries a time with `invalid_input`: a client can never set
+//! a production object's clock. Without a test clock the adapter never passes one.
 
-use base64::Engine as _;
-use chat_state_core::{Error, ErrorKind, QueueEntry};
+use chat_state_core::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this crate speaks: 1 was JSON over `fetch`, 2 is Workers RPC.
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// The request path for [`PROTOCOL_VERSION`].
-pub const PROTOCOL_PATH: &str = "/v1";
+/// The RPC methods of the object, as JavaScript names. The JavaScript class
+/// (`js/chat-state-do.mjs`) forwards exactly these to the Rust object.
+pub const METHODS: &[&str] = &[
+    "subscribe",
+    "unsubscribe",
+    "isSubscribed",
+    "acquireLock",
+    "releaseLock",
+    "extendLock",
+    "forceReleaseLock",
+    "get",
+    "set",
+    "setIfNotExists",
+    "delete",
+    "appendToList",
+    "getList",
+    "enqueue",
+    "dequeue",
+    "queueDepth",
+    "batch",
+    "inspect",
+    "failAlarms",
+];
 
-/// The URL the adapter posts to (the host is never resolved: stubs route by object id).
-pub const REQUEST_URL: &str = "https://chat-state.internal/v1";
+/// How the message of every error the object throws begins.
+pub const ERROR_PREFIX: &str = "chat-state:";
 
-/// The request header that carries a test clock's time (see the module docs). Honoured only
-/// by objects built with the feature `test-introspection`; rejected by all others.
-pub const TEST_NOW_HEADER: &str = "x-chat-state-test-now-ms";
+/// The kind name of a version mismatch in [`encode_error`]'s format (and in the version 1
+/// error body).
+pub const KIND_PROTOCOL_MISMATCH: &str = "protocol_mismatch";
 
-/// One operation, as the adapter sends it. Results (status 200 body) are noted per variant.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Result: `null`.
-    Subscribe {
-        /// Thread id.
-        thread_id: String,
-    },
-    /// Result: `null`.
-    Unsubscribe {
-        /// Thread id.
-        thread_id: String,
-    },
-    /// Result: `true`/`false`.
-    IsSubscribed {
-        /// Thread id.
-        thread_id: String,
-    },
-    /// Result: `null` if held, else [`Acquired`].
-    AcquireLock {
-        /// Lock id.
-        lock_id: String,
-        /// Lock TTL in milliseconds (> 0).
-        ttl_ms: u64,
-        /// The new holder's token, drawn by the caller (the adapter's rule layer draws 128
-        /// random bits, hex). Absent: the object draws one and answers it in [`Acquired`].
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        token: Option<String>,
-    },
-    /// Result: `null`.
-    ReleaseLock {
-        /// Lock id.
-        lock_id: String,
-        /// The holder's token.
-        token: String,
-    },
-    /// Result: `true` if extended.
-    ExtendLock {
-        /// Lock id.
-        lock_id: String,
-        /// The holder's token.
-        token: String,
-        /// New TTL from now, in milliseconds (> 0).
-        ttl_ms: u64,
-    },
-    /// Result: `null`.
-    ForceReleaseLock {
-        /// Lock id.
-        lock_id: String,
-    },
-    /// Result: base64 value or `null`.
-    Get {
-        /// Cache key.
-        key: String,
-    },
-    /// Result: `null`.
-    Set {
-        /// Cache key.
-        key: String,
-        /// The value.
-        #[serde(with = "b64")]
-        value: Vec<u8>,
-        /// TTL in milliseconds; absent means no expiry.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        ttl_ms: Option<u64>,
-    },
-    /// Result: `true` if stored.
-    SetIfNotExists {
-        /// Cache key.
-        key: String,
-        /// The value.
-        #[serde(with = "b64")]
-        value: Vec<u8>,
-        /// TTL in milliseconds; absent means no expiry.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        ttl_ms: Option<u64>,
-    },
-    /// Result: `null`.
-    Delete {
-        /// Cache key.
-        key: String,
-    },
-    /// Result: `null`.
-    AppendToList {
-        /// List key.
-        key: String,
-        /// The item.
-        #[serde(with = "b64")]
-        value: Vec<u8>,
-        /// Keep only the newest this many items.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        max_length: Option<u64>,
-        /// Set the list's expiry to now + this many milliseconds.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        ttl_ms: Option<u64>,
-    },
-    /// Result: array of base64 items, oldest first.
-    GetList {
-        /// List key.
-        key: String,
-    },
-    /// Result: live depth after the append.
-    Enqueue {
-        /// Thread id.
-        thread_id: String,
-        /// The entry, in its upstream camelCase shape.
-        entry: QueueEntry,
-        /// Keep at most this many entries (>= 1).
-        max_size: u64,
-    },
-    /// Result: the oldest live [`QueueEntry`] or `null`.
-    Dequeue {
-        /// Thread id.
-        thread_id: String,
-    },
-    /// Result: number of live entries.
-    QueueDepth {
-        /// Thread id.
-        thread_id: String,
-    },
-    /// Test-only (feature `test-introspection` on the object): result is an [`Inspection`].
-    /// Objects built without the feature answer with an `invalid_input` error.
-    Inspect,
-    /// Test-only (feature `test-introspection`): the next `times` alarm runs fail before
-    /// touching any table, and failed runs re-arm `retry_ms` later instead of the production
-    /// delay. Result: `null`.
-    FailAlarms {
-        /// How many runs fail.
-        times: u32,
-        /// Retry delay after a failed run, in milliseconds.
-        retry_ms: u64,
-    },
+/// The advice every version error ends with.
+pub const REDEPLOY: &str = "deploy the Worker and the Durable Object class from the same \
+                            chat-state-do version (redeploy both)";
+
+/// The snake_case name of a core error kind, as [`encode_error`] writes it.
+pub fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidInput => "invalid_input",
+        ErrorKind::CorruptData => "corrupt_data",
+        ErrorKind::Closed => "closed",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Timeout => "timeout",
+        _ => "backend",
+    }
 }
 
-/// Result of a successful [`Request::AcquireLock`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Acquired {
-    /// The new holder's token: the request's, or one the object drew (128 random bits, hex)
-    /// if the request carried none.
-    pub token: String,
-    /// Fencing number, strictly increasing per object (hence per lock id).
-    pub fence: u64,
+fn kind_from_name(name: &str) -> Option<ErrorKind> {
+    Some(match name {
+        "invalid_input" => ErrorKind::InvalidInput,
+        "corrupt_data" => ErrorKind::CorruptData,
+        "closed" => ErrorKind::Closed,
+        "unavailable" => ErrorKind::Unavailable,
+        "timeout" => ErrorKind::Timeout,
+        // A version error cannot be fixed by retrying; redeploying does.
+        "backend" | KIND_PROTOCOL_MISMATCH => ErrorKind::Backend,
+        _ => return None,
+    })
+}
+
+/// The message of the `Error` the object throws for `e`.
+pub fn encode_error(e: &Error) -> String {
+    format!("{ERROR_PREFIX}{}: {}", kind_name(e.kind()), e.message())
+}
+
+/// The kind and explanation in a message [`encode_error`] wrote, or `None` for any other
+/// message. A version mismatch decodes as [`ErrorKind::Backend`].
+pub fn decode_error(message: &str) -> Option<(ErrorKind, &str)> {
+    let rest = message.strip_prefix(ERROR_PREFIX)?;
+    let (kind, explanation) = rest.split_once(": ")?;
+    Some((kind_from_name(kind)?, explanation))
+}
+
+/// The error an object throws for a call of protocol version `theirs` (what the caller
+/// passed as the first argument, if it was a number).
+pub fn version_mismatch(theirs: Option<f64>) -> String {
+    let theirs = match theirs {
+        Some(v) if v.is_finite() => format!("protocol version {v}"),
+        _ => "no protocol version (a caller that is not a chat-state-do adapter?)".to_string(),
+    };
+    format!(
+        "{ERROR_PREFIX}{KIND_PROTOCOL_MISMATCH}: the Durable Object speaks chat-state-do \
+         protocol version {PROTOCOL_VERSION} but the call carried {theirs}; {REDEPLOY}"
+    )
+}
+
+/// Status and body of the object's answer to any `fetch`: adapters from before version 2
+/// sent every operation that way and read this body as their version error.
+pub fn legacy_fetch_answer(path: &str) -> (u16, String) {
+    let message = format!(
+        "the Durable Object speaks chat-state-do protocol version {PROTOCOL_VERSION} (Workers \
+         RPC) but received a fetch request for {path:?}, which is version 1; {REDEPLOY}"
+    );
+    let body = serde_json::json!({ "kind": KIND_PROTOCOL_MISMATCH, "message": message });
+    (400, body.to_string())
+}
+
+/// What the adapter learns from an error thrown by a call on the stub.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeError<'a> {
+    /// `error.message`.
+    pub message: &'a str,
+    /// `error.retryable`: the runtime says the call can be retried.
+    pub retryable: bool,
+    /// `error.overloaded`: the object is overloaded; retrying makes it worse.
+    pub overloaded: bool,
+}
+
+/// Runtime messages that mean the class on the other side does not speak this protocol (no
+/// such method; not an RPC target, i.e. a class from before version 2 or one exported without
+/// the JavaScript wrapper).
+const NOT_THIS_PROTOCOL: &[&str] = &["does not implement the method", "does not support RPC"];
+
+/// Whether the runtime refused a call because the stub was made by another request (I/O
+/// objects belong to the request that created them): nothing was sent, so the call may be
+/// made again on a fresh stub.
+pub fn refused_as_other_request(message: &str) -> bool {
+    message.contains("Cannot perform I/O on behalf of a different request")
+}
+
+/// The core error for an error thrown by a call on the stub.
+///
+/// * our own encoded errors keep their kind;
+/// * `overloaded` is [`ErrorKind::Backend`], not retryable: Cloudflare asks callers not to
+///   retry an overloaded object (core has no dedicated kind yet);
+/// * a class that does not speak this protocol is a version error ([`ErrorKind::Backend`]);
+/// * other failures the runtime marks `retryable` (reset, lost connection) are
+///   [`ErrorKind::Unavailable`];
+/// * anything else is [`ErrorKind::Backend`].
+pub fn classify_runtime_error(object: &str, e: RuntimeError<'_>) -> Error {
+    if let Some((kind, explanation)) = decode_error(e.message) {
+        return Error::new(kind, explanation);
+    }
+    if e.overloaded {
+        return Error::new(
+            ErrorKind::Backend,
+            format!(
+                "Durable Object {object:?} is overloaded ({}); do not retry at once: spread the \
+                 load over more objects (DurableObjectAdapterBuilder::shard_key) or send less",
+                e.message
+            ),
+        );
+    }
+    if NOT_THIS_PROTOCOL.iter().any(|m| e.message.contains(m)) {
+        return Error::new(
+            ErrorKind::Backend,
+            format!(
+                "Durable Object {object:?} does not speak chat-state-do protocol version \
+                 {PROTOCOL_VERSION} ({}); export its class through rpcClass from \
+                 chat-state-do's js/chat-state-do.mjs and {REDEPLOY}",
+                e.message
+            ),
+        );
+    }
+    if e.retryable {
+        return Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "calling Durable Object {object:?} failed ({}); retry later",
+                e.message
+            ),
+        );
+    }
+    Error::new(
+        ErrorKind::Backend,
+        format!(
+            "calling Durable Object {object:?} failed ({}); the runtime does not mark it \
+             retryable",
+            e.message
+        ),
+    )
 }
 
 /// Row counts of one table, split by expiry at the object's current time.
@@ -207,7 +257,7 @@ pub struct TableCount {
     pub expired: u64,
 }
 
-/// What [`Request::Inspect`] reports (test-only).
+/// What `inspect` reports (test-only).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inspection {
     /// The object's name (`idFromName`), if it has one.
@@ -252,174 +302,117 @@ impl Inspection {
     }
 }
 
-/// The body of every non-200 answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireError {
-    /// `invalid_input`, `corrupt_data`, `backend` or `protocol_mismatch`.
-    pub kind: String,
-    /// What was wrong and what to do.
-    pub message: String,
-}
-
-/// [`WireError::kind`] of a version mismatch.
-pub const KIND_PROTOCOL_MISMATCH: &str = "protocol_mismatch";
-
-impl WireError {
-    /// The wire form of a core error (kind names are the snake_case [`ErrorKind`] names).
-    pub fn from_error(e: &Error) -> Self {
-        let kind = match e.kind() {
-            ErrorKind::InvalidInput => "invalid_input",
-            ErrorKind::CorruptData => "corrupt_data",
-            ErrorKind::Closed => "closed",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Timeout => "timeout",
-            _ => "backend",
-        };
-        Self {
-            kind: kind.to_string(),
-            message: e.message().to_string(),
-        }
-    }
-
-    /// The core error kind this wire kind maps to. A version mismatch is a
-    /// [`ErrorKind::Backend`] error: retrying cannot fix it, redeploying does.
-    pub fn error_kind(&self) -> ErrorKind {
-        match self.kind.as_str() {
-            "invalid_input" => ErrorKind::InvalidInput,
-            "corrupt_data" => ErrorKind::CorruptData,
-            "unavailable" => ErrorKind::Unavailable,
-            "timeout" => ErrorKind::Timeout,
-            _ => ErrorKind::Backend,
-        }
-    }
-
-    /// The HTTP status the object answers with.
-    pub fn status(&self) -> u16 {
-        match self.kind.as_str() {
-            "invalid_input" | KIND_PROTOCOL_MISMATCH => 400,
-            "unavailable" => 503,
-            _ => 500,
-        }
-    }
-
-    /// The error for a request sent to a path other than [`PROTOCOL_PATH`].
-    pub fn protocol_mismatch(path: &str) -> Self {
-        Self {
-            kind: KIND_PROTOCOL_MISMATCH.to_string(),
-            message: format!(
-                "the Durable Object speaks chat-state protocol v{PROTOCOL_VERSION} (path \
-                 {PROTOCOL_PATH}) but the request used path {path:?}; deploy the Worker and the \
-                 Durable Object class from the same chat-state-do version"
-            ),
-        }
-    }
-}
-
-/// Parses a request body, with an `invalid_input` error saying what was malformed.
-pub fn decode_request(body: &[u8]) -> Result<Request, Error> {
-    serde_json::from_slice(body).map_err(|e| {
-        Error::invalid_input(format!(
-            "malformed chat-state request ({e}); expected a JSON object with an \"op\" field as \
-             documented in chat_state_do::protocol"
-        ))
-    })
-}
-
-/// Serde helpers carrying bytes as standard base64 strings.
-pub mod b64 {
-    use super::*;
-
-    /// Serializes bytes as a base64 string.
-    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&encode(v))
-    }
-
-    /// Deserializes a base64 string into bytes.
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        decode(&s).map_err(serde::de::Error::custom)
-    }
-
-    /// Bytes to base64.
-    pub fn encode(v: &[u8]) -> String {
-        base64::engine::general_purpose::STANDARD.encode(v)
-    }
-
-    /// Base64 to bytes.
-    pub fn decode(s: &str) -> Result<Vec<u8>, String> {
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map_err(|e| format!("value is not valid base64: {e}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn requests_round_trip_in_the_documented_shape() {
-        let r = Request::Set {
-            key: "k".into(),
-            value: b"{\"a\":1}".to_vec(),
-            ttl_ms: None,
-        };
-        let json = serde_json::to_string(&r).unwrap();
-        assert_eq!(json, r#"{"op":"set","key":"k","value":"eyJhIjoxfQ=="}"#);
-        assert_eq!(decode_request(json.as_bytes()).unwrap(), r);
-
-        let r = decode_request(br#"{"op":"acquire_lock","lock_id":"t","ttl_ms":5}"#).unwrap();
-        assert_eq!(
-            r,
-            Request::AcquireLock {
-                lock_id: "t".into(),
-                ttl_ms: 5,
-                token: None,
-            }
-        );
-        let r = Request::AcquireLock {
-            lock_id: "t".into(),
-            ttl_ms: 5,
-            token: Some("ab12".into()),
-        };
-        let json = serde_json::to_string(&r).unwrap();
-        assert_eq!(
-            json,
-            r#"{"op":"acquire_lock","lock_id":"t","ttl_ms":5,"token":"ab12"}"#
-        );
-        assert_eq!(decode_request(json.as_bytes()).unwrap(), r);
-        assert_eq!(
-            decode_request(br#"{"op":"inspect"}"#).unwrap(),
-            Request::Inspect
-        );
-    }
-
-    #[test]
-    fn malformed_requests_are_invalid_input() {
-        for body in [
-            &b"not json"[..],
-            br#"{"op":"no_such_op"}"#,
-            br#"{"op":"get"}"#,
-            br#"{"op":"set","key":"k","value":"%%%"}"#,
-            br#"{"op":"acquire_lock","lock_id":"t","ttl_ms":-1}"#,
-            br#"[1,2]"#,
+    fn errors_round_trip_through_their_message() {
+        for kind in [
+            ErrorKind::InvalidInput,
+            ErrorKind::CorruptData,
+            ErrorKind::Backend,
+            ErrorKind::Unavailable,
+            ErrorKind::Timeout,
+            ErrorKind::Closed,
         ] {
-            let e = decode_request(body).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-            assert!(e.message().contains("malformed"), "{e}");
+            let message = encode_error(&Error::new(kind, "what: and why"));
+            assert!(message.starts_with(ERROR_PREFIX), "{message}");
+            assert_eq!(decode_error(&message), Some((kind, "what: and why")));
         }
+        assert_eq!(decode_error("key is empty"), None);
+        assert_eq!(decode_error("chat-state:no_such_kind: x"), None);
+        assert_eq!(decode_error("chat-state:invalid_input"), None);
     }
 
     #[test]
-    fn wire_errors_map_kinds_both_ways() {
-        let e = Error::invalid_input("bad");
-        let w = WireError::from_error(&e);
-        assert_eq!(w.kind, "invalid_input");
-        assert_eq!(w.status(), 400);
-        assert_eq!(w.error_kind(), ErrorKind::InvalidInput);
-        let m = WireError::protocol_mismatch("/v2");
-        assert_eq!(m.status(), 400);
-        assert_eq!(m.error_kind(), ErrorKind::Backend);
-        assert!(m.message.contains("/v2") && m.message.contains("same chat-state-do version"));
+    fn a_version_mismatch_is_a_backend_error_that_says_to_redeploy_both() {
+        for theirs in [Some(1.0), Some(3.0), None, Some(f64::NAN)] {
+            let message = version_mismatch(theirs);
+            let e = classify_runtime_error(
+                "o",
+                RuntimeError {
+                    message: &message,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+            assert!(!e.is_retryable());
+            assert!(e.message().contains("redeploy both"), "{e}");
+            assert!(e.message().contains("protocol version 2"), "{e}");
+        }
+        assert!(version_mismatch(Some(3.0)).contains("carried protocol version 3"));
+        let (status, body) = legacy_fetch_answer("/v1");
+        assert_eq!(status, 400);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["kind"], KIND_PROTOCOL_MISMATCH);
+        assert!(
+            v["message"].as_str().unwrap().contains("redeploy both"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn runtime_failures_map_to_kinds_that_say_whether_to_retry() {
+        let classify = |message: &str, retryable: bool, overloaded: bool| {
+            classify_runtime_error(
+                "o",
+                RuntimeError {
+                    message,
+                    retryable,
+                    overloaded,
+                },
+            )
+        };
+        // Cloudflare marks overloaded objects retryable too; overloaded wins.
+        let e = classify(
+            "Durable Object is overloaded. Too many requests queued.",
+            true,
+            true,
+        );
+        assert_eq!(e.kind(), ErrorKind::Backend);
+        assert!(!e.is_retryable());
+        assert!(
+            e.message().contains("overloaded") && e.message().contains("shard_key"),
+            "{e}"
+        );
+
+        let e = classify("Network connection lost.", true, false);
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(e.is_retryable());
+
+        for message in [
+            "The RPC receiver does not implement the method \"getList\".",
+            "The receiving Durable Object does not support RPC, because its class was not \
+             declared with `extends DurableObject`.",
+        ] {
+            let e = classify(message, false, false);
+            assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+            assert!(
+                e.message().contains("redeploy both") && e.message().contains("rpcClass"),
+                "{e}"
+            );
+        }
+
+        let e = classify("chat-state:invalid_input: key is empty", false, false);
+        assert_eq!(
+            (e.kind(), e.message()),
+            (ErrorKind::InvalidInput, "key is empty")
+        );
+
+        let e = classify("internal error", false, false);
+        assert_eq!(e.kind(), ErrorKind::Backend);
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn the_method_list_has_no_duplicates_and_no_reserved_names() {
+        let mut names = METHODS.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METHODS.len());
+        for reserved in ["fetch", "alarm", "connect", "constructor", "then", "dup"] {
+            assert!(!METHODS.contains(&reserved), "{reserved}");
+        }
     }
 }

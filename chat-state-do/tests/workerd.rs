@@ -2,7 +2,9 @@
 //!
 //! Each test builds the test Worker once (`worker-build --release --no-opt`, shared by all
 //! tests of this binary), starts its own workerd on a free 127.0.0.1 port with its own
-//! storage, and stops it when done (even on panic: the runtime dies with its stdin).
+//! storage, and stops it when done (even on panic: the runtime dies with its stdin). The
+//! Worker's entry module (`test-worker/entry.mjs`) wraps the object class for Workers RPC with
+//! `js/chat-state-do.mjs`, as a user's Worker does, so every call below goes over RPC.
 //!
 //! Needs the tools from `bash chat-state-do/scripts/install-tools.sh` (in
 //! `$CHAT_STATE_TOOLS`, default `<repo>/.tools`, plus `worker-build` and `wasm-bindgen` on
@@ -15,10 +17,9 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use chat_state_conformance::Outcome;
 use chat_state_core::{Clock, SystemClock};
-use chat_state_do::protocol::Inspection;
+use chat_state_do::protocol::{Inspection, PROTOCOL_VERSION};
 use chat_state_do::routing::hashed_shards;
 use serde_json::{Value, json};
 
@@ -136,6 +137,11 @@ fn worker_build(crate_path: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// The test Worker's Durable Object bindings: the wrapped class, and the same class exported
+/// without the wrapper.
+const TEST_WORKER_OBJECTS: &str =
+    r#"{"CHAT_STATE": "ChatStateDO", "UNWRAPPED": "UnwrappedChatStateDO"}"#;
+
 /// One workerd instance; stopped on drop.
 struct Runtime {
     child: Child,
@@ -149,18 +155,34 @@ struct Runtime {
 impl Runtime {
     /// Starts workerd with the test Worker; `persist` keeps object storage in that dir.
     fn start(persist: Option<&Path>) -> Runtime {
-        Self::start_build(test_worker_build(), persist)
+        test_worker_build();
+        Self::start_entry("test-worker/entry.mjs", TEST_WORKER_OBJECTS, persist)
     }
 
-    fn start_build(build: &Path, persist: Option<&Path>) -> Runtime {
+    /// Starts workerd with the example Worker (a production build: no test routes, no test
+    /// feature in the object).
+    fn start_example() -> Runtime {
+        example_worker_build();
+        Self::start_entry(
+            "examples/worker/entry.mjs",
+            r#"{"CHAT_STATE": "ChatStateDO"}"#,
+            None,
+        )
+    }
+
+    /// Starts workerd on the entry module `entry` (relative to the crate) with the Durable
+    /// Object bindings `objects` (JSON: binding name to class name).
+    fn start_entry(entry: &str, objects: &str, persist: Option<&Path>) -> Runtime {
         let node = node_bin_dir().join("node");
         let script = crate_dir().join("scripts/run-miniflare.mjs");
         let persist_arg = persist.map_or_else(|| "-".into(), |p| p.display().to_string());
         let mut cmd = Command::new(node);
         cmd.arg(script)
-            .arg(build)
+            .arg(crate_dir())
+            .arg(entry)
             .arg(persist_arg)
             .env("CHAT_STATE_TOOLS", tools_dir())
+            .env("MF_DURABLE_OBJECTS", objects)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -232,59 +254,45 @@ impl Runtime {
         out.as_array().expect("array of results").clone()
     }
 
-    /// Sends a raw body to the object; returns (status, parsed body).
-    fn raw(&self, object: &str, path: &str, body: &[u8]) -> (u64, Value) {
-        self.raw_at(object, path, None, body)
+    /// One raw RPC call on `object` (binding `CHAT_STATE`), past the adapter; `Ok` is the
+    /// result, `Err` the thrown error's `{"message", "name", ...}`. In `args`,
+    /// `{"$bytes": "text"}` is a `Uint8Array`; bytes in the result come back the same way.
+    fn rpc(&self, object: &str, method: &str, args: Value) -> Result<Value, Value> {
+        self.rpc_on("CHAT_STATE", object, method, args)
     }
 
-    /// [`Runtime::raw`], with `now` (if given) in the test clock header.
-    fn raw_at(&self, object: &str, path: &str, now: Option<&str>, body: &[u8]) -> (u64, Value) {
-        let mut req = self
-            .agent
-            .post(&format!("{}/raw/{object}", self.url))
-            .query("path", path);
-        if let Some(now) = now {
-            req = req.query("now", now);
-        }
-        let resp = req.send_bytes(body).expect("raw route answers 200");
-        let v: Value = resp.into_json().expect("JSON");
-        let status = v["status"].as_u64().expect("status");
-        let body = v["body"].as_str().expect("body text");
-        (
-            status,
-            serde_json::from_str(body).unwrap_or(Value::String(body.into())),
-        )
+    /// [`Runtime::rpc`] on another binding.
+    fn rpc_on(
+        &self,
+        binding: &str,
+        object: &str,
+        method: &str,
+        args: Value,
+    ) -> Result<Value, Value> {
+        let body = json!({ "method": method, "args": args, "binding": binding });
+        answer(self.post(&format!("/rpc/{object}"), &body))
     }
 
-    /// POSTs `body` with `headers` straight to `object`, past the Worker (through Miniflare's
-    /// namespace API), so objects of builds without test routes can be reached too; returns
-    /// (status, body text).
-    fn direct(&mut self, object: &str, path: &str, headers: Value, body: &str) -> (u64, String) {
-        let request = json!({ "object": object, "path": path, "headers": headers, "body": body });
+    /// The same call straight to the object through Miniflare's namespace API, past the
+    /// Worker, so objects of builds without test routes can be reached too.
+    fn direct(&mut self, object: &str, method: &str, args: Value) -> Result<Value, Value> {
+        let request = json!({ "object": object, "method": method, "args": args });
         let stdin = self.stdin.as_mut().expect("runtime running");
         writeln!(stdin, "{request}").expect("write to run-miniflare.mjs");
         stdin.flush().expect("flush to run-miniflare.mjs");
-        let answer = self
+        let line = self
             .responses
             .recv_timeout(Duration::from_secs(60))
             .expect("run-miniflare.mjs answers within 60 s");
-        let answer: Value = serde_json::from_str(&answer).expect("JSON answer line");
-        assert!(answer["error"].is_null(), "direct request failed: {answer}");
-        (
-            answer["status"].as_u64().expect("status"),
-            answer["body"].as_str().expect("body").to_owned(),
-        )
+        answer(serde_json::from_str(&line).expect("JSON answer line"))
     }
 
     fn inspect(&self, object: &str) -> Inspection {
-        let resp = self
-            .agent
-            .get(&format!("{}/inspect/{object}", self.url))
-            .call()
-            .expect("inspect");
-        let v: Value = resp.into_json().expect("JSON");
-        assert_eq!(v["status"], 200, "inspect {object}: {v}");
-        serde_json::from_str(v["body"].as_str().expect("body")).expect("Inspection")
+        let v = self.get(&format!("/inspect/{object}"));
+        let text = v["ok"]
+            .as_str()
+            .unwrap_or_else(|| panic!("inspect {object}: {v}"));
+        serde_json::from_str(text).expect("Inspection")
     }
 
     /// Stops workerd and waits for it (closing stdin makes Miniflare dispose workerd).
@@ -327,8 +335,26 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{nanos:x}")
 }
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
+/// `{"ok": v}` as `Ok(v)`, `{"err": e}` as `Err(e)`.
+fn answer(v: Value) -> Result<Value, Value> {
+    match (v.get("ok"), v.get("err")) {
+        (Some(ok), None) => Ok(ok.clone()),
+        (None, Some(err)) => Err(err.clone()),
+        _ => panic!("neither ok nor err: {v}"),
+    }
+}
+
+/// A `Uint8Array` argument (or bytes in a result) in [`Runtime::rpc`]'s JSON.
+fn bytes(text: &str) -> Value {
+    json!({ "$bytes": text })
+}
+
+/// The message of an error [`Runtime::rpc`] answered; fails if the call succeeded.
+fn thrown(r: Result<Value, Value>) -> String {
+    match r {
+        Ok(v) => panic!("expected the call to throw, it answered {v}"),
+        Err(e) => e["message"].as_str().unwrap_or_default().to_owned(),
+    }
 }
 
 fn ok(v: &Value) -> &Value {
@@ -430,38 +456,40 @@ fn conformance_suite_passes_in_workerd_with_shards_and_key_routing() {
     assert_conformance(4, false);
 }
 
-/// The test clock header (test builds only): the object runs the request at the header's
-/// time, and rejects a malformed one. Requests without it still use the object's own clock.
+/// The test clock argument (test builds only): the object runs the call at the time passed
+/// as its last argument, and rejects one that is not a Unix time in milliseconds. Calls
+/// without it still use the object's own clock. Values come back as bytes.
 #[test]
-fn test_clock_header_sets_the_objects_time_in_test_builds() {
+fn test_clock_argument_sets_the_objects_time_in_test_builds() {
     let rt = Runtime::start(None);
     let object = unique("testclock");
-    let at = |now: Option<u64>, body: Value| {
-        let now = now.map(|n| n.to_string());
-        rt.raw_at(&object, "/v1", now.as_deref(), body.to_string().as_bytes())
-    };
-    let get = json!({ "op": "get", "key": "k" });
-    let (status, body) = rt.raw_at(&object, "/v1", Some("soon"), get.to_string().as_bytes());
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["kind"], "invalid_input", "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("soon"),
-        "{body}"
-    );
+    let v = PROTOCOL_VERSION;
+    for bad in [json!("soon"), json!(-1), json!(1.5)] {
+        let message = thrown(rt.rpc(&object, "get", json!([v, "k", bad])));
+        assert!(
+            message.starts_with("chat-state:invalid_input:")
+                && message.contains("not a Unix time in milliseconds"),
+            "{bad}: {message}"
+        );
+    }
     // A day ahead of the wall clock, so the object's own clock (and its alarm) sees it live.
     let t = SystemClock.now_ms() + 86_400_000;
-    let set = json!({ "op": "set", "key": "k", "value": b64("v"), "ttl_ms": 1000 });
-    assert_eq!(at(Some(t), set), (200, Value::Null));
-    let live = Value::String(b64("v"));
-    assert_eq!(at(Some(t + 999), get.clone()), (200, live.clone()));
-    assert_eq!(at(Some(t + 1000), get.clone()), (200, Value::Null));
+    let set = rt.rpc(&object, "set", json!([v, "k", bytes("v"), 1000, t]));
+    assert_eq!(set, Ok(Value::Null));
+    let get = |now: Option<u64>| match now {
+        Some(now) => rt.rpc(&object, "get", json!([v, "k", now])),
+        None => rt.rpc(&object, "get", json!([v, "k"])),
+    };
     assert_eq!(
-        at(None, get),
-        (200, live),
-        "without the header: the object's own clock"
+        get(Some(t + 999)),
+        Ok(bytes("v")),
+        "live 1 ms before the TTL"
+    );
+    assert_eq!(get(Some(t + 1000)), Ok(Value::Null), "dead at the TTL");
+    assert_eq!(
+        get(None),
+        Ok(bytes("v")),
+        "without the argument: the object's own clock"
     );
     rt.stop();
 }
@@ -600,9 +628,9 @@ fn data_and_fences_survive_a_runtime_restart() {
         config.clone(),
         vec![
             json!({ "op": "subscribe", "thread_id": "t1" }),
-            json!({ "op": "set", "key": "k", "value": b64("v1") }),
-            json!({ "op": "append_to_list", "key": "l", "value": b64("a") }),
-            json!({ "op": "append_to_list", "key": "l", "value": b64("b") }),
+            json!({ "op": "set", "key": "k", "value": "v1" }),
+            json!({ "op": "append_to_list", "key": "l", "value": "a" }),
+            json!({ "op": "append_to_list", "key": "l", "value": "b" }),
             json!({ "op": "enqueue", "thread_id": "t1", "entry": entry, "max_size": 10 }),
             json!({ "op": "acquire_lock", "lock_id": "L", "ttl_ms": 600_000 }),
         ],
@@ -631,8 +659,8 @@ fn data_and_fences_survive_a_runtime_restart() {
     );
     rt.stop();
     assert_eq!(ok(&r[0]), &json!(true), "subscription survived");
-    assert_eq!(ok(&r[1]), &json!(b64("v1")), "cache value survived");
-    assert_eq!(ok(&r[2]), &json!([b64("a"), b64("b")]), "list survived");
+    assert_eq!(ok(&r[1]), &json!("v1"), "cache value survived");
+    assert_eq!(ok(&r[2]), &json!(["a", "b"]), "list survived");
     assert_eq!(ok(&r[3]), &json!(1), "queue survived");
     assert_eq!(
         ok(&r[4]),
@@ -662,15 +690,15 @@ fn alarm_deletes_expired_rows_in_every_table_and_keeps_live_ones() {
     let r = rt.script(
         config,
         vec![
-            json!({ "op": "set", "key": "c-short", "value": b64("x"), "ttl_ms": short }),
-            json!({ "op": "set_if_not_exists", "key": "c-short2", "value": b64("x"), "ttl_ms": short }),
-            json!({ "op": "set", "key": "c-forever", "value": b64("x") }),
-            json!({ "op": "set", "key": "c-long", "value": b64("x"), "ttl_ms": 3_600_000 }),
+            json!({ "op": "set", "key": "c-short", "value": "x", "ttl_ms": short }),
+            json!({ "op": "set_if_not_exists", "key": "c-short2", "value": "x", "ttl_ms": short }),
+            json!({ "op": "set", "key": "c-forever", "value": "x" }),
+            json!({ "op": "set", "key": "c-long", "value": "x", "ttl_ms": 3_600_000 }),
             json!({ "op": "acquire_lock", "lock_id": "l-short", "ttl_ms": short }),
             json!({ "op": "acquire_lock", "lock_id": "l-long", "ttl_ms": 3_600_000 }),
-            json!({ "op": "append_to_list", "key": "list-short", "value": b64("a"), "ttl_ms": short }),
-            json!({ "op": "append_to_list", "key": "list-short", "value": b64("b") }),
-            json!({ "op": "append_to_list", "key": "list-forever", "value": b64("a") }),
+            json!({ "op": "append_to_list", "key": "list-short", "value": "a", "ttl_ms": short }),
+            json!({ "op": "append_to_list", "key": "list-short", "value": "b" }),
+            json!({ "op": "append_to_list", "key": "list-forever", "value": "a" }),
             json!({ "op": "enqueue", "thread_id": "q", "entry": dying, "max_size": 10 }),
             json!({ "op": "enqueue", "thread_id": "q", "entry": living, "max_size": 10 }),
             json!({ "op": "subscribe", "thread_id": "s" }),
@@ -726,17 +754,13 @@ fn a_failing_alarm_re_arms_itself_and_cleans_up_later() {
     let rt = Runtime::start(None);
     let object = unique("alarm-fail");
     // The next two runs fail; each must re-arm (100 ms later here, 30 s in production).
-    let (status, v) = rt.raw(
-        &object,
-        "/v1",
-        br#"{"op":"fail_alarms","times":2,"retry_ms":100}"#,
-    );
-    assert_eq!((status, v), (200, Value::Null));
+    let injected = rt.rpc(&object, "failAlarms", json!([PROTOCOL_VERSION, 2, 100]));
+    assert_eq!(injected, Ok(Value::Null));
     let r = rt.script(
         json!({ "object": object }),
         vec![
-            json!({ "op": "set", "key": "short", "value": b64("x"), "ttl_ms": 200 }),
-            json!({ "op": "set", "key": "forever", "value": b64("x") }),
+            json!({ "op": "set", "key": "short", "value": "x", "ttl_ms": 200 }),
+            json!({ "op": "set", "key": "forever", "value": "x" }),
         ],
     );
     r.iter().for_each(|v| {
@@ -776,11 +800,11 @@ fn sharding_puts_thread_operations_on_their_shard_and_keys_by_the_rule() {
         ops.push(json!({ "op": "subscribe", "thread_id": t }));
         ops.push(json!({ "op": "acquire_lock", "lock_id": t, "ttl_ms": 600_000 }));
         ops.push(json!({ "op": "enqueue", "thread_id": t, "entry": entry, "max_size": 5 }));
-        ops.push(json!({ "op": "set", "key": format!("thread-state:{t}"), "value": b64("{}") }));
+        ops.push(json!({ "op": "set", "key": format!("thread-state:{t}"), "value": "{}" }));
         ops.push(
-            json!({ "op": "append_to_list", "key": format!("msg-history:{t}"), "value": b64("m") }),
+            json!({ "op": "append_to_list", "key": format!("msg-history:{t}"), "value": "m" }),
         );
-        ops.push(json!({ "op": "set", "key": format!("dedupe:{t}"), "value": b64("true") }));
+        ops.push(json!({ "op": "set", "key": format!("dedupe:{t}"), "value": "true" }));
     }
     let routed = json!({ "object": object, "shards": shards, "route_thread_keys": true });
     for v in rt.script(routed, ops) {
@@ -818,8 +842,8 @@ fn sharding_puts_thread_operations_on_their_shard_and_keys_by_the_rule() {
     let r = rt.script(
         plain,
         vec![
-            json!({ "op": "set", "key": "thread-state:slack:C1:0", "value": b64("{}") }),
-            json!({ "op": "append_to_list", "key": "msg-history:slack:C1:0", "value": b64("m") }),
+            json!({ "op": "set", "key": "thread-state:slack:C1:0", "value": "{}" }),
+            json!({ "op": "append_to_list", "key": "msg-history:slack:C1:0", "value": "m" }),
             json!({ "op": "subscribe", "thread_id": "slack:C1:0" }),
         ],
     );
@@ -845,11 +869,11 @@ fn location_hint_and_jurisdiction_are_passed_to_the_runtime() {
     let r = rt.script(
         json!({ "object": unique("hint"), "location_hint": "weur" }),
         vec![
-            json!({ "op": "set", "key": "k", "value": b64("v") }),
+            json!({ "op": "set", "key": "k", "value": "v" }),
             json!({ "op": "get", "key": "k" }),
         ],
     );
-    assert_eq!(ok(&r[1]), &json!(b64("v")), "{r:?}");
+    assert_eq!(ok(&r[1]), &json!("v"), "{r:?}");
     // Local workerd refuses jurisdictions ("not implemented in workerd"); getting that
     // refusal proves the adapter handed the jurisdiction to the runtime's namespace.
     let r = rt.script(
@@ -878,10 +902,10 @@ fn bad_input_gets_clear_errors_and_the_object_stays_usable() {
     let r = rt.script(
         config.clone(),
         vec![
-            json!({ "op": "set", "key": "k", "value": b64(&big) }),
-            json!({ "op": "set", "key": "", "value": b64("v") }),
+            json!({ "op": "set", "key": "k", "value": big }),
+            json!({ "op": "set", "key": "", "value": "v" }),
             json!({ "op": "acquire_lock", "lock_id": "l", "ttl_ms": 0 }),
-            json!({ "op": "append_to_list", "key": "l", "value": b64("v"), "max_length": 0 }),
+            json!({ "op": "append_to_list", "key": "l", "value": "v", "max_length": 0 }),
         ],
     );
     let (kind, msg) = err_kind(&r[0]);
@@ -895,77 +919,73 @@ fn bad_input_gets_clear_errors_and_the_object_stays_usable() {
     assert_eq!(err_kind(&r[2]).0, "invalid_input", "{r:?}");
     assert_eq!(err_kind(&r[3]).0, "invalid_input", "{r:?}");
 
-    // Straight to the object, bypassing the adapter's checks.
-    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
-        ("/v1", b"not json".to_vec(), "invalid_input", "malformed"),
+    // Straight to the object over RPC, past the adapter's checks: arguments of the wrong
+    // type, missing ones, and ones that break the contract's rules.
+    let v = PROTOCOL_VERSION;
+    let long_key = "k".repeat(3_000_000);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("get", json!([v]), "key must be a string, got undefined"),
+        ("get", json!([v, 5]), "key must be a string, got number"),
         (
-            "/v1",
-            br#"{"op":"no_such_op"}"#.to_vec(),
-            "invalid_input",
-            "malformed",
+            "get",
+            json!([v, long_key]),
+            "key is 3000000 bytes; the limit is 1024",
+        ),
+        ("get", json!([v, "a\u{0}b"]), "key contains a NUL byte"),
+        (
+            "set",
+            json!([v, "k", "text", null]),
+            "must be a Uint8Array or an ArrayBuffer",
         ),
         (
-            "/v1",
-            br#"{"op":"get"}"#.to_vec(),
-            "invalid_input",
-            "missing field",
-        ),
-        (
-            "/v1",
-            br#"{"op":"set","key":"k","value":"%%"}"#.to_vec(),
-            "invalid_input",
-            "base64",
-        ),
-        (
-            "/v1",
-            format!(r#"{{"op":"set","key":"k","value":"{}"}}"#, b64(&big)).into_bytes(),
-            "invalid_input",
+            "set",
+            json!([v, "k", bytes(&big), null]),
             "the limit is 1048576",
         ),
+        ("set", json!([v, "k", bytes(""), 0]), "TTL is zero"),
         (
-            "/v1",
-            br#"{"op":"set","key":"k","value":"","ttl_ms":18446744073709551615}"#.to_vec(),
-            "invalid_input",
+            "set",
+            json!([v, "k", bytes(""), 18446744073709551615u64]),
             "TTL",
         ),
+        ("set", json!([v, "k", bytes(""), -5]), "TTL"),
+        ("setIfNotExists", json!([v, "k", bytes(""), 1.5]), "TTL"),
         (
-            "/v1",
-            br#"{"op":"acquire_lock","lock_id":"","ttl_ms":5}"#.to_vec(),
-            "invalid_input",
+            "acquireLock",
+            json!([v, "", 5, "token"]),
             "lock id is empty",
         ),
         (
-            "/v1",
-            vec![b'x'; 3_000_000],
-            "invalid_input",
-            "request body is 3000000 bytes",
+            "acquireLock",
+            json!([v, "l", 5]),
+            "lock token must be a string",
         ),
         (
-            "/v2",
-            br#"{"op":"get","key":"k"}"#.to_vec(),
-            "protocol_mismatch",
-            "same chat-state-do version",
+            "appendToList",
+            json!([v, "l", bytes("x"), 0, null]),
+            "max_length is 0",
         ),
+        ("enqueue", json!([v, "q", "not json", 5]), "not a JSON"),
+        (
+            "enqueue",
+            json!([v, "q", r#"{"enqueuedAt":1,"expiresAt":2,"message":{}}"#, 0]),
+            "max_size is 0",
+        ),
+        ("failAlarms", json!([v, -1, 100]), "times"),
     ];
-    for (path, body, kind, needle) in &cases {
-        let (status, v) = rt.raw(&object, path, body);
-        assert_eq!(
-            status,
-            400,
-            "{path} {:?}: {v}",
-            String::from_utf8_lossy(&body[..body.len().min(60)])
-        );
-        assert_eq!(v["kind"], json!(kind), "{v}");
-        let message = v["message"].as_str().unwrap_or_default();
+    for (method, args, needle) in &cases {
+        let message = thrown(rt.rpc(&object, method, args.clone()));
         assert!(
-            message.contains(needle),
-            "expected {needle:?} in {message:?}"
+            message.starts_with("chat-state:invalid_input: ") && message.contains(needle),
+            "{method}: expected {needle:?} in {message:?}"
         );
     }
 
-    // Still usable, through the raw protocol and through the adapter.
-    let (status, v) = rt.raw(&object, "/v1", br#"{"op":"set","key":"k","value":"dg=="}"#);
-    assert_eq!((status, v), (200, Value::Null));
+    // Still usable, straight and through the adapter.
+    assert_eq!(
+        rt.rpc(&object, "set", json!([v, "k", bytes("v"), null])),
+        Ok(Value::Null)
+    );
     let r = rt.script(
         config,
         vec![
@@ -973,14 +993,255 @@ fn bad_input_gets_clear_errors_and_the_object_stays_usable() {
             json!({ "op": "acquire_lock", "lock_id": "l", "ttl_ms": 1000 }),
         ],
     );
-    assert_eq!(ok(&r[0]), &json!("dg=="));
+    assert_eq!(ok(&r[0]), &json!("v"));
     assert!(ok(&r[1])["token"].is_string(), "{r:?}");
+    rt.stop();
+}
+
+/// A Worker and a class from different chat-state-do versions fail loudly, whichever side is
+/// older, and so does a Worker that exports the class without the JavaScript wrapper.
+#[test]
+fn version_mismatches_fail_loudly_and_say_to_redeploy_both() {
+    let rt = Runtime::start(None);
+    let object = unique("versions");
+    // A Worker of another protocol version calling this class.
+    for other in [json!(1), json!(PROTOCOL_VERSION + 1), json!("slack:C1:1")] {
+        let message = thrown(rt.rpc(&object, "get", json!([other, "k"])));
+        assert!(
+            message.starts_with("chat-state:protocol_mismatch:")
+                && message.contains("redeploy both"),
+            "{other}: {message}"
+        );
+    }
+    // A Worker from before Workers RPC (protocol version 1, JSON over fetch): the version 1
+    // error body, which that Worker's adapter reports as a version error.
+    let legacy = rt.post(
+        &format!("/fetch/{object}?path=/v1"),
+        &json!({ "op": "get", "key": "k" }),
+    );
+    assert_eq!(legacy["status"], 400, "{legacy}");
+    let body: Value =
+        serde_json::from_str(legacy["body"].as_str().expect("body")).expect("JSON body");
+    assert_eq!(body["kind"], "protocol_mismatch", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("redeploy both"),
+        "{body}"
+    );
+    // A method this class does not have (a newer Worker's): the runtime refuses it.
+    let message = thrown(rt.rpc(&object, "getMany", json!([PROTOCOL_VERSION, ["k"]])));
+    assert!(
+        message.contains("does not implement the method"),
+        "{message}"
+    );
+    // The class exported without js/chat-state-do.mjs (or one from before RPC): not an RPC
+    // target. The adapter's error says what to do, and that retrying will not help.
+    let r = rt.script(
+        json!({ "object": unique("unwrapped"), "binding": "UNWRAPPED" }),
+        vec![json!({ "op": "get", "key": "k" })],
+    );
+    let (kind, message) = err_kind(&r[0]);
+    assert_eq!(kind, "backend", "{r:?}");
+    assert_eq!(r[0]["err"]["retryable"], false, "{r:?}");
+    assert!(
+        message.contains("rpcClass") && message.contains("redeploy both"),
+        "{message}"
+    );
+    rt.stop();
+}
+
+/// An adapter kept across requests (a Worker that caches it globally): its stubs and the
+/// session it opened (after more than `SESSION_AFTER` calls) belong to the request that made
+/// them, and it must still work in the next one.
+#[test]
+fn an_adapter_kept_across_requests_keeps_working() {
+    let rt = Runtime::start(None);
+    let mut ops: Vec<Value> = (0..12)
+        .map(|i| json!({ "op": "set", "key": format!("k{i}"), "value": i.to_string() }))
+        .collect();
+    ops.push(json!({ "op": "set", "key": "k", "value": "1" }));
+    ops.push(json!({ "op": "get", "key": "k" }));
+    let first = rt.post("/kept-adapter", &json!({ "ops": ops }));
+    assert_eq!(first[13], json!({ "ok": "1" }), "{first}");
+    for n in 2..4 {
+        let ops = json!([{ "op": "get", "key": "k" }, { "op": "set", "key": "k", "value": n.to_string() }]);
+        let later = rt.post("/kept-adapter", &json!({ "ops": ops }));
+        assert_eq!(
+            later,
+            json!([{ "ok": (n - 1).to_string() }, { "ok": null }]),
+            "request {n}"
+        );
+    }
+    rt.stop();
+}
+
+/// Many message cycles at once inside one request: the adapter sends the calls its tasks
+/// issue together as batches (and, after a few calls, on a session). Every cycle must take
+/// its thread's lock, and no increment of a thread's counter may be lost.
+#[test]
+fn concurrent_cycles_in_one_request_lose_no_update() {
+    let rt = Runtime::start(None);
+    let object = unique("concurrent");
+    for (shards, cycles, threads) in [(0u32, 480u32, 48u32), (4, 240, 24)] {
+        let config = json!({ "object": format!("{object}-{shards}"), "shards": shards });
+        let body =
+            json!({ "config": config, "cycles": cycles, "concurrency": 16, "threads": threads });
+        let r = rt.post("/cycles", &body);
+        assert_eq!(r["cycles"], cycles, "{r}");
+        let ops: Vec<Value> = (0..threads)
+            .map(|t| json!({ "op": "get", "key": format!("thread-state:thread-{t}") }))
+            .collect();
+        let counts = rt.script(config, ops);
+        let total: u64 = counts
+            .iter()
+            .map(|v| {
+                let state: Value =
+                    serde_json::from_str(ok(v).as_str().expect("state")).expect("JSON");
+                state["n"].as_u64().expect("n")
+            })
+            .sum();
+        assert_eq!(total, u64::from(cycles), "shards={shards}: {counts:?}");
+    }
+    rt.stop();
+}
+
+/// Operations issued at once go out as batches: each must get its own answer (a value, a
+/// lock, a failure), not a neighbour's.
+#[test]
+fn concurrent_operations_each_get_their_own_answer() {
+    let rt = Runtime::start(None);
+    let config = json!({ "object": unique("own-answer") });
+    let mut setup: Vec<Value> = (0..40)
+        .map(|i| json!({ "op": "set", "key": format!("k{i}"), "value": format!("value {i}") }))
+        .collect();
+    setup.extend(
+        (0..40)
+            .step_by(3)
+            .map(|i| json!({ "op": "subscribe", "thread_id": format!("t{i}") })),
+    );
+    for v in rt.script(config.clone(), setup) {
+        ok(&v);
+    }
+    let mut ops = Vec::new();
+    for i in 0..40 {
+        ops.push(json!({ "op": "get", "key": format!("k{i}") }));
+        ops.push(json!({ "op": "is_subscribed", "thread_id": format!("t{i}") }));
+        ops.push(json!({ "op": "get", "key": if i % 5 == 0 { String::new() } else { format!("missing{i}") } }));
+        ops.push(
+            json!({ "op": "acquire_lock", "lock_id": format!("L{}", i % 20), "ttl_ms": 60_000 }),
+        );
+    }
+    let r = rt.post("/concurrent", &json!({ "config": config, "ops": ops }));
+    let r = r.as_array().expect("results");
+    let mut winners = 0;
+    for i in 0..40 {
+        let at = |k: usize| &r[4 * i + k];
+        assert_eq!(ok(at(0)), &json!(format!("value {i}")), "get k{i}: {r:?}");
+        assert_eq!(ok(at(1)), &json!(i % 3 == 0), "is_subscribed t{i}: {r:?}");
+        if i % 5 == 0 {
+            assert_eq!(
+                err_kind(at(2)).0,
+                "invalid_input",
+                "get of an empty key: {:?}",
+                at(2)
+            );
+        } else {
+            assert_eq!(ok(at(2)), &Value::Null, "get missing{i}: {r:?}");
+        }
+        let lock = ok(at(3));
+        if !lock.is_null() {
+            assert_eq!(lock["threadId"], json!(format!("L{}", i % 20)), "{lock}");
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 20, "one winner per lock id: {r:?}");
+    rt.stop();
+}
+
+/// `batch` runs its calls in order and reports each failure at its index, as the method
+/// itself would have thrown it; the others take effect. Calls work on a session too.
+#[test]
+fn batches_and_sessions_answer_like_single_calls() {
+    let rt = Runtime::start(None);
+    let object = unique("batch");
+    let v = PROTOCOL_VERSION;
+    let calls = json!([
+        ["set", v, "k", bytes("v1"), null],
+        ["get", v, "k"],
+        ["get", v, ""],
+        ["acquireLock", v, "L", 60000, "token-1"],
+        ["acquireLock", v, "L", 60000, "token-2"],
+        ["inspect", v],
+        ["nosuch", v],
+        "not a call",
+        ["isSubscribed", v + 1, "t"],
+        ["queueDepth", v, "q"],
+    ]);
+    let r = rt
+        .rpc(&object, "batch", json!([v, calls]))
+        .expect("batch answers");
+    let (results, failures) = (&r[0], &r[1]);
+    assert_eq!(results[0], Value::Null, "{r}");
+    assert_eq!(results[1], bytes("v1"), "{r}");
+    assert!(results[3].as_u64() >= Some(1), "a fence: {r}");
+    assert_eq!(results[4], Value::Null, "the lock is held: {r}");
+    assert_eq!(results[9], json!(0), "{r}");
+    let failed: Vec<(u64, String)> = failures
+        .as_array()
+        .expect("failures")
+        .iter()
+        .map(|f| {
+            (
+                f[0].as_u64().expect("index"),
+                f[1].as_str().expect("message").to_owned(),
+            )
+        })
+        .collect();
+    let at = |i: u64| {
+        failed
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map(|(_, m)| m.as_str())
+            .unwrap_or("")
+    };
+    assert_eq!(
+        failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        vec![2, 5, 6, 7, 8],
+        "{r}"
+    );
+    assert!(
+        at(2).starts_with("chat-state:invalid_input:") && at(2).contains("key is empty"),
+        "{r}"
+    );
+    assert!(
+        at(5).contains("cannot be batched") && at(6).contains("cannot be batched"),
+        "{r}"
+    );
+    assert!(at(7).contains("must be an array"), "{r}");
+    assert!(at(8).starts_with("chat-state:protocol_mismatch:"), "{r}");
+    // A whole batch of another version is refused, and so is one that is not an array.
+    let message = thrown(rt.rpc(&object, "batch", json!([v + 1, []])));
+    assert!(message.contains("redeploy both"), "{message}");
+    let message = thrown(rt.rpc(&object, "batch", json!([v, "x"])));
+    assert!(message.contains("batch expects an array"), "{message}");
+
+    // The same object, through a session it hands out.
+    let body = json!({ "method": "get", "args": [v, "k"], "session": true });
+    assert_eq!(
+        answer(rt.post(&format!("/rpc/{object}"), &body)),
+        Ok(bytes("v1"))
+    );
+    let body = json!({ "method": "batch", "args": [v, [["get", v, "k"], ["delete", v, "k"], ["get", v, "k"]]], "session": true });
+    let r = answer(rt.post(&format!("/rpc/{object}"), &body)).expect("session batch");
+    assert_eq!(r, json!([[bytes("v1"), null, null], []]));
     rt.stop();
 }
 
 #[test]
 fn example_worker_handles_messages_like_a_bot() {
-    let rt = Runtime::start_build(example_worker_build(), None);
+    let rt = Runtime::start_example();
     let thread = unique("slack:C1");
     let msg = |id: &str, text: &str| json!({ "thread": thread, "id": id, "text": text });
     assert_eq!(
@@ -1000,34 +1261,42 @@ fn example_worker_handles_messages_like_a_bot() {
 }
 
 /// A production build (the example Worker's, without `test-introspection`) refuses the test
-/// clock header, so nobody can move a deployed object's clock and expire someone else's lock;
-/// the same request without the header works, and the refusal changed nothing.
+/// clock argument, so nobody can move a deployed object's clock and expire someone else's
+/// lock; the same call without it works, and the refusal changed nothing.
 #[test]
-fn production_objects_refuse_the_test_clock_header() {
-    let mut rt = Runtime::start_build(example_worker_build(), None);
+fn production_objects_refuse_the_test_clock_argument() {
+    let mut rt = Runtime::start_example();
     let object = unique("production");
-    let set = json!({ "op": "set", "key": "k", "value": "dg==" }).to_string();
-    let get = json!({ "op": "get", "key": "k" }).to_string();
-    let far_future = json!({ chat_state_do::protocol::TEST_NOW_HEADER: "99999999999999" });
+    let v = PROTOCOL_VERSION;
+    let far_future = 99_999_999_999_999u64;
 
-    let (status, body) = rt.direct(&object, "/v1", far_future.clone(), &set);
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("test-introspection"), "{body}");
-    let (status, body) = rt.direct(&object, "/v1", json!({}), &get);
+    let message = thrown(rt.direct(
+        &object,
+        "set",
+        json!([v, "k", bytes("v"), null, far_future]),
+    ));
+    assert!(
+        message.starts_with("chat-state:invalid_input:") && message.contains("test-introspection"),
+        "{message}"
+    );
     assert_eq!(
-        (status, body.as_str()),
-        (200, "null"),
+        rt.direct(&object, "get", json!([v, "k"])),
+        Ok(Value::Null),
         "the refused set wrote nothing"
     );
 
-    let (status, body) = rt.direct(&object, "/v1", json!({}), &set);
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = rt.direct(&object, "/v1", far_future, &get);
     assert_eq!(
-        status, 400,
-        "a clock in the far future would expire every row: {body}"
+        rt.direct(&object, "set", json!([v, "k", bytes("v"), null])),
+        Ok(Value::Null)
     );
-    let (status, body) = rt.direct(&object, "/v1", json!({}), &get);
-    assert_eq!((status, body.as_str()), (200, "\"dg==\""), "{body}");
+    let message = thrown(rt.direct(&object, "get", json!([v, "k", far_future])));
+    assert!(
+        message.contains("test-introspection"),
+        "a clock in the far future would expire every row: {message}"
+    );
+    assert_eq!(rt.direct(&object, "get", json!([v, "k"])), Ok(bytes("v")));
+    // The production object has no introspection either.
+    let message = thrown(rt.direct(&object, "inspect", json!([v])));
+    assert!(message.contains("test-introspection"), "{message}");
     rt.stop();
 }

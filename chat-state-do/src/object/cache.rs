@@ -1,109 +1,109 @@
-//! `get`, `set`, `set_if_not_exists`, `delete`: one row per key, with an optional expiry.
+//! `get`, `set`, `setIfNotExists`, `delete`: one row per key, with an optional expiry.
+//!
+//! Values stay JavaScript bytes throughout: the `Uint8Array` a call brings is bound to SQL as
+//! it is, and `get` answers the `ArrayBuffer` SQL returns, so a value never passes through
+//! wasm memory inside the object.
 
-use std::time::Duration;
+use chat_state_core::{Operation, validate};
+use wasm_bindgen::prelude::*;
 
-use chat_state_core::{Error, Operation, validate};
-use worker::SqlStorageValue;
-
-use super::ChatStateDO;
-use super::sql::{Reply, backend_err, blob, ms, optional_ms};
+use super::sql::{Stmt, backend_err, ms, optional_ms};
+use super::{ChatStateDO, throw};
 use crate::BACKEND;
-use crate::protocol::b64;
 
+#[wasm_bindgen]
 impl ChatStateDO {
-    /// The live value as base64, or `null`.
-    pub(super) fn get(&self, key: &str, now: u64) -> Result<Reply, Error> {
-        let o = Operation::Get;
-        validate::get(BACKEND, key)?;
-        let err = |e| backend_err(o, "reading the cache", e);
-        let mut rows = self
+    /// `get(version, key, now?)` → the live value (`ArrayBuffer`), or `null`.
+    #[wasm_bindgen(js_name = get)]
+    pub fn rpc_get(
+        &self,
+        version: f64,
+        key: &JsValue,
+        now: Option<f64>,
+    ) -> Result<JsValue, JsError> {
+        let call = self.begin(Operation::Get, version, now)?;
+        let k = call.string("key", key).map_err(throw)?;
+        validate::get(BACKEND, &k).map_err(throw)?;
+        let value = self
             .sql
-            .exec(
-                "SELECT value FROM cache WHERE key = ? \
-                 AND (expires_at IS NULL OR expires_at > ?)",
-                vec![key.into(), ms(now)],
-            )
-            .map_err(err)?
-            .raw();
-        match rows.next().transpose().map_err(err)? {
-            Some(row) => Reply::json(&b64::encode(&blob(row.first(), o)?)),
-            None => Reply::null(),
-        }
+            .one2(Stmt::GET, key, &ms(call.now()))
+            .map_err(|e| throw(backend_err(call.op, "reading the cache", e)))?;
+        Ok(if value.is_undefined() {
+            JsValue::NULL
+        } else {
+            value
+        })
     }
 
-    pub(super) fn set(
+    /// `set(version, key, value, ttlMs | null, now?)`: replaces value and expiry.
+    #[wasm_bindgen(js_name = set)]
+    pub fn rpc_set(
         &self,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-        now: u64,
-    ) -> Result<Reply, Error> {
-        let o = Operation::Set;
-        let ttl = ttl_ms.map(Duration::from_millis);
-        validate::set(BACKEND, &key, &value, ttl)?;
-        let expires = validate::optional_expiry_ms(BACKEND, o, now, ttl)?;
-        self.cache_put(o, key, value, expires)?;
-        Ok(Reply::null()?.arming(expires))
+        version: f64,
+        key: &JsValue,
+        value: &JsValue,
+        ttl_ms: Option<f64>,
+        now: Option<f64>,
+    ) -> Result<(), JsError> {
+        let call = self.begin(Operation::Set, version, now)?;
+        let k = call.string("key", key).map_err(throw)?;
+        let ttl = call.optional_ttl(ttl_ms).map_err(throw)?;
+        // The value's size is checked without its bytes; the rest of the rule here.
+        validate::set(BACKEND, &k, &[], ttl).map_err(throw)?;
+        call.value(value).map_err(throw)?;
+        let expires =
+            validate::optional_expiry_ms(BACKEND, call.op, call.now(), ttl).map_err(throw)?;
+        self.sql
+            .run3(Stmt::SET, key, value, &optional_ms(expires))
+            .map_err(|e| throw(backend_err(call.op, "writing the cache", e)))?;
+        self.arm(expires);
+        Ok(())
     }
 
-    /// Stores the value only if no live row exists; answers whether it did.
-    pub(super) fn set_if_not_exists(
+    /// `setIfNotExists(version, key, value, ttlMs | null, now?)` → whether it stored the
+    /// value (only over a missing or expired key).
+    #[wasm_bindgen(js_name = setIfNotExists)]
+    pub fn rpc_set_if_not_exists(
         &self,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-        now: u64,
-    ) -> Result<Reply, Error> {
-        let o = Operation::SetIfNotExists;
-        let ttl = ttl_ms.map(Duration::from_millis);
-        validate::set_if_not_exists(BACKEND, &key, &value, ttl)?;
-        let expires = validate::optional_expiry_ms(BACKEND, o, now, ttl)?;
-        // An expired row counts as absent (contract rule 5); single-threaded object, no
-        // await between read and write, so exactly one concurrent caller wins.
-        let live = self
+        version: f64,
+        key: &JsValue,
+        value: &JsValue,
+        ttl_ms: Option<f64>,
+        now: Option<f64>,
+    ) -> Result<bool, JsError> {
+        let call = self.begin(Operation::SetIfNotExists, version, now)?;
+        let k = call.string("key", key).map_err(throw)?;
+        let ttl = call.optional_ttl(ttl_ms).map_err(throw)?;
+        validate::set_if_not_exists(BACKEND, &k, &[], ttl).map_err(throw)?;
+        call.value(value).map_err(throw)?;
+        let now = call.now();
+        let expires = validate::optional_expiry_ms(BACKEND, call.op, now, ttl).map_err(throw)?;
+        let row = self
             .sql
-            .exec(
-                "SELECT 1 FROM cache WHERE key = ? \
-                 AND (expires_at IS NULL OR expires_at > ?)",
-                vec![key.as_str().into(), ms(now)],
+            .one4(
+                Stmt::SET_IF_NOT_EXISTS,
+                key,
+                value,
+                &optional_ms(expires),
+                &ms(now),
             )
-            .map_err(|e| backend_err(o, "reading the cache", e))?
-            .raw()
-            .next()
-            .is_some();
-        if live {
-            return Reply::json(&false);
+            .map_err(|e| throw(backend_err(call.op, "writing the cache", e)))?;
+        let stored = !row.is_undefined();
+        if stored {
+            self.arm(expires);
         }
-        self.cache_put(o, key, value, expires)?;
-        Ok(Reply::json(&true)?.arming(expires))
+        Ok(stored)
     }
 
-    pub(super) fn delete(&self, key: &str) -> Result<Reply, Error> {
-        validate::delete(BACKEND, key)?;
+    /// `delete(version, key, now?)`.
+    #[wasm_bindgen(js_name = delete)]
+    pub fn rpc_delete(&self, version: f64, key: &JsValue, now: Option<f64>) -> Result<(), JsError> {
+        let call = self.begin(Operation::Delete, version, now)?;
+        let k = call.string("key", key).map_err(throw)?;
+        validate::delete(BACKEND, &k).map_err(throw)?;
         self.sql
-            .exec("DELETE FROM cache WHERE key = ?", vec![key.into()])
-            .map_err(|e| backend_err(Operation::Delete, "deleting from the cache", e))?;
-        Reply::null()
-    }
-
-    /// Writes value and expiry, replacing any row.
-    fn cache_put(
-        &self,
-        o: Operation,
-        key: String,
-        value: Vec<u8>,
-        expires: Option<u64>,
-    ) -> Result<(), Error> {
-        self.sql
-            .exec(
-                "INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?, ?, ?)",
-                vec![
-                    key.into(),
-                    SqlStorageValue::Blob(value),
-                    optional_ms(expires),
-                ],
-            )
-            .map_err(|e| backend_err(o, "writing the cache", e))?;
+            .run1(Stmt::DELETE, key)
+            .map_err(|e| throw(backend_err(call.op, "deleting from the cache", e)))?;
         Ok(())
     }
 }

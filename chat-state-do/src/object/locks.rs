@@ -1,15 +1,21 @@
-//! `acquire_lock`, `release_lock`, `extend_lock`, `force_release_lock`: one row per held
-//! lock (token, expiry, fence), expired rows counting as free.
+//! `acquireLock`, `releaseLock`, `extendLock`, `forceReleaseLock`: one row per held lock
+//! (token, expiry, fence), expired rows counting as free.
+//!
+//! Fences come from one counter per object, stored in `meta` under `fence`: every fence ever
+//! handed out is at most its value. An instance reserves fences in blocks (one statement per
+//! [`FENCE_BLOCK`] acquisitions) and hands them out from memory, so an acquisition is the one
+//! upsert. A new instance (after eviction or a restart) reserves a fresh block above
+//! everything before it, so fences keep growing; the numbers it skips are never issued.
 
-use std::time::Duration;
+use chat_state_core::{Error, ErrorKind, Lock, Operation, validate};
+use wasm_bindgen::prelude::*;
 
-use chat_state_core::{Error, ErrorKind, Lock, Operation, new_lock_token, validate};
-use worker::SqlStorageValue;
-
-use super::ChatStateDO;
-use super::sql::{Reply, backend_err, int, ms};
+use super::sql::{Stmt, backend_err, int, ms};
+use super::{ChatStateDO, throw};
 use crate::BACKEND;
-use crate::protocol::Acquired;
+
+/// Fences reserved per statement.
+const FENCE_BLOCK: u64 = 256;
 
 /// The handle a caller holds, as the validators take it; only id and token matter here.
 fn handle(lock_id: String, token: String) -> Lock {
@@ -21,132 +27,145 @@ fn handle(lock_id: String, token: String) -> Lock {
     }
 }
 
+#[wasm_bindgen]
 impl ChatStateDO {
-    /// Takes the lock if it is free or expired, storing the caller's token (or a fresh one if
-    /// the request carries none) with the next fence; answers `null` if it is held.
-    pub(super) fn acquire_lock(
+    /// `acquireLock(version, lockId, ttlMs, token, now?)` → the fence, or `null` if the lock
+    /// is held. Takes the lock if it is free or expired, storing the caller's token.
+    #[wasm_bindgen(js_name = acquireLock)]
+    pub fn rpc_acquire_lock(
         &self,
-        lock_id: &str,
-        ttl_ms: u64,
-        token: Option<String>,
-        now: u64,
-    ) -> Result<Reply, Error> {
-        let o = Operation::AcquireLock;
-        let ttl = Duration::from_millis(ttl_ms);
-        validate::acquire_lock(BACKEND, lock_id, ttl)?;
-        if let Some(token) = &token {
-            validate::key(BACKEND, o, "lock token", token)?;
-        }
-        let expires = validate::expiry_ms(BACKEND, o, now, ttl)?;
-        let err = |e| backend_err(o, "acquiring a lock", e);
-        let held = self
+        version: f64,
+        lock_id: &JsValue,
+        ttl_ms: f64,
+        token: &JsValue,
+        now: Option<f64>,
+    ) -> Result<JsValue, JsError> {
+        let call = self.begin(Operation::AcquireLock, version, now)?;
+        let o = call.op;
+        let id = call.string("lock id", lock_id).map_err(throw)?;
+        let ttl = call.ttl(ttl_ms).map_err(throw)?;
+        validate::acquire_lock(BACKEND, &id, ttl).map_err(throw)?;
+        call.key("lock token", token).map_err(throw)?;
+        let now = call.now();
+        let expires = validate::expiry_ms(BACKEND, o, now, ttl).map_err(throw)?;
+        let fence = self.next_fence(o).map_err(throw)?;
+        let row = self
             .sql
-            .exec(
-                "SELECT 1 FROM locks WHERE lock_id = ? AND expires_at > ?",
-                vec![lock_id.into(), ms(now)],
+            .one5(
+                Stmt::ACQUIRE,
+                lock_id,
+                token,
+                &ms(expires),
+                &JsValue::from_f64(fence as f64),
+                &ms(now),
             )
-            .map_err(err)?
-            .raw()
-            .next()
-            .is_some();
-        if held {
-            return Reply::null();
+            .map_err(|e| throw(backend_err(o, "acquiring a lock", e)))?;
+        if row.is_undefined() {
+            return Ok(JsValue::NULL);
         }
-        let fence = self.next_fence()?;
-        let token = match token {
-            Some(token) => token,
-            None => new_lock_token().map_err(|e| e.context(BACKEND, o))?,
-        };
-        self.sql
-            .exec(
-                "INSERT OR REPLACE INTO locks (lock_id, token, expires_at, fence) \
-                 VALUES (?, ?, ?, ?)",
-                vec![
-                    lock_id.into(),
-                    token.as_str().into(),
-                    ms(expires),
-                    SqlStorageValue::Integer(fence as i64),
-                ],
-            )
-            .map_err(err)?;
-        Ok(Reply::json(&Acquired { token, fence })?.arming(Some(expires)))
+        let (_, limit) = self.fences.get();
+        self.fences.set((fence + 1, limit));
+        self.arm(Some(expires));
+        Ok(JsValue::from_f64(fence as f64))
     }
 
-    /// One counter for the whole object: strictly increasing overall implies strictly
+    /// `releaseLock(version, lockId, token, now?)`: deletes the lock if `token` holds it; a
+    /// no-op otherwise.
+    #[wasm_bindgen(js_name = releaseLock)]
+    pub fn rpc_release_lock(
+        &self,
+        version: f64,
+        lock_id: &JsValue,
+        token: &JsValue,
+        now: Option<f64>,
+    ) -> Result<(), JsError> {
+        let call = self.begin(Operation::ReleaseLock, version, now)?;
+        let lock = handle(
+            call.string("lock id", lock_id).map_err(throw)?,
+            call.string("lock token", token).map_err(throw)?,
+        );
+        validate::release_lock(BACKEND, &lock).map_err(throw)?;
+        self.sql
+            .run2(Stmt::RELEASE, lock_id, token)
+            .map_err(|e| throw(backend_err(call.op, "releasing a lock", e)))?;
+        Ok(())
+    }
+
+    /// `extendLock(version, lockId, token, ttlMs, now?)` → whether it moved the expiry to
+    /// now + TTL (only for the live holder).
+    #[wasm_bindgen(js_name = extendLock)]
+    pub fn rpc_extend_lock(
+        &self,
+        version: f64,
+        lock_id: &JsValue,
+        token: &JsValue,
+        ttl_ms: f64,
+        now: Option<f64>,
+    ) -> Result<bool, JsError> {
+        let call = self.begin(Operation::ExtendLock, version, now)?;
+        let o = call.op;
+        let lock = handle(
+            call.string("lock id", lock_id).map_err(throw)?,
+            call.string("lock token", token).map_err(throw)?,
+        );
+        let ttl = call.ttl(ttl_ms).map_err(throw)?;
+        validate::extend_lock(BACKEND, &lock, ttl).map_err(throw)?;
+        let now = call.now();
+        let expires = validate::expiry_ms(BACKEND, o, now, ttl).map_err(throw)?;
+        let row = self
+            .sql
+            .one4(Stmt::EXTEND, &ms(expires), lock_id, token, &ms(now))
+            .map_err(|e| throw(backend_err(o, "extending a lock", e)))?;
+        let extended = !row.is_undefined();
+        if extended {
+            self.arm(Some(expires));
+        }
+        Ok(extended)
+    }
+
+    /// `forceReleaseLock(version, lockId, now?)`: deletes whatever lock is held.
+    #[wasm_bindgen(js_name = forceReleaseLock)]
+    pub fn rpc_force_release_lock(
+        &self,
+        version: f64,
+        lock_id: &JsValue,
+        now: Option<f64>,
+    ) -> Result<(), JsError> {
+        let call = self.begin(Operation::ForceReleaseLock, version, now)?;
+        let id = call.string("lock id", lock_id).map_err(throw)?;
+        validate::force_release_lock(BACKEND, &id).map_err(throw)?;
+        self.sql
+            .run1(Stmt::FORCE_RELEASE, lock_id)
+            .map_err(|e| throw(backend_err(call.op, "force-releasing a lock", e)))?;
+        Ok(())
+    }
+}
+
+impl ChatStateDO {
+    /// The next fence this instance may hand out, reserving a new block when it has none
+    /// left. One counter for the whole object: strictly increasing overall implies strictly
     /// increasing per lock id, and nothing per id must outlive the lock (lock ids like
     /// `chat:callback:<token>` are used once).
-    fn next_fence(&self) -> Result<u64, Error> {
-        let o = Operation::AcquireLock;
-        let err = |e| backend_err(o, "drawing a fence", e);
-        let mut rows = self
-            .sql
-            .exec(
-                "INSERT INTO meta (k, v) VALUES ('fence', 1) \
-                 ON CONFLICT (k) DO UPDATE SET v = v + 1 RETURNING v",
-                None,
-            )
-            .map_err(err)?
-            .raw();
-        match rows.next().transpose().map_err(err)? {
-            Some(row) => Ok(int(row.first()) as u64),
-            None => Err(Error::new(
-                ErrorKind::Backend,
-                "the fence counter update returned no row",
-            )
-            .context(BACKEND, o)),
+    fn next_fence(&self, o: Operation) -> Result<u64, Error> {
+        let (next, limit) = self.fences.get();
+        if next <= limit {
+            return Ok(next);
         }
-    }
-
-    /// Deletes the lock if `token` holds it; a no-op otherwise.
-    pub(super) fn release_lock(&self, lock_id: String, token: String) -> Result<Reply, Error> {
-        let lock = handle(lock_id, token);
-        validate::release_lock(BACKEND, &lock)?;
-        self.sql
-            .exec(
-                "DELETE FROM locks WHERE lock_id = ? AND token = ?",
-                vec![lock.thread_id.into(), lock.token.into()],
-            )
-            .map_err(|e| backend_err(Operation::ReleaseLock, "releasing a lock", e))?;
-        Reply::null()
-    }
-
-    /// Moves the expiry to now + TTL if `token` is the live holder; answers whether it did.
-    pub(super) fn extend_lock(
-        &self,
-        lock_id: String,
-        token: String,
-        ttl_ms: u64,
-        now: u64,
-    ) -> Result<Reply, Error> {
-        let o = Operation::ExtendLock;
-        let ttl = Duration::from_millis(ttl_ms);
-        let lock = handle(lock_id, token);
-        validate::extend_lock(BACKEND, &lock, ttl)?;
-        let expires = validate::expiry_ms(BACKEND, o, now, ttl)?;
-        let extended = self
+        let reserved = self
             .sql
-            .exec(
-                "UPDATE locks SET expires_at = ? \
-                 WHERE lock_id = ? AND token = ? AND expires_at > ? RETURNING 1",
-                vec![
-                    ms(expires),
-                    lock.thread_id.into(),
-                    lock.token.into(),
-                    ms(now),
-                ],
-            )
-            .map_err(|e| backend_err(o, "extending a lock", e))?
-            .raw()
-            .next()
-            .is_some();
-        Ok(Reply::json(&extended)?.arming(extended.then_some(expires)))
-    }
-
-    pub(super) fn force_release_lock(&self, lock_id: &str) -> Result<Reply, Error> {
-        validate::force_release_lock(BACKEND, lock_id)?;
-        self.sql
-            .exec("DELETE FROM locks WHERE lock_id = ?", vec![lock_id.into()])
-            .map_err(|e| backend_err(Operation::ForceReleaseLock, "force-releasing a lock", e))?;
-        Reply::null()
+            .one1(Stmt::RESERVE_FENCES, &JsValue::from_f64(FENCE_BLOCK as f64))
+            .map_err(|e| backend_err(o, "reserving fences", e))?;
+        let limit = int(&reserved)
+            .filter(|l| *l >= FENCE_BLOCK)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Backend,
+                    "the fence counter in the meta table holds no valid number; do not edit it",
+                )
+                .context(BACKEND, o)
+            })?;
+        let next = limit - FENCE_BLOCK + 1;
+        self.fences.set((next, limit));
+        Ok(next)
     }
 }

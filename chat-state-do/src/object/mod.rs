@@ -2,18 +2,22 @@
 //!
 //! Storage is the object's SQLite database. Every operation runs its SQL statements
 //! synchronously with no `await` in between, so the runtime commits them as one atomic unit
-//! and no other request of the same object can interleave (the object is single-threaded and
-//! only yields at an `await`). The only `await` an operation may reach comes afterwards:
-//! moving the alarm earlier.
+//! and no other call of the same object can interleave (the object is single-threaded and
+//! only yields at an `await`). Operations never await: the one piece of I/O that is not SQL,
+//! moving the cleanup alarm earlier, is started synchronously (so the runtime's output gate
+//! holds the answer until it is stored) and finished in the background.
 //!
-//! Layout: this file holds the class and the request path (decode, dispatch, answer); each
-//! group of operations has its own file ([`subscriptions`], [`locks`], [`cache`], [`lists`],
-//! [`queues`], plus the test-only [`introspection`]), each operation one function that
-//! validates its input (requests arrive over the wire, not necessarily from the adapter) and
-//! runs its SQL. [`schema`] migrates the tables, [`alarm`] cleans up expired rows, [`clock`]
-//! decides a request's time and [`sql`] holds the shared helpers.
+//! Layout: this file holds the class, its constructor and what every call shares (version
+//! check, argument decoding, error conversion); each group of operations has its own file
+//! ([`subscriptions`], [`locks`], [`cache`], [`lists`], [`queues`], plus the test-only
+//! [`introspection`]; [`batch`] runs several in one call), each operation one RPC method that
+//! decodes and validates its arguments (calls arrive over the wire, not necessarily from the
+//! adapter) and runs its SQL. [`schema`] migrates the tables, [`alarm`] keeps and runs the
+//! cleanup alarm, [`clock`] decides a call's time and [`sql`] holds the statements (the
+//! JavaScript they run through is in `crate::js`).
 
 mod alarm;
+mod batch;
 mod cache;
 mod clock;
 mod introspection;
@@ -25,159 +29,201 @@ mod sql;
 mod subscriptions;
 
 use std::cell::Cell;
-use std::time::Duration;
+use std::rc::Rc;
 
-use chat_state_core::{Error, ErrorKind};
-use worker::{
-    DurableObject, Env, Method, Request, Response, Result as WorkerResult, SqlStorage, State,
-    durable_object,
-};
+use chat_state_core::{Error, ErrorKind, Operation, validate};
+use wasm_bindgen::prelude::*;
+use worker::worker_sys::{DurableObjectState, web_sys};
 
-use crate::protocol::{PROTOCOL_PATH, Request as Op, WireError, decode_request};
+use crate::BACKEND;
+use crate::protocol::{self, PROTOCOL_VERSION};
 pub use schema::SCHEMA_VERSION;
-use sql::Reply;
+use sql::Sql;
 
-/// When a failed alarm run tries again. Alarms that throw are retried by the runtime only a
-/// few times before it gives up, so the handler catches errors and re-arms itself instead.
-const ALARM_RETRY: Duration = Duration::from_secs(30);
-
-/// Largest request body: a 1 MiB value in base64 (4/3) plus generous room for the rest.
-const MAX_BODY_BYTES: usize = 1_500_000;
-
-/// The chat-state Durable Object. Re-export it from your Worker
-/// (`pub use chat_state_do::ChatStateDO;`) and declare it in `wrangler.toml` with a
-/// `new_sqlite_classes` migration; see the crate README.
-#[durable_object]
+/// The chat-state Durable Object, compiled to wasm. The runtime only offers Workers RPC to a
+/// class that extends `DurableObject`, which a wasm-bindgen class cannot, so the Worker's
+/// entry exports it through the JavaScript class in `js/chat-state-do.mjs`
+/// (`export const ChatStateDO = rpcClass(rust.ChatStateDO)`), which forwards
+/// [`protocol::METHODS`], `fetch` and `alarm` to it. Declare the class in `wrangler.toml`
+/// with a `new_sqlite_classes` migration; see the crate README.
+#[wasm_bindgen]
 pub struct ChatStateDO {
-    state: State,
-    sql: SqlStorage,
-    /// Why the schema could not be brought to [`SCHEMA_VERSION`]; every request then fails
+    /// For introspection (the object's name).
+    #[cfg(feature = "test-introspection")]
+    state: DurableObjectState,
+    sql: Sql,
+    /// Why the schema could not be brought to [`SCHEMA_VERSION`]; every call then fails
     /// with this message instead of touching tables of an unknown shape.
     schema_error: Option<String>,
-    /// The alarm time as last read or written (`None` = not known yet), so writes do not
-    /// read the alarm on every request.
-    alarm_ms: Cell<Option<Option<u64>>>,
-    /// Test-only fault injection ([`Op::FailAlarms`]): runs left to fail, and the retry delay.
+    /// The cleanup alarm as this object knows it (shared with the tasks that finish setting
+    /// it).
+    alarm: Rc<alarm::AlarmCell>,
+    /// Fences this instance may hand out: `next..=limit`, reserved in storage (see locks.rs).
+    fences: Cell<(u64, u64)>,
+    /// Test-only fault injection (`failAlarms`): runs left to fail, and the retry delay.
     fail_alarms: Cell<u32>,
     alarm_retry_ms: Cell<u64>,
 }
 
-impl DurableObject for ChatStateDO {
-    fn new(state: State, _env: Env) -> Self {
-        let sql = state.storage().sql();
-        let schema_error = schema::migrate(&sql).err();
-        Self {
+#[wasm_bindgen(wasm_bindgen_futures = worker::wasm_bindgen_futures)]
+impl ChatStateDO {
+    /// Called by the JavaScript class with the object's state; migrates the schema.
+    #[wasm_bindgen(constructor)]
+    pub fn new(state: DurableObjectState, _env: JsValue) -> ChatStateDO {
+        let storage = js_sys::Reflect::get(&state, &JsValue::from_str("storage"))
+            .unwrap_or(JsValue::UNDEFINED);
+        let db =
+            js_sys::Reflect::get(&storage, &JsValue::from_str("sql")).unwrap_or(JsValue::UNDEFINED);
+        let sql = Sql::new(db);
+        let schema_error = schema::migrate(&storage, &sql).err();
+        ChatStateDO {
+            #[cfg(feature = "test-introspection")]
             state,
             sql,
             schema_error,
-            alarm_ms: Cell::new(None),
+            alarm: Rc::new(alarm::AlarmCell::new(storage)),
+            fences: Cell::new((1, 0)),
             fail_alarms: Cell::new(0),
-            alarm_retry_ms: Cell::new(ALARM_RETRY.as_millis() as u64),
+            alarm_retry_ms: Cell::new(alarm::ALARM_RETRY_MS),
         }
     }
 
-    async fn fetch(&self, mut req: Request) -> WorkerResult<Response> {
-        let path = req.path();
-        if path != PROTOCOL_PATH {
-            return error_response(&WireError::protocol_mismatch(&path));
-        }
-        if req.method() != Method::Post {
-            let e = Error::invalid_input("chat-state requests must use POST");
-            return error_response(&WireError::from_error(&e));
-        }
-        let now = match clock::request_time(&req) {
-            Ok(now) => now,
-            Err(e) => return error_response(&WireError::from_error(&e)),
-        };
-        let body = req.bytes().await?;
-        let result = if body.len() > MAX_BODY_BYTES {
-            Err(Error::invalid_input(format!(
-                "request body is {} bytes; the limit is {MAX_BODY_BYTES}",
-                body.len()
-            )))
-        } else {
-            match decode_request(&body) {
-                Ok(op) => self.handle(op, now).await,
-                Err(e) => Err(e),
-            }
-        };
-        match result {
-            Ok(json) => Response::from_bytes(json),
-            Err(e) => error_response(&WireError::from_error(&e)),
-        }
+    /// The methods the JavaScript class forwards over RPC ([`protocol::METHODS`]).
+    #[wasm_bindgen(js_name = rpcMethods)]
+    pub fn rpc_methods() -> js_sys::Array {
+        protocol::METHODS
+            .iter()
+            .map(|m| JsValue::from_str(m))
+            .collect()
     }
 
-    async fn alarm(&self) -> WorkerResult<Response> {
-        self.run_alarm().await
+    /// Every `fetch` is a caller from before Workers RPC (protocol version 1): answer with
+    /// that version's error body, which its adapter reports as "redeploy both".
+    pub fn fetch(&self, request: web_sys::Request) -> Result<web_sys::Response, JsValue> {
+        let path = worker::Request::from(request).path();
+        let (status, body) = protocol::legacy_fetch_answer(&path);
+        let response = worker::Response::from_bytes(body.into_bytes())
+            .map_err(JsValue::from)?
+            .with_status(status);
+        Ok(response.into())
+    }
+
+    /// The alarm handler: deletes a batch of expired rows per table and re-arms the alarm at
+    /// the next expiry (a failed run re-arms itself later instead of throwing).
+    pub async fn alarm(&self) -> Result<JsValue, JsValue> {
+        self.run_alarm().await;
+        Ok(JsValue::UNDEFINED)
     }
 }
 
-fn error_response(e: &WireError) -> WorkerResult<Response> {
-    let body = serde_json::to_vec(e).map_err(|e| worker::Error::RustError(e.to_string()))?;
-    Ok(Response::from_bytes(body)?.with_status(e.status()))
+/// What every call checked before its operation runs: the protocol version, that the schema
+/// is usable, and the call's time.
+pub(super) struct Call {
+    op: Operation,
+    test_now: Option<u64>,
+}
+
+impl Call {
+    /// The call's time: the test clock's, if it passed one, else `Date.now()`.
+    pub(super) fn now(&self) -> u64 {
+        self.test_now.unwrap_or_else(clock::now_ms)
+    }
+
+    /// A string argument (`what` names it in errors); the caller applies the rules.
+    pub(super) fn string(&self, what: &str, v: &JsValue) -> Result<String, Error> {
+        v.as_string().ok_or_else(|| {
+            Error::invalid_input(format!("{what} must be a string, got {}", type_of(v)))
+                .context(BACKEND, self.op)
+        })
+    }
+
+    /// A string argument with the contract's key rules.
+    pub(super) fn key(&self, what: &str, v: &JsValue) -> Result<String, Error> {
+        let s = self.string(what, v)?;
+        validate::key(BACKEND, self.op, what, &s)?;
+        Ok(s)
+    }
+
+    /// A value argument (`Uint8Array` or `ArrayBuffer`): checks its size without copying it
+    /// into wasm memory, since the object only hands it on to SQL.
+    pub(super) fn value(&self, v: &JsValue) -> Result<(), Error> {
+        let len = if let Some(a) = v.dyn_ref::<js_sys::Uint8Array>() {
+            a.byte_length()
+        } else if let Some(b) = v.dyn_ref::<js_sys::ArrayBuffer>() {
+            b.byte_length()
+        } else {
+            return Err(Error::invalid_input(format!(
+                "the value must be a Uint8Array or an ArrayBuffer, got {}",
+                type_of(v)
+            ))
+            .context(BACKEND, self.op));
+        } as usize;
+        // The rule of `validate::value`, which needs the bytes themselves.
+        if len > validate::MAX_VALUE_BYTES {
+            return Err(Error::invalid_input(format!(
+                "value is {len} bytes; the limit is {}",
+                validate::MAX_VALUE_BYTES
+            ))
+            .context(BACKEND, self.op));
+        }
+        Ok(())
+    }
+
+    /// A TTL in milliseconds, checked against the contract's TTL rules.
+    pub(super) fn ttl(&self, v: f64) -> Result<std::time::Duration, Error> {
+        let ms = clock::whole(self.op, "the TTL in milliseconds", v)?;
+        let ttl = std::time::Duration::from_millis(ms);
+        validate::ttl(BACKEND, self.op, ttl)?;
+        Ok(ttl)
+    }
+
+    /// An optional TTL (`null` or `undefined` = none).
+    pub(super) fn optional_ttl(
+        &self,
+        v: Option<f64>,
+    ) -> Result<Option<std::time::Duration>, Error> {
+        v.map(|v| self.ttl(v)).transpose()
+    }
+
+    /// A count (`max_length`, `max_size`) from 1 up.
+    pub(super) fn count(&self, what: &str, v: f64) -> Result<usize, Error> {
+        let n = clock::whole(self.op, what, v)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+/// `typeof v`, for error messages.
+fn type_of(v: &JsValue) -> String {
+    if v.is_null() {
+        "null".into()
+    } else {
+        v.js_typeof().as_string().unwrap_or_default()
+    }
+}
+
+/// The `Error` an operation throws: its message carries the kind (see the protocol docs).
+pub(super) fn throw(e: Error) -> JsError {
+    JsError::new(&protocol::encode_error(&e))
 }
 
 impl ChatStateDO {
-    /// Runs one decoded request at time `now`, then moves the alarm if it stored something
-    /// that expires.
-    async fn handle(&self, op: Op, now: u64) -> Result<Vec<u8>, Error> {
+    /// Checks what every call shares; `version` and `now` are the call's first and last
+    /// arguments.
+    pub(super) fn begin(
+        &self,
+        op: Operation,
+        version: f64,
+        now: Option<f64>,
+    ) -> Result<Call, JsError> {
+        if version != f64::from(PROTOCOL_VERSION) {
+            return Err(JsError::new(&protocol::version_mismatch(Some(version))));
+        }
         if let Some(e) = &self.schema_error {
-            return Err(Error::new(ErrorKind::Backend, e.clone()));
+            return Err(throw(
+                Error::new(ErrorKind::Backend, e.clone()).context(BACKEND, op),
+            ));
         }
-        if op == Op::Inspect {
-            // The one operation that reads the alarm from storage rather than the cache.
-            let alarm = self.state.storage().get_alarm().await.ok().flatten();
-            return self.inspect(now, alarm.map(|v| v.max(0) as u64));
-        }
-        let reply = self.apply(op, now)?;
-        if let Some(at) = reply.arm {
-            self.arm_no_later_than(at).await;
-        }
-        Ok(reply.body)
-    }
-
-    /// Runs one operation synchronously (each validates its own input).
-    fn apply(&self, op: Op, now: u64) -> Result<Reply, Error> {
-        match op {
-            Op::Subscribe { thread_id } => self.subscribe(&thread_id),
-            Op::Unsubscribe { thread_id } => self.unsubscribe(&thread_id),
-            Op::IsSubscribed { thread_id } => self.is_subscribed(&thread_id),
-            Op::AcquireLock {
-                lock_id,
-                ttl_ms,
-                token,
-            } => self.acquire_lock(&lock_id, ttl_ms, token, now),
-            Op::ReleaseLock { lock_id, token } => self.release_lock(lock_id, token),
-            Op::ExtendLock {
-                lock_id,
-                token,
-                ttl_ms,
-            } => self.extend_lock(lock_id, token, ttl_ms, now),
-            Op::ForceReleaseLock { lock_id } => self.force_release_lock(&lock_id),
-            Op::Get { key } => self.get(&key, now),
-            Op::Set { key, value, ttl_ms } => self.set(key, value, ttl_ms, now),
-            Op::SetIfNotExists { key, value, ttl_ms } => {
-                self.set_if_not_exists(key, value, ttl_ms, now)
-            }
-            Op::Delete { key } => self.delete(&key),
-            Op::AppendToList {
-                key,
-                value,
-                max_length,
-                ttl_ms,
-            } => self.append_to_list(key, value, max_length, ttl_ms, now),
-            Op::GetList { key } => self.get_list(&key, now),
-            Op::Enqueue {
-                thread_id,
-                entry,
-                max_size,
-            } => self.enqueue(&thread_id, &entry, max_size, now),
-            Op::Dequeue { thread_id } => self.dequeue(&thread_id, now),
-            Op::QueueDepth { thread_id } => self.queue_depth(&thread_id, now),
-            Op::Inspect => Ok(Reply::raw(
-                self.inspect(now, self.alarm_ms.get().flatten())?,
-            )),
-            Op::FailAlarms { times, retry_ms } => self.fail_alarms(times, retry_ms),
-        }
+        let test_now = clock::test_time(op, now).map_err(throw)?;
+        Ok(Call { op, test_now })
     }
 }

@@ -1,117 +1,118 @@
-//! `enqueue`, `dequeue`, `queue_depth`: one row per entry, FIFO by a per-thread sequence,
-//! each entry expiring on its own.
+//! `enqueue`, `dequeue`, `queueDepth`: one row per entry, FIFO by a per-thread sequence,
+//! each entry expiring on its own. Entries travel and are stored as JSON text.
 
 use chat_state_core::{Error, Operation, QueueEntry, validate};
-use worker::SqlStorageValue;
+use wasm_bindgen::prelude::*;
 
-use super::ChatStateDO;
-use super::sql::{Reply, backend_err, int, ms};
+use super::sql::{Stmt, backend_err, int, ms};
+use super::{ChatStateDO, throw};
 use crate::BACKEND;
 
+#[wasm_bindgen]
 impl ChatStateDO {
-    /// Appends the entry (dropping the oldest beyond `max_size`); answers the live depth.
-    pub(super) fn enqueue(
+    /// `enqueue(version, threadId, entryJson, maxSize, now?)` → the live depth after the
+    /// append, dropping dead entries and the oldest live ones beyond `maxSize`.
+    #[wasm_bindgen(js_name = enqueue)]
+    pub fn rpc_enqueue(
         &self,
-        thread_id: &str,
-        entry: &QueueEntry,
-        max_size: u64,
-        now: u64,
-    ) -> Result<Reply, Error> {
-        let max_size = usize::try_from(max_size).unwrap_or(usize::MAX);
-        validate::enqueue(BACKEND, thread_id, entry, max_size)?;
-        let o = Operation::Enqueue;
-        let err = |e| backend_err(o, "enqueueing", e);
-        let sql = &self.sql;
-        let text = serde_json::to_string(entry)
-            .map_err(|e| Error::invalid_input(format!("queue entry: {e}")).context(BACKEND, o))?;
-        sql.exec(
-            "DELETE FROM queue WHERE thread_id = ? AND expires_at <= ?",
-            vec![thread_id.into(), ms(now)],
-        )
-        .map_err(err)?;
-        sql.exec(
-            "INSERT INTO queue (thread_id, seq, expires_at, entry) VALUES (?1, \
-             (SELECT COALESCE(MAX(seq), 0) + 1 FROM queue WHERE thread_id = ?1), ?2, ?3)",
-            vec![thread_id.into(), ms(entry.expires_at), text.into()],
-        )
-        .map_err(err)?;
-        sql.exec(
-            "DELETE FROM queue WHERE thread_id = ?1 AND seq <= \
-             (SELECT seq FROM queue WHERE thread_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-            vec![thread_id.into(), SqlStorageValue::Integer(max_size as i64)],
-        )
-        .map_err(err)?;
-        let depth = self.depth(o, thread_id, now)?;
-        Ok(Reply::json(&depth)?.arming(Some(entry.expires_at)))
-    }
-
-    /// Removes and answers the oldest live entry, or `null`.
-    pub(super) fn dequeue(&self, thread_id: &str, now: u64) -> Result<Reply, Error> {
-        validate::dequeue(BACKEND, thread_id)?;
-        Reply::json(&self.pop_oldest(thread_id, now)?)
-    }
-
-    /// Answers the number of live entries.
-    pub(super) fn queue_depth(&self, thread_id: &str, now: u64) -> Result<Reply, Error> {
-        validate::queue_depth(BACKEND, thread_id)?;
-        Reply::json(&self.depth(Operation::QueueDepth, thread_id, now)?)
-    }
-
-    fn pop_oldest(&self, thread_id: &str, now: u64) -> Result<Option<QueueEntry>, Error> {
-        let o = Operation::Dequeue;
-        let err = |e| backend_err(o, "dequeueing", e);
-        let sql = &self.sql;
-        let mut rows = sql
-            .exec(
-                "DELETE FROM queue WHERE rowid = (SELECT rowid FROM queue \
-                 WHERE thread_id = ? AND expires_at > ? ORDER BY seq LIMIT 1) RETURNING entry",
-                vec![thread_id.into(), ms(now)],
+        version: f64,
+        thread_id: &JsValue,
+        entry: &JsValue,
+        max_size: f64,
+        now: Option<f64>,
+    ) -> Result<f64, JsError> {
+        let call = self.begin(Operation::Enqueue, version, now)?;
+        let o = call.op;
+        let thread = call.string("thread id", thread_id).map_err(throw)?;
+        let max_size = call.count("max_size", max_size).map_err(throw)?;
+        let text = call.string("queue entry", entry).map_err(throw)?;
+        // Lone surrogates (from a JavaScript writer) decode as U+FFFD.
+        let entry: QueueEntry =
+            chat_state_core::json::from_json_slice(text.as_bytes()).map_err(|e| {
+                throw(
+                    Error::invalid_input(format!(
+                        "the queue entry is not a JSON {{enqueuedAt, expiresAt, message}} \
+                         object: {e}"
+                    ))
+                    .context(BACKEND, o),
+                )
+            })?;
+        validate::enqueue(BACKEND, &thread, &entry, max_size).map_err(throw)?;
+        // Stored in the one shape this code writes, whatever spelling the caller used.
+        let stored = serde_json::to_string(&entry).map_err(|e| {
+            throw(Error::invalid_input(format!("queue entry: {e}")).context(BACKEND, o))
+        })?;
+        let now = call.now();
+        let err = |e| throw(backend_err(o, "enqueueing", e));
+        let t = ms(now);
+        self.sql
+            .run3(
+                Stmt::ENQUEUE,
+                thread_id,
+                &ms(entry.expires_at),
+                &JsValue::from_str(&stored),
             )
-            .map_err(err)?
-            .raw();
-        let row = rows.next().transpose().map_err(err)?;
-        drop(rows);
-        // Expired entries ahead of it are dead weight; drop them while we are here.
-        sql.exec(
-            "DELETE FROM queue WHERE thread_id = ? AND expires_at <= ?",
-            vec![thread_id.into(), ms(now)],
-        )
-        .map_err(err)?;
-        let Some(row) = row else { return Ok(None) };
-        match row.first() {
-            Some(SqlStorageValue::String(text)) => {
-                // Lone surrogates (from a TypeScript writer) decode as U+FFFD.
-                chat_state_core::json::from_json_slice(text.as_bytes())
-                    .map(Some)
-                    .map_err(|e| {
-                        Error::corrupt(format!(
-                            "a stored queue entry is not valid JSON ({e}); it was removed from the \
-                         queue"
-                        ))
-                        .context(BACKEND, o)
-                    })
-            }
-            other => Err(Error::corrupt(format!(
-                "a stored queue entry has an unexpected SQL type ({other:?}); it was removed"
-            ))
-            .context(BACKEND, o)),
-        }
-    }
-
-    fn depth(&self, o: Operation, thread_id: &str, now: u64) -> Result<usize, Error> {
-        let err = |e| backend_err(o, "counting a queue", e);
-        let mut rows = self
+            .map_err(err)?;
+        self.sql
+            .run3(
+                Stmt::QUEUE_PRUNE,
+                thread_id,
+                &t,
+                &JsValue::from_f64(max_size as f64),
+            )
+            .map_err(err)?;
+        let depth = self
             .sql
-            .exec(
-                "SELECT COUNT(*) FROM queue WHERE thread_id = ? AND expires_at > ?",
-                vec![thread_id.into(), ms(now)],
-            )
-            .map_err(err)?
-            .raw();
-        let n = match rows.next().transpose().map_err(err)? {
-            Some(row) => int(row.first()),
-            None => 0,
-        };
-        Ok(n.max(0) as usize)
+            .one2(Stmt::QUEUE_DEPTH, thread_id, &t)
+            .map_err(err)?;
+        if entry.expires_at > now {
+            self.arm(Some(entry.expires_at));
+        }
+        Ok(int(&depth).unwrap_or(0) as f64)
+    }
+
+    /// `dequeue(version, threadId, now?)` → the oldest live entry's JSON text, or `null`;
+    /// dead entries queued before it go with it.
+    #[wasm_bindgen(js_name = dequeue)]
+    pub fn rpc_dequeue(
+        &self,
+        version: f64,
+        thread_id: &JsValue,
+        now: Option<f64>,
+    ) -> Result<JsValue, JsError> {
+        let call = self.begin(Operation::Dequeue, version, now)?;
+        let thread = call.string("thread id", thread_id).map_err(throw)?;
+        validate::dequeue(BACKEND, &thread).map_err(throw)?;
+        let now = call.now();
+        let rows = self
+            .sql
+            .rows2(Stmt::DEQUEUE, thread_id, &ms(now))
+            .map_err(|e| throw(backend_err(call.op, "dequeueing", e)))?;
+        // Only the one live row among those deleted is the answer.
+        for row in rows.iter() {
+            let row = js_sys::Array::from(&row);
+            if int(&row.get(1)).is_some_and(|at| at > now) {
+                return Ok(row.get(0));
+            }
+        }
+        Ok(JsValue::NULL)
+    }
+
+    /// `queueDepth(version, threadId, now?)` → the number of live entries.
+    #[wasm_bindgen(js_name = queueDepth)]
+    pub fn rpc_queue_depth(
+        &self,
+        version: f64,
+        thread_id: &JsValue,
+        now: Option<f64>,
+    ) -> Result<f64, JsError> {
+        let call = self.begin(Operation::QueueDepth, version, now)?;
+        let thread = call.string("thread id", thread_id).map_err(throw)?;
+        validate::queue_depth(BACKEND, &thread).map_err(throw)?;
+        let depth = self
+            .sql
+            .one2(Stmt::QUEUE_DEPTH, thread_id, &ms(call.now()))
+            .map_err(|e| throw(backend_err(call.op, "counting a queue", e)))?;
+        Ok(int(&depth).unwrap_or(0) as f64)
     }
 }

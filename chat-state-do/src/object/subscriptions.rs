@@ -1,46 +1,59 @@
-//! `subscribe`, `unsubscribe`, `is_subscribed`: one row per subscribed thread, no expiry.
+//! `subscribe`, `unsubscribe`, `isSubscribed`: one row per subscribed thread, no expiry.
 
-use chat_state_core::{Error, Operation, validate};
+use chat_state_core::Operation;
+use wasm_bindgen::prelude::*;
 
-use super::ChatStateDO;
-use super::sql::{Reply, backend_err};
-use crate::BACKEND;
+use super::sql::{Stmt, backend_err};
+use super::{ChatStateDO, throw};
 
+#[wasm_bindgen]
 impl ChatStateDO {
-    pub(super) fn subscribe(&self, thread_id: &str) -> Result<Reply, Error> {
-        validate::subscribe(BACKEND, thread_id)?;
+    /// `subscribe(version, threadId, now?)`.
+    #[wasm_bindgen(js_name = subscribe)]
+    pub fn rpc_subscribe(
+        &self,
+        version: f64,
+        thread_id: &JsValue,
+        now: Option<f64>,
+    ) -> Result<(), JsError> {
+        let call = self.begin(Operation::Subscribe, version, now)?;
+        call.key("thread id", thread_id).map_err(throw)?;
         self.sql
-            .exec(
-                "INSERT OR IGNORE INTO subscriptions (thread_id) VALUES (?)",
-                vec![thread_id.into()],
-            )
-            .map_err(|e| backend_err(Operation::Subscribe, "subscribing", e))?;
-        Reply::null()
+            .run1(Stmt::SUBSCRIBE, thread_id)
+            .map_err(|e| throw(backend_err(call.op, "subscribing", e)))?;
+        Ok(())
     }
 
-    pub(super) fn unsubscribe(&self, thread_id: &str) -> Result<Reply, Error> {
-        validate::unsubscribe(BACKEND, thread_id)?;
+    /// `unsubscribe(version, threadId, now?)`.
+    #[wasm_bindgen(js_name = unsubscribe)]
+    pub fn rpc_unsubscribe(
+        &self,
+        version: f64,
+        thread_id: &JsValue,
+        now: Option<f64>,
+    ) -> Result<(), JsError> {
+        let call = self.begin(Operation::Unsubscribe, version, now)?;
+        call.key("thread id", thread_id).map_err(throw)?;
         self.sql
-            .exec(
-                "DELETE FROM subscriptions WHERE thread_id = ?",
-                vec![thread_id.into()],
-            )
-            .map_err(|e| backend_err(Operation::Unsubscribe, "unsubscribing", e))?;
-        Reply::null()
+            .run1(Stmt::UNSUBSCRIBE, thread_id)
+            .map_err(|e| throw(backend_err(call.op, "unsubscribing", e)))?;
+        Ok(())
     }
 
-    pub(super) fn is_subscribed(&self, thread_id: &str) -> Result<Reply, Error> {
-        validate::is_subscribed(BACKEND, thread_id)?;
-        let found = self
+    /// `isSubscribed(version, threadId, now?)` → boolean.
+    #[wasm_bindgen(js_name = isSubscribed)]
+    pub fn rpc_is_subscribed(
+        &self,
+        version: f64,
+        thread_id: &JsValue,
+        now: Option<f64>,
+    ) -> Result<bool, JsError> {
+        let call = self.begin(Operation::IsSubscribed, version, now)?;
+        call.key("thread id", thread_id).map_err(throw)?;
+        let row = self
             .sql
-            .exec(
-                "SELECT 1 FROM subscriptions WHERE thread_id = ?",
-                vec![thread_id.into()],
-            )
-            .map_err(|e| backend_err(Operation::IsSubscribed, "reading subscriptions", e))?
-            .raw()
-            .next()
-            .is_some();
-        Reply::json(&found)
+            .one1(Stmt::IS_SUBSCRIBED, thread_id)
+            .map_err(|e| throw(backend_err(call.op, "reading subscriptions", e)))?;
+        Ok(!row.is_undefined())
     }
 }

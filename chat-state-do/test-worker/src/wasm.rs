@@ -1,45 +1,32 @@
-use std::cell::Cell;
-use std::sync::Arc;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::time::Duration;
 
-use chat_state_conformance::{Failure, Harness, ManualTime, TimeControl, run_all};
 use chat_state_core::{
-    Cache as _, Clock, Error, ListOptions, Lists as _, Lock, Locks as _, ManualClock, Queues as _,
-    SharedClock, StateAdapter, StateExt as _, Subscriptions as _,
+    Cache as _, Error, ListOptions, Lists as _, Lock, Locks as _, QueueEntry, Queues as _,
+    StateExt as _, Subscriptions as _,
 };
-use chat_state_do::protocol::{Request as Op, WireError, b64};
+use chat_state_do::protocol::kind_name;
 use chat_state_do::routing::hashed_shards;
 use chat_state_do::{DurableObjectAdapter, DurableObjectBackend};
-use chat_state_memory::{MemoryBackend, MemoryState};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use worker::{Date, Delay, Env, Method, Request, RequestInit, Response, Result, event};
+use worker::wasm_bindgen::JsValue;
+use worker::wasm_bindgen::prelude::*;
+use worker::wasm_bindgen_futures::{JsFuture, future_to_promise};
+use worker::{Date, Env, Method, Request, Response, Result, event};
 
-/// The object class, re-exported so the runtime finds it (as a user's Worker would).
+#[cfg(feature = "test-routes")]
+mod conformance;
+
+/// The object class as worker-build exports it; `entry.mjs` wraps it for Workers RPC (as a
+/// user's Worker does) and also exports it bare, bound as `UNWRAPPED`.
 pub use chat_state_do::ChatStateDO;
 
 const BINDING: &str = "CHAT_STATE";
 
-/// Real time inside the Worker: `advance` waits on a timer, `now_ms` is `Date.now()`.
-struct WorkerTime;
-
-#[chat_state_core::async_trait(?Send)]
-impl TimeControl for WorkerTime {
-    async fn advance(&self, by: Duration) {
-        // A few ms on top: the object reads its own Date.now(), which only moves at I/O
-        // boundaries, and expiry is strict (`now < expires_at`).
-        Delay::from(by + Duration::from_millis(3)).await;
-    }
-    fn now_ms(&self) -> u64 {
-        Date::now().as_millis()
-    }
-    fn is_manual(&self) -> bool {
-        false
-    }
-}
-
 /// How a test wants its adapter configured.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 struct Config {
     /// Default object name.
@@ -50,15 +37,19 @@ struct Config {
     route_thread_keys: bool,
     location_hint: Option<String>,
     jurisdiction: Option<String>,
+    /// The namespace binding (default `CHAT_STATE`).
+    binding: Option<String>,
     /// A test clock for the adapter and, through it, the objects (never from JSON).
+    #[cfg(feature = "test-routes")]
     #[serde(skip)]
-    clock: Option<SharedClock>,
+    clock: Option<chat_state_core::SharedClock>,
 }
 
 fn adapter(env: &Env, c: &Config) -> std::result::Result<DurableObjectAdapter, Error> {
+    let binding = c.binding.as_deref().unwrap_or(BINDING);
     let ns = env
-        .durable_object(BINDING)
-        .map_err(|e| Error::invalid_input(format!("binding {BINDING}: {e}")))?;
+        .durable_object(binding)
+        .map_err(|e| Error::invalid_input(format!("binding {binding}: {e}")))?;
     let mut b = DurableObjectBackend::builder(ns).object_name(c.object.clone());
     if c.shards > 0 {
         let shard = hashed_shards(&format!("{}-shard", c.object), c.shards);
@@ -73,95 +64,97 @@ fn adapter(env: &Env, c: &Config) -> std::result::Result<DurableObjectAdapter, E
     if let Some(j) = &c.jurisdiction {
         b = b.jurisdiction(j.clone());
     }
+    #[cfg(feature = "test-routes")]
     if let Some(clock) = &c.clock {
         b = b.test_clock(clock.clone());
     }
     b.build()
 }
 
-#[derive(Debug, Deserialize)]
-struct ConformanceRun {
-    prefix: String,
-    #[serde(default)]
-    shards: u32,
-    #[serde(default)]
-    filter: Option<Vec<String>>,
-    /// Drive the adapter and the objects with one manual clock per case (test-only protocol
-    /// header), so the exact-boundary cases run instead of skipping.
-    #[serde(default)]
-    manual_clock: bool,
+/// One operation of a `/adapter` script, in the shape of the adapter's method; values are
+/// UTF-8 text.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Op {
+    Subscribe {
+        thread_id: String,
+    },
+    Unsubscribe {
+        thread_id: String,
+    },
+    IsSubscribed {
+        thread_id: String,
+    },
+    AcquireLock {
+        lock_id: String,
+        ttl_ms: u64,
+    },
+    ReleaseLock {
+        lock_id: String,
+        token: String,
+    },
+    ExtendLock {
+        lock_id: String,
+        token: String,
+        ttl_ms: u64,
+    },
+    ForceReleaseLock {
+        lock_id: String,
+    },
+    Get {
+        key: String,
+    },
+    Set {
+        key: String,
+        value: String,
+        ttl_ms: Option<u64>,
+    },
+    SetIfNotExists {
+        key: String,
+        value: String,
+        ttl_ms: Option<u64>,
+    },
+    Delete {
+        key: String,
+    },
+    AppendToList {
+        key: String,
+        value: String,
+        max_length: Option<usize>,
+        ttl_ms: Option<u64>,
+    },
+    GetList {
+        key: String,
+    },
+    Enqueue {
+        thread_id: String,
+        entry: QueueEntry,
+        max_size: usize,
+    },
+    Dequeue {
+        thread_id: String,
+    },
+    QueueDepth {
+        thread_id: String,
+    },
 }
 
-/// How far ahead of the wall clock a manual clock starts: every expiry it produces (and so
-/// every alarm the objects arm) lies a day in the future, so no alarm cleanup, which runs on
-/// the object's own `Date.now()`, fires during the run and deletes rows that are live in
-/// manual time.
-const MANUAL_CLOCK_LEAD_MS: u64 = 86_400_000;
-
-async fn conformance(env: &Env, run: ConformanceRun) -> Result<Response> {
-    let counter = Cell::new(0u32);
-    let started = Date::now().as_millis();
-    let report = run_all(
-        || {
-            counter.set(counter.get() + 1);
-            let manual = run
-                .manual_clock
-                .then(|| ManualClock::new(Date::now().as_millis() + MANUAL_CLOCK_LEAD_MS));
-            // A fresh object (and fresh shards) per case: isolation without cleanup.
-            let config = Config {
-                object: format!("{}-case{}", run.prefix, counter.get()),
-                shards: run.shards,
-                route_thread_keys: run.shards > 0,
-                clock: manual.clone().map(|c| Arc::new(c) as SharedClock),
-                ..Config::default()
-            };
-            let time: Arc<dyn TimeControl> = match manual {
-                Some(clock) => Arc::new(ManualTime(clock)),
-                None => Arc::new(WorkerTime),
-            };
-            let built = adapter(env, &config);
-            let env = env.clone();
-            async move {
-                let a = built.map_err(|e| Failure::new(format!("adapter: {e}")))?;
-                a.connect()
-                    .await
-                    .map_err(|e| Failure::new(format!("connect: {e}")))?;
-                let a: Arc<dyn StateAdapter> = Arc::new(a);
-                // Reopen = a new adapter on the same objects; the data lives in them.
-                let reopen = move || {
-                    let built = adapter(&env, &config);
-                    async move {
-                        let a = built?;
-                        a.connect().await?;
-                        Ok(Arc::new(a) as Arc<dyn StateAdapter>)
-                    }
-                };
-                Ok(Harness::new(a, time).with_reopen(reopen))
-            }
-        },
-        |name| {
-            run.filter
-                .as_ref()
-                .is_none_or(|f| f.iter().any(|n| n == name))
-        },
-        || Date::now().as_millis().saturating_sub(started),
-    )
-    .await;
-    Response::from_json(&report)
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct Script {
+    #[serde(default)]
     config: Config,
     ops: Vec<Value>,
 }
 
 fn err_json(e: &Error) -> Value {
-    let w = WireError::from_error(e);
-    json!({ "err": { "kind": w.kind, "message": e.to_string() } })
+    json!({ "err": { "kind": kind_name(e.kind()), "message": e.to_string(), "retryable": e.is_retryable() } })
 }
 
-/// Runs one protocol-shaped operation through the adapter.
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+/// Runs one operation through the adapter.
 async fn run_op(a: &DurableObjectAdapter, raw: Value) -> Value {
     let op: Op = match serde_json::from_value(raw) {
         Ok(op) => op,
@@ -179,9 +172,7 @@ async fn run_op(a: &DurableObjectAdapter, raw: Value) -> Value {
             Op::Subscribe { thread_id } => json!(a.subscribe(&thread_id).await?),
             Op::Unsubscribe { thread_id } => json!(a.unsubscribe(&thread_id).await?),
             Op::IsSubscribed { thread_id } => json!(a.is_subscribed(&thread_id).await?),
-            Op::AcquireLock {
-                lock_id, ttl_ms, ..
-            } => {
+            Op::AcquireLock { lock_id, ttl_ms } => {
                 json!(a.acquire_lock(&lock_id, ms(ttl_ms)).await?)
             }
             Op::ReleaseLock { lock_id, token } => {
@@ -191,12 +182,19 @@ async fn run_op(a: &DurableObjectAdapter, raw: Value) -> Value {
                 lock_id,
                 token,
                 ttl_ms,
-            } => json!(a.extend_lock(&lock(lock_id, token), ms(ttl_ms)).await?),
+            } => {
+                json!(a.extend_lock(&lock(lock_id, token), ms(ttl_ms)).await?)
+            }
             Op::ForceReleaseLock { lock_id } => json!(a.force_release_lock(&lock_id).await?),
-            Op::Get { key } => json!(a.get(&key).await?.map(|v| b64::encode(&v))),
-            Op::Set { key, value, ttl_ms } => json!(a.set(&key, &value, ttl_ms.map(ms)).await?),
+            Op::Get { key } => json!(a.get(&key).await?.map(|v| text(&v))),
+            Op::Set { key, value, ttl_ms } => {
+                json!(a.set(&key, value.as_bytes(), ttl_ms.map(ms)).await?)
+            }
             Op::SetIfNotExists { key, value, ttl_ms } => {
-                json!(a.set_if_not_exists(&key, &value, ttl_ms.map(ms)).await?)
+                json!(
+                    a.set_if_not_exists(&key, value.as_bytes(), ttl_ms.map(ms))
+                        .await?
+                )
             }
             Op::Delete { key } => json!(a.delete(&key).await?),
             Op::AppendToList {
@@ -205,27 +203,20 @@ async fn run_op(a: &DurableObjectAdapter, raw: Value) -> Value {
                 max_length,
                 ttl_ms,
             } => {
-                let options =
-                    ListOptions::from_parts(max_length.map(|n| n as usize), ttl_ms.map(ms));
-                json!(a.append_to_list(&key, &value, options).await?)
+                let options = ListOptions::from_parts(max_length, ttl_ms.map(ms));
+                json!(a.append_to_list(&key, value.as_bytes(), options).await?)
             }
             Op::GetList { key } => {
-                let items: Vec<String> = a
-                    .get_list(&key)
-                    .await?
-                    .iter()
-                    .map(|v| b64::encode(v))
-                    .collect();
+                let items: Vec<String> = a.get_list(&key).await?.iter().map(|v| text(v)).collect();
                 json!(items)
             }
             Op::Enqueue {
                 thread_id,
                 entry,
                 max_size,
-            } => json!(a.enqueue(&thread_id, entry, max_size as usize).await?),
+            } => json!(a.enqueue(&thread_id, entry, max_size).await?),
             Op::Dequeue { thread_id } => json!(a.dequeue(&thread_id).await?),
             Op::QueueDepth { thread_id } => json!(a.queue_depth(&thread_id).await?),
-            Op::Inspect | Op::FailAlarms { .. } => json!(null),
         })
     }
     .await;
@@ -235,36 +226,155 @@ async fn run_op(a: &DurableObjectAdapter, raw: Value) -> Value {
     }
 }
 
+async fn run_ops(a: &DurableObjectAdapter, ops: Vec<Value>) -> Vec<Value> {
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        out.push(run_op(a, op).await);
+    }
+    out
+}
+
 async fn script(env: &Env, s: Script) -> Result<Response> {
+    match adapter(env, &s.config) {
+        Ok(a) => Response::from_json(&run_ops(&a, s.ops).await),
+        Err(e) => Response::from_json(&json!([err_json(&e)])),
+    }
+}
+
+/// A script's operations all at once on one adapter (so its calls are batched); the results
+/// in the order of the operations.
+async fn concurrent_script(env: &Env, s: Script) -> Result<Response> {
     let a = match adapter(env, &s.config) {
-        Ok(a) => a,
+        Ok(a) => Rc::new(a),
         Err(e) => return Response::from_json(&json!([err_json(&e)])),
     };
-    let mut out = Vec::with_capacity(s.ops.len());
-    for op in s.ops {
-        out.push(run_op(&a, op).await);
+    let slots: Rc<RefCell<Vec<Value>>> = Rc::new(RefCell::new(vec![Value::Null; s.ops.len()]));
+    let tasks = js_sys::Array::new();
+    for (i, op) in s.ops.into_iter().enumerate() {
+        let (a, slots) = (a.clone(), slots.clone());
+        tasks.push(&future_to_promise(async move {
+            let v = run_op(&a, op).await;
+            slots.borrow_mut()[i] = v;
+            Ok(JsValue::UNDEFINED)
+        }));
     }
+    JsFuture::from(js_sys::Promise::all(&tasks)).await?;
+    let out = slots.borrow().clone();
     Response::from_json(&out)
 }
 
-/// Sends `body` untouched to `object` at `path` (with `now` in the test clock header, if
-/// given), and answers the object's status and body.
-async fn raw(
-    env: &Env,
-    object: &str,
-    path: &str,
-    now: Option<&str>,
-    body: Vec<u8>,
-) -> Result<Response> {
-    let stub = env.durable_object(BINDING)?.get_by_name(object)?;
-    let mut init = RequestInit::new();
-    let array = worker::js_sys::Uint8Array::from(body.as_slice());
-    init.with_method(Method::Post).with_body(Some(array.into()));
-    if let Some(now) = now {
-        let headers = worker::Headers::new();
-        headers.set(chat_state_do::protocol::TEST_NOW_HEADER, now)?;
-        init.with_headers(headers);
+thread_local! {
+    /// The adapter `/kept-adapter` keeps across requests.
+    static KEPT: RefCell<Option<Rc<DurableObjectAdapter>>> = const { RefCell::new(None) };
+}
+
+/// A script on an adapter built by an earlier request of this isolate: its cached stubs
+/// belong to that request, and the adapter must still work.
+async fn kept_script(env: &Env, s: Script) -> Result<Response> {
+    let kept = KEPT.with(|k| k.borrow().clone());
+    let a = match kept {
+        Some(a) => a,
+        None => {
+            let config = Config {
+                object: "kept".into(),
+                ..Config::default()
+            };
+            match adapter(env, &config) {
+                Ok(a) => {
+                    let a = Rc::new(a);
+                    KEPT.with(|k| *k.borrow_mut() = Some(a.clone()));
+                    a
+                }
+                Err(e) => return Response::from_json(&json!([err_json(&e)])),
+            }
+        }
+    };
+    Response::from_json(&run_ops(&a, s.ops).await)
+}
+
+#[wasm_bindgen(inline_js = r#"
+function toJs(args) {
+  return JSON.parse(args, (_, v) => {
+    if (v && typeof v === "object" && typeof v.$bytes === "string") return new TextEncoder().encode(v.$bytes);
+    if (v && typeof v === "object" && v.$undefined === true) return undefined;
+    return v;
+  });
+}
+function toJson(v) {
+  return JSON.stringify(v === undefined ? null : v, (_, x) =>
+    x instanceof ArrayBuffer ? { $bytes: new TextDecoder().decode(x) } :
+    ArrayBuffer.isView(x) ? { $bytes: new TextDecoder().decode(x) } : x);
+}
+export async function rpcCall(ns, object, method, args, session) {
+  try {
+    const stub = ns.getByName(object);
+    let result;
+    if (session) {
+      const target = await stub.session();
+      try {
+        result = await target[method](...toJs(args));
+      } finally {
+        target[Symbol.dispose]();
+      }
+    } else {
+      result = await stub[method](...toJs(args));
     }
+    return `{"ok":${toJson(result)}}`;
+  } catch (e) {
+    return JSON.stringify({ err: { message: String(e?.message ?? e), name: e?.name,
+      retryable: e?.retryable ?? null, overloaded: e?.overloaded ?? null } });
+  }
+}
+"#)]
+extern "C" {
+    /// `ns.getByName(object)[method](...args)` (on a session of the object if `session`);
+    /// answers the JSON the `/rpc` route documents.
+    #[wasm_bindgen(js_name = rpcCall)]
+    fn rpc_call(
+        ns: &JsValue,
+        object: &str,
+        method: &str,
+        args: &str,
+        session: bool,
+    ) -> js_sys::Promise;
+}
+
+use worker::js_sys;
+
+#[derive(Deserialize)]
+struct RawCall {
+    method: String,
+    #[serde(default)]
+    args: Vec<Value>,
+    #[serde(default)]
+    binding: Option<String>,
+    /// Make the call on a session the object hands out (`session()`), not on its stub.
+    #[serde(default)]
+    session: bool,
+}
+
+/// One raw RPC call, past the adapter.
+async fn rpc(env: &Env, object: &str, call: RawCall) -> Result<Response> {
+    let ns = env.durable_object(call.binding.as_deref().unwrap_or(BINDING))?;
+    let args = serde_json::to_string(&call.args)?;
+    let answer = JsFuture::from(rpc_call(
+        ns.as_ref(),
+        object,
+        &call.method,
+        &args,
+        call.session,
+    ))
+    .await?;
+    let answer = answer.as_string().unwrap_or_default();
+    Response::from_bytes(answer.into_bytes())
+}
+
+/// What a Worker from before Workers RPC sends: a POST to the object's `fetch`.
+async fn legacy_fetch(env: &Env, object: &str, path: &str, body: Vec<u8>) -> Result<Response> {
+    let stub = env.durable_object(BINDING)?.get_by_name(object)?;
+    let mut init = worker::RequestInit::new();
+    let array = js_sys::Uint8Array::from(body.as_slice());
+    init.with_method(Method::Post).with_body(Some(array.into()));
     let url = format!("https://chat-state.internal{path}");
     let mut resp = stub
         .fetch_with_request(Request::new_with_init(&url, &init)?)
@@ -274,7 +384,7 @@ async fn raw(
     Response::from_json(&json!({ "status": status, "body": text }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct Cycle {
     config: Config,
     thread: String,
@@ -283,13 +393,12 @@ struct Cycle {
 /// One incoming-message cycle as the Chat SDK runs it, restricted to the operations the
 /// TypeScript baseline also has (it has no set_if_not_exists, lists or queues): subscription
 /// check, lock, thread state read + write, release. Five object round trips.
-async fn cycle(env: &Env, c: Cycle) -> std::result::Result<Value, Error> {
-    let a = adapter(env, &c.config)?;
-    let subscribed = a.is_subscribed(&c.thread).await?;
-    let Some(lock) = a.acquire_lock(&c.thread, Duration::from_secs(30)).await? else {
+async fn cycle(a: &DurableObjectAdapter, thread: &str) -> std::result::Result<Value, Error> {
+    let subscribed = a.is_subscribed(thread).await?;
+    let Some(lock) = a.acquire_lock(thread, Duration::from_secs(30)).await? else {
         return Ok(json!({ "locked": false }));
     };
-    let key = format!("thread-state:{}", c.thread);
+    let key = format!("thread-state:{thread}");
     let state: Option<Value> = a.get_json(&key).await?;
     let n = state
         .as_ref()
@@ -306,62 +415,52 @@ async fn cycle(env: &Env, c: Cycle) -> std::result::Result<Value, Error> {
     Ok(json!({ "locked": true, "subscribed": subscribed, "n": n + 1 }))
 }
 
-#[derive(Debug, Deserialize)]
-struct MemoryExpiry {
-    ttl_ms: u64,
-    /// Run on [`ZeroClock`] instead of the system clock (the test's proof that its checks
-    /// catch a clock stuck at 0).
+#[derive(Deserialize)]
+struct Cycles {
+    config: Config,
+    cycles: u32,
+    concurrency: u32,
+    threads: u32,
     #[serde(default)]
-    zero_clock: bool,
+    prefix: String,
 }
 
-/// What `SystemClock` returned on wasm32 before it read `Date.now()`.
-#[derive(Debug)]
-struct ZeroClock;
-
-impl Clock for ZeroClock {
-    fn now_ms(&self) -> u64 {
-        0
+/// `cycles` message cycles in this one request on one adapter, `concurrency` at a time, each
+/// on thread `<prefix>thread-<i % threads>`; no two in flight share a thread.
+async fn cycles(env: &Env, c: Cycles) -> std::result::Result<Value, Error> {
+    let a = Rc::new(adapter(env, &c.config)?);
+    let next = Rc::new(Cell::new(0u32));
+    let started = Date::now().as_millis();
+    let workers = js_sys::Array::new();
+    for _ in 0..c.concurrency.max(1) {
+        let (a, next, prefix) = (a.clone(), next.clone(), c.prefix.clone());
+        let (total, threads) = (c.cycles, c.threads.max(1));
+        workers.push(&future_to_promise(async move {
+            while next.get() < total {
+                let i = next.get();
+                next.set(i + 1);
+                let thread = format!("{prefix}thread-{}", i % threads);
+                match cycle(&a, &thread).await {
+                    Ok(v) if v["locked"] == json!(true) => {}
+                    Ok(v) => return Err(JsValue::from_str(&format!("cycle on {thread}: {v}"))),
+                    Err(e) => return Err(JsValue::from_str(&e.to_string())),
+                }
+            }
+            Ok(JsValue::UNDEFINED)
+        }));
     }
+    JsFuture::from(js_sys::Promise::all(&workers))
+        .await
+        .map_err(|e| Error::invalid_input(e.as_string().unwrap_or_default()))?;
+    Ok(json!({ "cycles": c.cycles, "ms": Date::now().as_millis() - started }))
 }
 
-/// The memory backend on the system clock (or, with `zero_clock`, on a clock stuck at 0),
-/// inside workerd: stores a key and takes a lock
-/// with `ttl_ms`, checks both are live, waits real time past the TTL, and checks that the
-/// key expired and the lock can be taken again. Answers what it saw, with the Worker's
-/// `Date.now()` at each step, for `tests/workerd.rs` to judge.
-///
-/// On wasm32 `SystemClock` reads `Date.now()`; if it read 0 (as it once did), the lock's
-/// `expiresAt` would be `ttl_ms` (1970) and time would never pass for the backend, so the
-/// key would stay live and the lock held: every check of the test fails.
-async fn memory_expiry(run: MemoryExpiry) -> std::result::Result<Value, Error> {
-    let state = if run.zero_clock {
-        MemoryState::new(MemoryBackend::with_clock(ZeroClock))
-    } else {
-        MemoryState::default()
-    };
-    let ttl = Duration::from_millis(run.ttl_ms);
-    // Date.now() (nearly) stands still while the isolate computes: this is, within a
-    // millisecond or so, the time of every call below until the wait.
-    let started_ms = Date::now().as_millis();
-    state.set("k", b"v", Some(ttl)).await?;
-    let first = state.acquire_lock("l", ttl).await?;
-    let live_before = state.get("k").await?.is_some();
-    let held_before = state.acquire_lock("l", ttl).await?.is_none();
-    // A timer is I/O, after which Date.now() has moved on by (at least) the wait.
-    Delay::from(ttl + Duration::from_millis(20)).await;
-    let waited_ms = Date::now().as_millis();
-    let value_after = state.get("k").await?.map(|v| b64::encode(&v));
-    let second = state.acquire_lock("l", ttl).await?;
-    Ok(json!({
-        "started_ms": started_ms,
-        "first_lock": first,
-        "live_before": live_before,
-        "held_before": held_before,
-        "waited_ms": waited_ms,
-        "value_after": value_after,
-        "second_lock": second,
-    }))
+fn query(req: &Request, name: &str) -> Option<String> {
+    req.url()
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 #[event(fetch)]
@@ -370,50 +469,70 @@ async fn fetch(mut req: Request, env: Env, _ctx: worker::Context) -> Result<Resp
     let parts: Vec<&str> = path.trim_start_matches('/').splitn(2, '/').collect();
     match (req.method(), parts.as_slice()) {
         (Method::Get, ["ping"]) => Response::ok("ok"),
-        (Method::Get, ["cases"]) => {
-            let names: Vec<&str> = chat_state_conformance::all_cases()
-                .iter()
-                .map(|(name, _)| *name)
-                .collect();
-            Response::from_json(&names)
-        }
-        (Method::Post, ["conformance"]) => {
-            let run: ConformanceRun = req.json().await?;
-            conformance(&env, run).await
-        }
         (Method::Post, ["adapter"]) => {
             let s: Script = req.json().await?;
             script(&env, s).await
         }
+        (Method::Post, ["concurrent"]) => {
+            let s: Script = req.json().await?;
+            concurrent_script(&env, s).await
+        }
+        (Method::Post, ["kept-adapter"]) => {
+            let s: Script = req.json().await?;
+            kept_script(&env, s).await
+        }
         (Method::Post, ["cycle"]) => {
             let c: Cycle = req.json().await?;
-            match cycle(&env, c).await {
-                Ok(v) => Response::from_json(&v),
-                Err(e) => Ok(Response::from_json(&err_json(&e))?.with_status(500)),
-            }
-        }
-        (Method::Post, ["memory-expiry"]) => {
-            let run: MemoryExpiry = req.json().await?;
-            match memory_expiry(run).await {
-                Ok(v) => Response::from_json(&v),
-                Err(e) => Ok(Response::from_json(&err_json(&e))?.with_status(500)),
-            }
-        }
-        (Method::Post, ["raw", object]) => {
-            let url = req.url()?;
-            let query = |name: &str| {
-                url.query_pairs()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.into_owned())
+            let result = match adapter(&env, &c.config) {
+                Ok(a) => cycle(&a, &c.thread).await,
+                Err(e) => Err(e),
             };
-            let target = query("path").unwrap_or_else(|| "/v1".to_string());
-            let now = query("now");
-            let object = object.to_string();
-            let body = req.bytes().await?;
-            raw(&env, &object, &target, now.as_deref(), body).await
+            match result {
+                Ok(v) => Response::from_json(&v),
+                Err(e) => Ok(Response::from_json(&err_json(&e))?.with_status(500)),
+            }
         }
+        (Method::Post, ["cycles"]) => {
+            let c: Cycles = req.json().await?;
+            match cycles(&env, c).await {
+                Ok(v) => Response::from_json(&v),
+                Err(e) => Ok(Response::from_json(&err_json(&e))?.with_status(500)),
+            }
+        }
+        (Method::Post, ["rpc", object]) => {
+            let object = object.to_string();
+            let call: RawCall = req.json().await?;
+            rpc(&env, &object, call).await
+        }
+        (Method::Post, ["fetch", object]) => {
+            let object = object.to_string();
+            let target = query(&req, "path").unwrap_or_else(|| "/v1".to_string());
+            let body = req.bytes().await?;
+            legacy_fetch(&env, &object, &target, body).await
+        }
+        #[cfg(feature = "test-routes")]
+        (Method::Get, ["cases"]) => conformance::cases(),
+        #[cfg(feature = "test-routes")]
+        (Method::Post, ["conformance"]) => {
+            let run = req.json().await?;
+            conformance::run(&env, run).await
+        }
+        #[cfg(feature = "test-routes")]
+        (Method::Post, ["memory-expiry"]) => {
+            let run = req.json().await?;
+            conformance::memory_expiry(run).await
+        }
+        #[cfg(feature = "test-routes")]
         (Method::Get, ["inspect", object]) => {
-            raw(&env, object, "/v1", None, br#"{"op":"inspect"}"#.to_vec()).await
+            let version = json!(chat_state_do::protocol::PROTOCOL_VERSION);
+            let call = RawCall {
+                method: "inspect".into(),
+                args: vec![version],
+                binding: None,
+                session: false,
+            };
+            let object = object.to_string();
+            rpc(&env, &object, call).await
         }
         _ => Response::error("no such route", 404),
     }

@@ -15,7 +15,8 @@ mod bot {
     use serde_json::{Value, json};
     use worker::{Date, Env, Method, Request, Response, Result, event};
 
-    /// Re-exported so the runtime finds the Durable Object class named in wrangler.toml.
+    /// Exported from the wasm module so that `entry.mjs` can wrap it for Workers RPC and
+    /// export it under the class name wrangler.toml binds.
     pub use chat_state_do::ChatStateDO;
 
     fn state(env: &Env) -> Result<DurableObjectAdapter> {
