@@ -136,14 +136,15 @@ pub trait Queues: MaybeSendSync {
     async fn queue_depth(&self, thread_id: &str) -> Result<usize>;
 }
 
-/// Everything a bot needs: the five capabilities plus lifecycle.
+/// Everything a bot needs: the five capabilities, the dispatch operations
+/// ([`Dispatch`](crate::Dispatch)) and lifecycle.
 ///
 /// Use it as `Arc<dyn StateAdapter>`; every backend implements it through
 /// [`Checked`](crate::Checked). It is also implemented for `Arc<T>`, `Box<T>` and `&T` of
 /// any adapter, so those can be passed wherever an adapter is expected.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
-pub trait StateAdapter: Subscriptions + Locks + Cache + Lists + Queues {
+pub trait StateAdapter: Subscriptions + Locks + Cache + Lists + Queues + crate::Dispatch {
     /// Short backend name used in errors and logs (`"memory"`, `"sqlite"`, ...).
     fn backend_name(&self) -> &'static str;
     /// Makes sure the backend is reachable and ready (schema applied, connection up).

@@ -52,8 +52,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::dispatch::{self, Admission, Admit, Dispatch, FencedWrite, Handoff, WhenBusy};
 use crate::{
-    Cache, Error, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, MaybeSend,
+    Cache, Error, ErrorKind, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, MaybeSend,
     MaybeSendSync, OpenState, Operation, QueueEntry, Queues, Result, StateAdapter, Subscriptions,
     SystemClock, new_lock_token, validate,
 };
@@ -99,6 +100,55 @@ impl<'a> LockRequest<'a> {
             expires_at: validate::expiry_ms(backend, op, now_ms, ttl)?,
         })
     }
+}
+
+/// An [`Admit`] as [`Checked`] hands it to a [`Backend`] with native dispatch, inputs
+/// already validated.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct AdmitRequest<'a> {
+    /// The cache key to claim with [`dispatch::DEDUPE_VALUE`] for `dedupe_ttl`.
+    pub dedupe_key: &'a str,
+    /// How long the claim lives.
+    pub dedupe_ttl: Duration,
+    /// The thread's lock to take if the claim is new: `lock.lock_id` is the thread id (also
+    /// its queue and subscription), with a fresh token, as for
+    /// [`Backend::acquire_lock`].
+    pub lock: LockRequest<'a>,
+    /// What to do when the lock is held.
+    pub when_busy: &'a WhenBusy,
+}
+
+/// What a [`Backend`]'s native admit did; [`Checked`] turns it into an [`Admission`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmitOutcome {
+    /// The claim was live: nothing changed.
+    Duplicate,
+    /// Claimed; the lock is held and the policy is drop.
+    Dropped,
+    /// Claimed; the lock is held and the entry was queued: `depth` live entries now.
+    Queued {
+        /// Live entries after the append.
+        depth: usize,
+    },
+    /// Claimed and the lock taken with this fence (rules of [`Backend::acquire_lock`]).
+    Admitted {
+        /// The new holder's fence.
+        fence: u64,
+        /// Whether the thread is subscribed.
+        subscribed: bool,
+    },
+}
+
+fn not_native(backend: &'static str, op: Operation) -> Error {
+    Error::new(
+        ErrorKind::Backend,
+        format!(
+            "{op} was called on a backend without native dispatch; a backend that implements \
+             {op} must also set `ATOMIC_DISPATCH = true`"
+        ),
+    )
+    .context(backend, op)
 }
 
 /// The storage logic of a backend: the 18 operations of the contract plus lifecycle, with
@@ -206,6 +256,51 @@ pub trait Backend: MaybeSendSync {
     ) -> impl Future<Output = Result<Option<QueueEntry>>> + MaybeSend;
     /// [`Queues::queue_depth`].
     fn queue_depth(&self, thread_id: &str) -> impl Future<Output = Result<usize>> + MaybeSend;
+
+    /// Whether this backend implements [`admit`](Backend::admit),
+    /// [`release_or_next`](Backend::release_or_next) and [`set_fenced`](Backend::set_fenced),
+    /// each as one atomic step. When `false` (the default) [`Checked`] runs the step-by-step
+    /// versions of [`dispatch`] over the other operations and never calls those three.
+    const ATOMIC_DISPATCH: bool = false;
+
+    /// [`Dispatch::admit`] in one atomic step: claim `request.dedupe_key` if it is not live;
+    /// if claimed, take the lock as [`acquire_lock`](Backend::acquire_lock) would (and read
+    /// the subscription), or, if it is held, queue (as [`enqueue`](Backend::enqueue)) or
+    /// drop by `request.when_busy`.
+    fn admit(
+        &self,
+        request: &AdmitRequest<'_>,
+    ) -> impl Future<Output = Result<AdmitOutcome>> + MaybeSend {
+        let _ = request;
+        async { Err(not_native(self.name(), Operation::Admit)) }
+    }
+
+    /// [`Dispatch::release_or_next`] in one atomic step, for `request.token` on
+    /// `request.lock_id`: if it is the current, unexpired holder, either remove and return
+    /// the oldest live queue entry and move the lock's expiry to `request.expires_at`
+    /// (or now + `request.ttl`), or, if the queue has no live entry, delete the lock.
+    fn release_or_next(
+        &self,
+        request: &LockRequest<'_>,
+    ) -> impl Future<Output = Result<Handoff>> + MaybeSend {
+        let _ = request;
+        async { Err(not_native(self.name(), Operation::ReleaseOrNext)) }
+    }
+
+    /// [`Dispatch::set_fenced`] in one atomic step: refuse if [`dispatch::is_stale`] holds
+    /// for the key's live fence record; otherwise store the value as
+    /// [`set`](Backend::set) would and the record (`lock.thread_id`, `lock.fence`) with the
+    /// same TTL.
+    fn set_fenced(
+        &self,
+        lock: &Lock,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<FencedWrite>> + MaybeSend {
+        let _ = (lock, key, value, ttl);
+        async { Err(not_native(self.name(), Operation::SetFenced)) }
+    }
 }
 
 /// Optional backend capability behind [`InspectLocks`]: read a lock's live holder without
@@ -460,6 +555,89 @@ impl<B: Backend> Queues for Checked<B> {
             self.backend.queue_depth(thread_id),
         )
         .await
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<B: Backend> Dispatch for Checked<B> {
+    async fn admit(&self, message: &Admit<'_>) -> Result<Admission> {
+        let op = Operation::Admit;
+        let name = self.backend.name();
+        validate::admit(name, message)?;
+        self.open.check(name, op)?;
+        if !B::ATOMIC_DISPATCH {
+            return dispatch::admit_in_steps(self, message).await;
+        }
+        let token = new_lock_token().map_err(|e| self.context(e, op))?;
+        let lock = self.lock_request(op, message.thread_id, &token, message.lock_ttl)?;
+        let expires_at = lock.expires_at;
+        let request = AdmitRequest {
+            dedupe_key: message.dedupe_key,
+            dedupe_ttl: message.dedupe_ttl,
+            lock,
+            when_busy: &message.when_busy,
+        };
+        let outcome = self
+            .backend
+            .admit(&request)
+            .await
+            .map_err(|e| self.context(e, op))?;
+        Ok(match outcome {
+            AdmitOutcome::Duplicate => Admission::Duplicate,
+            AdmitOutcome::Dropped => Admission::Dropped,
+            AdmitOutcome::Queued { depth } => Admission::Queued { depth },
+            AdmitOutcome::Admitted { fence, subscribed } => Admission::Admitted {
+                lock: Lock {
+                    thread_id: message.thread_id.to_owned(),
+                    token,
+                    expires_at,
+                    fence,
+                },
+                subscribed,
+            },
+        })
+    }
+
+    async fn release_or_next(&self, lock: &mut Lock, ttl: Duration) -> Result<Handoff> {
+        let op = Operation::ReleaseOrNext;
+        let name = self.backend.name();
+        validate::release_or_next(name, lock, ttl)?;
+        self.open.check(name, op)?;
+        if !B::ATOMIC_DISPATCH {
+            return dispatch::release_or_next_in_steps(self, lock, ttl).await;
+        }
+        let request = self.lock_request(op, &lock.thread_id, &lock.token, ttl)?;
+        let expires_at = request.expires_at;
+        let handoff = self
+            .backend
+            .release_or_next(&request)
+            .await
+            .map_err(|e| self.context(e, op))?;
+        if matches!(handoff, Handoff::Next(_)) {
+            lock.expires_at = expires_at;
+        }
+        Ok(handoff)
+    }
+
+    async fn set_fenced(
+        &self,
+        lock: &Lock,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<FencedWrite> {
+        let op = Operation::SetFenced;
+        let name = self.backend.name();
+        validate::set_fenced(name, lock, key, value, ttl)?;
+        self.open.check(name, op)?;
+        if !B::ATOMIC_DISPATCH {
+            return dispatch::set_fenced_in_steps(self, lock, key, value, ttl).await;
+        }
+        self.backend
+            .set_fenced(lock, key, value, ttl)
+            .await
+            .map_err(|e| self.context(e, op))
     }
 }
 

@@ -79,6 +79,12 @@ pub enum Operation {
     QueueDepth,
     /// [`InspectLocks::lock_info`](crate::InspectLocks::lock_info).
     LockInfo,
+    /// [`Dispatch::admit`](crate::Dispatch::admit).
+    Admit,
+    /// [`Dispatch::release_or_next`](crate::Dispatch::release_or_next).
+    ReleaseOrNext,
+    /// [`Dispatch::set_fenced`](crate::Dispatch::set_fenced).
+    SetFenced,
     /// Building or configuring an adapter, before any contract operation.
     Open,
     /// Background work such as expiry cleanup.
@@ -108,6 +114,9 @@ impl Operation {
             Operation::Dequeue => "dequeue",
             Operation::QueueDepth => "queue_depth",
             Operation::LockInfo => "lock_info",
+            Operation::Admit => "admit",
+            Operation::ReleaseOrNext => "release_or_next",
+            Operation::SetFenced => "set_fenced",
             Operation::Open => "open",
             Operation::Maintenance => "maintenance",
         }

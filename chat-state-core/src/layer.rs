@@ -1,4 +1,4 @@
-//! Wrapping an adapter without rewriting its 19 methods: [`Layer`] and [`Layered`], and the
+//! Wrapping an adapter without rewriting its 22 methods: [`Layer`] and [`Layered`], and the
 //! traits implemented for `Arc<T>`, `Box<T>` and `&T`.
 //!
 //! A layer sees every call as a [`Call`] (backend, operation, id) plus the wrapped call
@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::dispatch::{Admission, Admit, Dispatch, FencedWrite, Handoff};
 use crate::{
     Cache, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, MaybeSendSync, Operation,
     QueueEntry, Queues, Result, StateAdapter, Subscriptions,
@@ -228,6 +229,32 @@ impl<L: Layer, A: StateAdapter> Queues for Layered<L, A> {
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<L: Layer, A: StateAdapter> Dispatch for Layered<L, A> {
+    async fn admit(&self, message: &Admit<'_>) -> Result<Admission> {
+        let next = self.inner.admit(message);
+        self.through(Operation::Admit, message.thread_id, next)
+            .await
+    }
+    async fn release_or_next(&self, lock: &mut Lock, ttl: Duration) -> Result<Handoff> {
+        // The id is copied out because the wrapped call borrows `lock` mutably.
+        let id = lock.thread_id.clone();
+        let next = self.inner.release_or_next(lock, ttl);
+        self.through(Operation::ReleaseOrNext, &id, next).await
+    }
+    async fn set_fenced(
+        &self,
+        lock: &Lock,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<FencedWrite> {
+        let next = self.inner.set_fenced(lock, key, value, ttl);
+        self.through(Operation::SetFenced, key, next).await
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl<L: Layer, A: StateAdapter> StateAdapter for Layered<L, A> {
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
@@ -347,6 +374,26 @@ macro_rules! forward_through_pointer {
             }
             async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
                 (**self).queue_depth(thread_id).await
+            }
+        }
+
+        #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+        #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+        impl<$t: Dispatch + ?Sized> Dispatch for $($ty)+ {
+            async fn admit(&self, message: &Admit<'_>) -> Result<Admission> {
+                (**self).admit(message).await
+            }
+            async fn release_or_next(&self, lock: &mut Lock, ttl: Duration) -> Result<Handoff> {
+                (**self).release_or_next(lock, ttl).await
+            }
+            async fn set_fenced(
+                &self,
+                lock: &Lock,
+                key: &str,
+                value: &[u8],
+                ttl: Option<Duration>,
+            ) -> Result<FencedWrite> {
+                (**self).set_fenced(lock, key, value, ttl).await
             }
         }
 

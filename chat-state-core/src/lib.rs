@@ -3,6 +3,7 @@
 mod adapter;
 mod backend;
 mod clock;
+pub mod dispatch;
 mod error;
 mod ext;
 #[cfg(not(target_arch = "wasm32"))]
@@ -19,7 +20,8 @@ pub use adapter::{
 };
 /// Re-exported so backends implement the traits with the same macro version.
 pub use async_trait::async_trait;
-pub use backend::{Backend, Checked, LockInspector, LockRequest};
+pub use backend::{AdmitOutcome, AdmitRequest, Backend, Checked, LockInspector, LockRequest};
+pub use dispatch::{Admission, Admit, Dispatch, FencedWrite, Handoff, WhenBusy};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use error::{BoxError, Error, ErrorKind, Operation, Result};
 pub use ext::{StateExt, UndecodedEntry};

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::dispatch::{Admit, FENCE_RECORD_PREFIX, WhenBusy};
 use crate::{Error, ErrorKind, ListOptions, Lock, Operation, QueueEntry, Result};
 
 /// Longest id or key, in bytes.
@@ -274,6 +275,61 @@ pub fn enqueue(
 ) -> Result<()> {
     let op = Operation::Enqueue;
     thread(backend, op, thread_id)?;
+    queue_entry(backend, op, entry, max_size)
+}
+
+/// Rules for `admit` ([`Dispatch`](crate::Dispatch)): a valid thread id and dedupe key, a
+/// dedupe TTL and a lock TTL, and with [`WhenBusy::Queue`] the rules of [`enqueue`].
+pub fn admit(backend: &'static str, message: &Admit<'_>) -> Result<()> {
+    let op = Operation::Admit;
+    thread(backend, op, message.thread_id)?;
+    key(backend, op, "dedupe key", message.dedupe_key)?;
+    ttl(backend, op, message.dedupe_ttl)?;
+    ttl(backend, op, message.lock_ttl)?;
+    match &message.when_busy {
+        WhenBusy::Drop => Ok(()),
+        WhenBusy::Queue { entry, max_size } => queue_entry(backend, op, entry, *max_size),
+    }
+}
+
+/// Rules for `release_or_next`: a valid lock handle and a lock TTL.
+pub fn release_or_next(backend: &'static str, lock: &Lock, lock_ttl: Duration) -> Result<()> {
+    lock_handle(backend, Operation::ReleaseOrNext, lock)?;
+    ttl(backend, Operation::ReleaseOrNext, lock_ttl)
+}
+
+/// Rules for `set_fenced`: a valid lock handle and the rules of [`set`], with the key at most
+/// [`MAX_KEY_BYTES`] minus the length of [`FENCE_RECORD_PREFIX`] (so every backend, and the
+/// step-by-step version's fence record, accepts the same keys).
+pub fn set_fenced(
+    backend: &'static str,
+    lock: &Lock,
+    k: &str,
+    v: &[u8],
+    t: Option<Duration>,
+) -> Result<()> {
+    let op = Operation::SetFenced;
+    lock_handle(backend, op, lock)?;
+    let limit = MAX_KEY_BYTES - FENCE_RECORD_PREFIX.len();
+    if k.len() > limit {
+        return Err(fail(
+            backend,
+            op,
+            format!(
+                "key is {} bytes; a fenced key may take at most {limit}",
+                k.len()
+            ),
+        ));
+    }
+    value_write(backend, op, k, v, t)
+}
+
+fn queue_entry(
+    backend: &'static str,
+    op: Operation,
+    entry: &QueueEntry,
+    max_size: usize,
+) -> Result<()> {
     length(backend, op, "max_size", max_size)?;
     if entry.expires_at > i64::MAX as u64 || entry.enqueued_at > i64::MAX as u64 {
         return Err(fail(

@@ -985,6 +985,9 @@ impl Queues for Diy {
     }
 }
 
+/// The step-by-step dispatch operations, built on the methods above.
+impl chat_state_core::Dispatch for Diy {}
+
 #[async_trait]
 impl StateAdapter for Diy {
     fn backend_name(&self) -> &'static str {
