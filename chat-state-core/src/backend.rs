@@ -561,13 +561,17 @@ impl<B: Backend> Queues for Checked<B> {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl<B: Backend> Dispatch for Checked<B> {
+    fn atomic_dispatch(&self) -> bool {
+        B::ATOMIC_DISPATCH
+    }
+
     async fn admit(&self, message: &Admit<'_>) -> Result<Admission> {
         let op = Operation::Admit;
         let name = self.backend.name();
         validate::admit(name, message)?;
         self.open.check(name, op)?;
         if !B::ATOMIC_DISPATCH {
-            return dispatch::admit_in_steps(self, message).await;
+            return dispatch::admit_in_steps(self, name, message).await;
         }
         let token = new_lock_token().map_err(|e| self.context(e, op))?;
         let lock = self.lock_request(op, message.thread_id, &token, message.lock_ttl)?;
@@ -605,7 +609,8 @@ impl<B: Backend> Dispatch for Checked<B> {
         validate::release_or_next(name, lock, ttl)?;
         self.open.check(name, op)?;
         if !B::ATOMIC_DISPATCH {
-            return dispatch::release_or_next_in_steps(self, lock, ttl).await;
+            let now_ms = || self.backend.now_ms();
+            return dispatch::release_or_next_in_steps(self, name, lock, ttl, now_ms).await;
         }
         let request = self.lock_request(op, &lock.thread_id, &lock.token, ttl)?;
         let expires_at = request.expires_at;
@@ -632,7 +637,7 @@ impl<B: Backend> Dispatch for Checked<B> {
         validate::set_fenced(name, lock, key, value, ttl)?;
         self.open.check(name, op)?;
         if !B::ATOMIC_DISPATCH {
-            return dispatch::set_fenced_in_steps(self, lock, key, value, ttl).await;
+            return dispatch::set_fenced_in_steps(self, name, lock, key, value, ttl).await;
         }
         self.backend
             .set_fenced(lock, key, value, ttl)

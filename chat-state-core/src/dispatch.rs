@@ -14,7 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{Cache, Lock, Locks, QueueEntry, Queues, Result, Subscriptions};
+use crate::{
+    Cache, Lock, Locks, MaybeSend, Operation, QueueEntry, Queues, Result, Subscriptions, validate,
+};
 
 /// The lock TTL a dispatched message is handled under (upstream's 30 s).
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
@@ -161,19 +163,27 @@ pub enum FencedWrite {
 
 /// The three dispatch operations, part of every [`StateAdapter`](crate::StateAdapter).
 ///
-/// The provided methods are the step-by-step versions ([`admit_in_steps`] and the others),
-/// for adapters that implement the public traits directly; adapters built on a
-/// [`Backend`](crate::Backend) get the backend's native versions when it has them.
+/// Adapters built on a [`Backend`](crate::Backend) get them from
+/// [`Checked`](crate::Checked): the backend's native versions when it has them, the
+/// step-by-step ones otherwise. An adapter that implements the public traits itself can
+/// implement these by calling [`admit_in_steps`], [`release_or_next_in_steps`] and
+/// [`set_fenced_in_steps`].
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 pub trait Dispatch: Subscriptions + Locks + Cache + Queues {
+    /// Whether the three operations run as one atomic step each (a native implementation),
+    /// or as the step-by-step versions of this module. The conformance suite's atomicity
+    /// case runs only when this is `true`; a backend whose dispatch is step-by-step declares
+    /// that case skipped, so its users see that it is not atomic.
+    fn atomic_dispatch(&self) -> bool {
+        false
+    }
+
     /// In one step: claims `message.dedupe_key` ([`Admission::Duplicate`] if it is live);
     /// then takes the thread's lock ([`Admission::Admitted`], with whether the thread is
     /// subscribed), or, if the lock is held, queues or drops the message by
     /// `message.when_busy`.
-    async fn admit(&self, message: &Admit<'_>) -> Result<Admission> {
-        admit_in_steps(self, message).await
-    }
+    async fn admit(&self, message: &Admit<'_>) -> Result<Admission>;
 
     /// For the current holder, in one step: removes and returns the oldest live entry of the
     /// thread's queue and keeps the lock for `ttl` more ([`Handoff::Next`]), or, if the
@@ -182,9 +192,7 @@ pub trait Dispatch: Subscriptions + Locks + Cache + Queues {
     ///
     /// `lock` is updated in place: its `expires_at` after `Next`; the step-by-step version
     /// may also re-take the lock (new token and fence) when an entry arrived as it released.
-    async fn release_or_next(&self, lock: &mut Lock, ttl: Duration) -> Result<Handoff> {
-        release_or_next_in_steps(self, lock, ttl).await
-    }
+    async fn release_or_next(&self, lock: &mut Lock, ttl: Duration) -> Result<Handoff>;
 
     /// Stores `value` under `key` (as [`Cache::set`] would, read back with [`Cache::get`])
     /// unless a write with a higher fence under `lock`'s id was stored for `key` before
@@ -198,9 +206,7 @@ pub trait Dispatch: Subscriptions + Locks + Cache + Queues {
         key: &str,
         value: &[u8],
         ttl: Option<Duration>,
-    ) -> Result<FencedWrite> {
-        set_fenced_in_steps(self, lock, key, value, ttl).await
-    }
+    ) -> Result<FencedWrite>;
 }
 
 /// Where the step-by-step [`Dispatch::set_fenced`] keeps a key's fence record: a cache key of
@@ -226,7 +232,24 @@ pub fn is_stale(record: Option<(&str, u64)>, lock: &Lock) -> bool {
 /// message. When the lock is busy and the message is queued, it tries the lock once more, so
 /// a holder that released in between cannot leave the entry stranded
 /// ([`Admission::HoldingQueue`]).
-pub async fn admit_in_steps<A>(adapter: &A, message: &Admit<'_>) -> Result<Admission>
+///
+/// `backend` names the adapter in errors: every error is reported as the admit's (the
+/// message says which step failed), and input is checked before any step runs.
+pub async fn admit_in_steps<A>(
+    adapter: &A,
+    backend: &'static str,
+    message: &Admit<'_>,
+) -> Result<Admission>
+where
+    A: Subscriptions + Locks + Cache + Queues + ?Sized,
+{
+    validate::admit(backend, message)?;
+    admit_steps(adapter, message)
+        .await
+        .map_err(|e| e.reported_as(backend, Operation::Admit))
+}
+
+async fn admit_steps<A>(adapter: &A, message: &Admit<'_>) -> Result<Admission>
 where
     A: Subscriptions + Locks + Cache + Queues + ?Sized,
 {
@@ -268,18 +291,40 @@ where
 /// queued by a caller whose lock try failed just before the release is taken over by
 /// re-acquiring. Not atomic: a holder that stops between dequeue and handling loses that
 /// entry, as with the primitives.
+///
+/// `now_ms` is the adapter's clock: read before each extend, it gives the caller's new
+/// `expires_at` (rule 12). Errors are reported as in [`admit_in_steps`].
 pub async fn release_or_next_in_steps<A>(
+    adapter: &A,
+    backend: &'static str,
+    lock: &mut Lock,
+    ttl: Duration,
+    now_ms: impl Fn() -> u64 + MaybeSend,
+) -> Result<Handoff>
+where
+    A: Locks + Queues + ?Sized,
+{
+    validate::release_or_next(backend, lock, ttl)?;
+    release_or_next_steps(adapter, lock, ttl, now_ms)
+        .await
+        .map_err(|e| e.reported_as(backend, Operation::ReleaseOrNext))
+}
+
+async fn release_or_next_steps<A>(
     adapter: &A,
     lock: &mut Lock,
     ttl: Duration,
+    now_ms: impl Fn() -> u64,
 ) -> Result<Handoff>
 where
     A: Locks + Queues + ?Sized,
 {
     loop {
+        let now = now_ms();
         if !adapter.extend_lock(lock, ttl).await? {
             return Ok(Handoff::NotHolder);
         }
+        lock.expires_at = now.saturating_add(validate::duration_ms(ttl));
         if let Some(entry) = adapter.dequeue(&lock.thread_id).await? {
             return Ok(Handoff::Next(entry));
         }
@@ -298,7 +343,25 @@ where
 /// [`Dispatch::set_fenced`] built from the primitive operations: read the key's fence record
 /// ([`FENCE_RECORD_PREFIX`]), compare, write the value, write the record. Not atomic: a
 /// stale writer whose read came before a newer holder's write can still overwrite it.
+/// Errors are reported as in [`admit_in_steps`].
 pub async fn set_fenced_in_steps<A>(
+    adapter: &A,
+    backend: &'static str,
+    lock: &Lock,
+    key: &str,
+    value: &[u8],
+    ttl: Option<Duration>,
+) -> Result<FencedWrite>
+where
+    A: Cache + ?Sized,
+{
+    validate::set_fenced(backend, lock, key, value, ttl)?;
+    set_fenced_steps(adapter, lock, key, value, ttl)
+        .await
+        .map_err(|e| e.reported_as(backend, Operation::SetFenced))
+}
+
+async fn set_fenced_steps<A>(
     adapter: &A,
     lock: &Lock,
     key: &str,
@@ -314,10 +377,7 @@ where
         Some(bytes) => serde_json::from_slice::<FenceRecord>(&bytes).ok(),
         None => None,
     };
-    if is_stale(
-        record.as_ref().map(|r| (r.lock_id.as_str(), r.fence)),
-        lock,
-    ) {
+    if is_stale(record.as_ref().map(|r| (r.lock_id.as_str(), r.fence)), lock) {
         return Ok(FencedWrite::Stale);
     }
     adapter.set(key, value, ttl).await?;

@@ -200,6 +200,22 @@ impl Error {
         }
     }
 
+    /// Reports an error of one step of a composite operation as the composite's: the
+    /// operation becomes `operation` (the backend is kept, or set to `backend`), and the
+    /// message says which step failed.
+    pub(crate) fn reported_as(mut self, backend: &'static str, operation: Operation) -> Self {
+        if let Some(step) = self.operation
+            && step != operation
+        {
+            self.message = format!("in its {step} step: {}", self.message);
+        }
+        if self.backend.is_empty() {
+            self.backend = backend;
+        }
+        self.operation = Some(operation);
+        self
+    }
+
     /// Attaches the underlying error.
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());

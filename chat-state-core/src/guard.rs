@@ -90,33 +90,7 @@ where
         lost: lost.clone(),
         lock: lock.clone(),
     };
-    let value = {
-        let heartbeat = async {
-            let period = (ttl / 3).max(Duration::from_millis(1));
-            let mut deadline = tokio::time::Instant::now() + ttl;
-            loop {
-                tokio::time::sleep(period).await;
-                match locks.extend_lock(&lock, ttl).await {
-                    Ok(true) => deadline = tokio::time::Instant::now() + ttl,
-                    Ok(false) => break,
-                    // A blip is survivable as long as the lock has not run out meanwhile.
-                    Err(e)
-                        if e.is_retryable() && tokio::time::Instant::now() + period < deadline => {}
-                    Err(_) => break,
-                }
-            }
-            lost.store(true, Ordering::SeqCst);
-        };
-        let work = work(watch).fuse();
-        let heartbeat = heartbeat.fuse();
-        futures::pin_mut!(work, heartbeat);
-        loop {
-            futures::select_biased! {
-                value = work => break value,
-                () = heartbeat => {}
-            }
-        }
-    };
+    let value = under_heartbeat(locks, &lock, ttl, &lost, work(watch)).await;
     let ownership_lost = lost.load(Ordering::SeqCst);
     // Release even if ownership was lost: with a stale token this is a no-op by contract.
     locks.release_lock(&lock).await?;
@@ -125,4 +99,45 @@ where
         lock,
         ownership_lost,
     })
+}
+
+/// Runs `work` while extending `lock` every `ttl / 3` (the upstream heartbeat), and returns
+/// what `work` returned. If an extend reports the lock lost, or a transient failure lasts
+/// until the lock would have run out, the heartbeat stops and `lost` turns true; the work is
+/// not cancelled, so it can finish its current step and stop on its own. The one heartbeat of
+/// [`with_lock`] and the [`Dispatcher`](crate::Dispatcher).
+pub(crate) async fn under_heartbeat<L, T>(
+    locks: &L,
+    lock: &Lock,
+    ttl: Duration,
+    lost: &AtomicBool,
+    work: impl Future<Output = T>,
+) -> T
+where
+    L: Locks + ?Sized,
+{
+    let heartbeat = async {
+        let period = (ttl / 3).max(Duration::from_millis(1));
+        let mut deadline = tokio::time::Instant::now() + ttl;
+        loop {
+            tokio::time::sleep(period).await;
+            match locks.extend_lock(lock, ttl).await {
+                Ok(true) => deadline = tokio::time::Instant::now() + ttl,
+                Ok(false) => break,
+                // A blip is survivable as long as the lock has not run out meanwhile.
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() + period < deadline => {}
+                Err(_) => break,
+            }
+        }
+        lost.store(true, Ordering::SeqCst);
+    };
+    let work = work.fuse();
+    let heartbeat = heartbeat.fuse();
+    futures::pin_mut!(work, heartbeat);
+    loop {
+        futures::select_biased! {
+            value = work => break value,
+            () = heartbeat => {}
+        }
+    }
 }

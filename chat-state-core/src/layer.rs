@@ -230,6 +230,9 @@ impl<L: Layer, A: StateAdapter> Queues for Layered<L, A> {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl<L: Layer, A: StateAdapter> Dispatch for Layered<L, A> {
+    fn atomic_dispatch(&self) -> bool {
+        self.inner.atomic_dispatch()
+    }
     async fn admit(&self, message: &Admit<'_>) -> Result<Admission> {
         let next = self.inner.admit(message);
         self.through(Operation::Admit, message.thread_id, next)
@@ -380,6 +383,9 @@ macro_rules! forward_through_pointer {
         #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
         #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
         impl<$t: Dispatch + ?Sized> Dispatch for $($ty)+ {
+            fn atomic_dispatch(&self) -> bool {
+                (**self).atomic_dispatch()
+            }
             async fn admit(&self, message: &Admit<'_>) -> Result<Admission> {
                 (**self).admit(message).await
             }

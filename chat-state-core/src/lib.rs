@@ -4,6 +4,8 @@ mod adapter;
 mod backend;
 mod clock;
 pub mod dispatch;
+#[cfg(not(target_arch = "wasm32"))]
+mod dispatcher;
 mod error;
 mod ext;
 #[cfg(not(target_arch = "wasm32"))]
@@ -21,8 +23,10 @@ pub use adapter::{
 /// Re-exported so backends implement the traits with the same macro version.
 pub use async_trait::async_trait;
 pub use backend::{AdmitOutcome, AdmitRequest, Backend, Checked, LockInspector, LockRequest};
-pub use dispatch::{Admission, Admit, Dispatch, FencedWrite, Handoff, WhenBusy};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
+pub use dispatch::{Admission, Admit, Dispatch, FencedWrite, Handoff, WhenBusy};
+#[cfg(not(target_arch = "wasm32"))]
+pub use dispatcher::{BusyStrategy, Dispatched, Dispatcher, Turn};
 pub use error::{BoxError, Error, ErrorKind, Operation, Result};
 pub use ext::{StateExt, UndecodedEntry};
 #[cfg(not(target_arch = "wasm32"))]

@@ -5,9 +5,10 @@ use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use chat_state_core::dispatch::{self, DEDUPE_VALUE, FencedWrite, Handoff, WhenBusy};
 use chat_state_core::{
-    Backend, Checked, Clock, ListOptions, Lock, LockInfo, LockInspector, LockRequest, Operation,
-    QueueEntry, Result, SharedClock, system_clock, validate,
+    AdmitOutcome, AdmitRequest, Backend, Checked, Clock, ListOptions, Lock, LockInfo,
+    LockInspector, LockRequest, Operation, QueueEntry, Result, SharedClock, system_clock, validate,
 };
 use foldhash::SharedSeed;
 use foldhash::fast::SeedableRandomState;
@@ -137,6 +138,21 @@ impl Expiring for ListRow {
     }
 }
 
+/// A key's fence record ([`Backend::set_fenced`]): the lock id and fence of the last fenced
+/// write, living as long as that write's TTL.
+#[derive(Debug)]
+struct FenceRow {
+    lock_id: String,
+    fence: u64,
+    expires_at: Option<u64>,
+}
+
+impl Expiring for FenceRow {
+    fn is_dead(&self, now: u64) -> bool {
+        !is_live(self.expires_at, now)
+    }
+}
+
 #[derive(Debug, Default)]
 struct QueueRow {
     entries: VecDeque<QueueEntry>,
@@ -165,6 +181,7 @@ enum Namespace {
     Cache,
     List,
     Queue,
+    Fence,
 }
 
 impl Namespace {
@@ -173,7 +190,8 @@ impl Namespace {
             Namespace::Lock => Namespace::Cache,
             Namespace::Cache => Namespace::List,
             Namespace::List => Namespace::Queue,
-            Namespace::Queue => Namespace::Lock,
+            Namespace::Queue => Namespace::Fence,
+            Namespace::Fence => Namespace::Lock,
         }
     }
 }
@@ -192,6 +210,7 @@ struct Shard {
     cache: Map<CacheRow>,
     lists: Map<ListRow>,
     queues: Map<QueueRow>,
+    fences: Map<FenceRow>,
     cursor: Cursor,
     /// The last fence issued for any lock of this shard. A lock id always maps to the same
     /// shard, so strictly increasing per shard is strictly increasing per id; one counter per
@@ -228,13 +247,18 @@ impl Shard {
             cache: Map::with_hasher(random_hasher()),
             lists: Map::with_hasher(random_hasher()),
             queues: Map::with_hasher(random_hasher()),
+            fences: Map::with_hasher(random_hasher()),
             cursor: Cursor::default(),
             last_fence: 0,
         }
     }
 
     fn expiring_rows(&self) -> usize {
-        self.locks.len() + self.cache.len() + self.lists.len() + self.queues.len()
+        self.locks.len()
+            + self.cache.len()
+            + self.lists.len()
+            + self.queues.len()
+            + self.fences.len()
     }
 
     /// Visits up to `budget` expiring rows from the cursor on, removing the dead ones.
@@ -250,6 +274,7 @@ impl Shard {
                 Namespace::Cache => visit(&mut self.cache, index, now),
                 Namespace::List => visit(&mut self.lists, index, now),
                 Namespace::Queue => visit(&mut self.queues, index, now),
+                Namespace::Fence => visit(&mut self.fences, index, now),
             };
             match found {
                 // The row that moved into the slot is visited next.
@@ -275,8 +300,95 @@ impl Shard {
         self.cache.retain(|_, row| !row.is_dead(now));
         self.lists.retain(|_, row| !row.is_dead(now));
         self.queues.retain(|_, row| !row.is_dead(now));
+        self.fences.retain(|_, row| !row.is_dead(now));
         self.cursor = Cursor::default();
         before - self.expiring_rows()
+    }
+
+    /// Takes `request.lock_id` for `request.token` if it is free or expired at `now`, with the
+    /// next fence; `None` if it is held.
+    fn acquire(&mut self, request: &LockRequest<'_>, now: u64) -> Option<u64> {
+        let lock_id = request.lock_id;
+        let Shard {
+            locks, last_fence, ..
+        } = self;
+        match locks.get_mut(lock_id) {
+            Some(row) if now < row.expires_at => None,
+            Some(row) => {
+                *last_fence += 1;
+                row.token = StoredToken::new(request.token);
+                row.expires_at = request.expires_at;
+                row.fence = *last_fence;
+                Some(*last_fence)
+            }
+            None => {
+                *last_fence += 1;
+                let row = LockRow {
+                    token: StoredToken::new(request.token),
+                    expires_at: request.expires_at,
+                    fence: *last_fence,
+                };
+                locks.insert(lock_id.to_owned(), row);
+                Some(*last_fence)
+            }
+        }
+    }
+
+    /// The live holder row of `lock_id` if `token` holds it at `now`.
+    fn held_by(&mut self, lock_id: &str, token: &str, now: u64) -> Option<&mut LockRow> {
+        self.locks
+            .get_mut(lock_id)
+            .filter(|row| row.token.is(token) && now < row.expires_at)
+    }
+
+    /// Stores the cache row if the key is missing or expired at `now`; whether it stored.
+    fn claim(&mut self, key: &str, value: &[u8], expires_at: Option<u64>, now: u64) -> bool {
+        if let Some(row) = self.cache.get(key)
+            && is_live(row.expires_at, now)
+        {
+            return false;
+        }
+        self.put_cache(key, value, expires_at);
+        true
+    }
+
+    /// Runs `f` on the thread's queue with the entries expired at `now` already dropped, and
+    /// drops the queue once it is empty.
+    fn with_queue<T>(
+        &mut self,
+        thread_id: &str,
+        now: u64,
+        f: impl FnOnce(&mut QueueRow) -> T,
+    ) -> T {
+        let Some(row) = self.queues.get_mut(thread_id) else {
+            let mut row = QueueRow::default();
+            let out = f(&mut row);
+            if !row.entries.is_empty() {
+                self.queues.insert(thread_id.to_owned(), row);
+            }
+            return out;
+        };
+        row.drop_expired(now);
+        let out = f(row);
+        if row.entries.is_empty() {
+            self.queues.swap_remove(thread_id);
+        }
+        out
+    }
+
+    /// Appends `entry` to the thread's queue, trims it to `max_size`, and returns its live
+    /// depth (rule 7: an entry dead on arrival is accepted but never counted).
+    fn enqueue(&mut self, thread_id: &str, entry: QueueEntry, max_size: usize, now: u64) -> usize {
+        self.with_queue(thread_id, now, |row| {
+            if !entry.is_expired_at(now) {
+                row.dead_from = row.dead_from.max(entry.expires_at);
+                row.entries.push_back(entry);
+            }
+            while row.entries.len() > max_size {
+                row.entries.pop_front();
+            }
+            row.entries.len()
+        })
     }
 
     /// Stores a cache row, replacing value and expiry; reuses the row's buffer when it fits.
@@ -358,9 +470,12 @@ impl MemoryBackend {
             .sum()
     }
 
+    fn shard_index(&self, key: &str) -> usize {
+        (self.shard_hasher.hash_one(key) as usize) & (SHARDS - 1)
+    }
+
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let index = (self.shard_hasher.hash_one(key) as usize) & (SHARDS - 1);
-        lock_shard(&self.shards[index])
+        lock_shard(&self.shards[self.shard_index(key)])
     }
 
     /// Runs `f` on the key's shard, for operations whose outcome does not depend on time.
@@ -420,30 +535,38 @@ fn expiry(op: Operation, now: u64, ttl: Option<Duration>) -> Result<Option<u64>>
 }
 
 impl MemoryBackend {
-    /// Runs `f` on the thread's queue with expired entries already dropped, and drops the
-    /// queue once it is empty.
+    /// [`Shard::with_queue`] on the thread's shard, now.
     fn with_queue<T>(
         &self,
         thread_id: &str,
         access: Access,
-        f: impl FnOnce(&mut QueueRow, u64) -> T,
+        f: impl FnOnce(&mut QueueRow) -> T,
     ) -> Result<T> {
         self.with_shard_now(thread_id, access, |s, now| {
-            let Some(row) = s.queues.get_mut(thread_id) else {
-                let mut row = QueueRow::default();
-                let out = f(&mut row, now);
-                if !row.entries.is_empty() {
-                    s.queues.insert(thread_id.to_owned(), row);
-                }
-                return Ok(out);
-            };
-            row.drop_expired(now);
-            let out = f(row, now);
-            if row.entries.is_empty() {
-                s.queues.swap_remove(thread_id);
-            }
-            Ok(out)
+            Ok(s.with_queue(thread_id, now, f))
         })
+    }
+
+    /// Locks the shards of `first` and `second` (once if they share one), in index order so
+    /// two callers locking the same pair cannot deadlock, and runs `f` on them.
+    fn with_two_shards<T>(
+        &self,
+        first: &str,
+        second: &str,
+        f: impl FnOnce(&mut Shard, Option<&mut Shard>) -> T,
+    ) -> T {
+        let (a, b) = (self.shard_index(first), self.shard_index(second));
+        if a == b {
+            return f(&mut lock_shard(&self.shards[a]), None);
+        }
+        let (low, high) = (a.min(b), a.max(b));
+        let mut low = lock_shard(&self.shards[low]);
+        let mut high = lock_shard(&self.shards[high]);
+        if a < b {
+            f(&mut low, Some(&mut high))
+        } else {
+            f(&mut high, Some(&mut low))
+        }
     }
 }
 
@@ -491,29 +614,7 @@ impl Backend for MemoryBackend {
         // since is seen as holding, never the other way round, and the expiry is exactly
         // the one the caller is told.
         self.with_shard_at(lock_id, request.now_ms, Access::Write, |s, now| {
-            let Shard {
-                locks, last_fence, ..
-            } = s;
-            match locks.get_mut(lock_id) {
-                Some(row) if now < row.expires_at => Ok(None),
-                Some(row) => {
-                    *last_fence += 1;
-                    row.token = StoredToken::new(request.token);
-                    row.expires_at = request.expires_at;
-                    row.fence = *last_fence;
-                    Ok(Some(*last_fence))
-                }
-                None => {
-                    *last_fence += 1;
-                    let row = LockRow {
-                        token: StoredToken::new(request.token),
-                        expires_at: request.expires_at,
-                        fence: *last_fence,
-                    };
-                    locks.insert(lock_id.to_owned(), row);
-                    Ok(Some(*last_fence))
-                }
-            }
+            Ok(s.acquire(request, now))
         })
     }
 
@@ -531,12 +632,9 @@ impl Backend for MemoryBackend {
     async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool> {
         let lock_id = request.lock_id;
         self.with_shard_at(lock_id, request.now_ms, Access::Read, |s, now| {
-            let Some(row) = s.locks.get_mut(lock_id) else {
+            let Some(row) = s.held_by(lock_id, request.token, now) else {
                 return Ok(false);
             };
-            if !row.token.is(request.token) || now >= row.expires_at {
-                return Ok(false);
-            }
             row.expires_at = request.expires_at;
             Ok(true)
         })
@@ -571,13 +669,8 @@ impl Backend for MemoryBackend {
         ttl: Option<Duration>,
     ) -> Result<bool> {
         self.with_shard_now(key, Access::Write, |s, now| {
-            if let Some(row) = s.cache.get(key)
-                && is_live(row.expires_at, now)
-            {
-                return Ok(false);
-            }
-            s.put_cache(key, value, expiry(Operation::SetIfNotExists, now, ttl)?);
-            Ok(true)
+            let expires_at = expiry(Operation::SetIfNotExists, now, ttl)?;
+            Ok(s.claim(key, value, expires_at, now))
         })
     }
 
@@ -622,25 +715,104 @@ impl Backend for MemoryBackend {
     }
 
     async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
-        self.with_queue(thread_id, Access::Write, |row, now| {
-            // An entry already dead on arrival is accepted but, by rule 7, never counted.
-            if !entry.is_expired_at(now) {
-                row.dead_from = row.dead_from.max(entry.expires_at);
-                row.entries.push_back(entry);
-            }
-            while row.entries.len() > max_size {
-                row.entries.pop_front();
-            }
-            row.entries.len()
+        self.with_shard_now(thread_id, Access::Write, |s, now| {
+            Ok(s.enqueue(thread_id, entry, max_size, now))
         })
     }
 
     async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
-        self.with_queue(thread_id, Access::Read, |row, _| row.entries.pop_front())
+        self.with_queue(thread_id, Access::Read, |row| row.entries.pop_front())
     }
 
     async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
-        self.with_queue(thread_id, Access::Read, |row, _| row.entries.len())
+        self.with_queue(thread_id, Access::Read, |row| row.entries.len())
+    }
+
+    const ATOMIC_DISPATCH: bool = true;
+
+    async fn admit(&self, request: &AdmitRequest<'_>) -> Result<AdmitOutcome> {
+        let lock = &request.lock;
+        let thread_id = lock.lock_id;
+        // The lock's clock reading, as for acquire_lock: one instant for the whole step.
+        let now = lock.now_ms;
+        let claim_expiry = Some(validate::expiry_ms(
+            BACKEND,
+            Operation::Admit,
+            now,
+            request.dedupe_ttl,
+        )?);
+        self.with_two_shards(request.dedupe_key, thread_id, |claims, threads| {
+            claims.sweep(now, CLEANUP_PER_OP);
+            if !claims.claim(request.dedupe_key, DEDUPE_VALUE, claim_expiry, now) {
+                return Ok(AdmitOutcome::Duplicate);
+            }
+            let threads = match threads {
+                Some(threads) => {
+                    threads.sweep(now, CLEANUP_PER_OP);
+                    threads
+                }
+                None => claims,
+            };
+            if let Some(fence) = threads.acquire(lock, now) {
+                let subscribed = threads.subscriptions.contains(thread_id);
+                return Ok(AdmitOutcome::Admitted { fence, subscribed });
+            }
+            Ok(match request.when_busy {
+                WhenBusy::Drop => AdmitOutcome::Dropped,
+                WhenBusy::Queue { entry, max_size } => AdmitOutcome::Queued {
+                    depth: threads.enqueue(thread_id, entry.clone(), *max_size, now),
+                },
+            })
+        })
+    }
+
+    async fn release_or_next(&self, request: &LockRequest<'_>) -> Result<Handoff> {
+        let lock_id = request.lock_id;
+        self.with_shard_at(lock_id, request.now_ms, Access::Read, |s, now| {
+            if s.held_by(lock_id, request.token, now).is_none() {
+                return Ok(Handoff::NotHolder);
+            }
+            match s.with_queue(lock_id, now, |row| row.entries.pop_front()) {
+                Some(entry) => {
+                    if let Some(row) = s.held_by(lock_id, request.token, now) {
+                        row.expires_at = request.expires_at;
+                    }
+                    Ok(Handoff::Next(entry))
+                }
+                None => {
+                    s.locks.swap_remove(lock_id);
+                    Ok(Handoff::Released)
+                }
+            }
+        })
+    }
+
+    async fn set_fenced(
+        &self,
+        lock: &Lock,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<FencedWrite> {
+        self.with_shard_now(key, Access::Write, |s, now| {
+            let expires_at = expiry(Operation::SetFenced, now, ttl)?;
+            let record = s
+                .fences
+                .get(key)
+                .filter(|row| is_live(row.expires_at, now))
+                .map(|row| (row.lock_id.as_str(), row.fence));
+            if dispatch::is_stale(record, lock) {
+                return Ok(FencedWrite::Stale);
+            }
+            s.put_cache(key, value, expires_at);
+            let row = FenceRow {
+                lock_id: lock.thread_id.clone(),
+                fence: lock.fence,
+                expires_at,
+            };
+            s.fences.insert(key.to_owned(), row);
+            Ok(FencedWrite::Stored)
+        })
     }
 }
 

@@ -5,15 +5,16 @@
 
 use std::time::Duration;
 
+use chat_state_core::dispatch::{DEDUPE_VALUE, FencedWrite, Handoff, WhenBusy};
 use chat_state_core::{
-    Backend, Error, ListOptions, Lock, LockInfo, LockInspector, LockRequest, Operation, QueueEntry,
-    Result, validate,
+    AdmitOutcome, AdmitRequest, Backend, Error, ListOptions, Lock, LockInfo, LockInspector,
+    LockRequest, Operation, QueueEntry, Result, validate,
 };
 
 use crate::error::corrupt;
 use crate::writes::{
-    Acquire, Append, Delete, Dequeue, Enqueue, Extend, ForceRelease, Release, Set, SetIfNotExists,
-    Subscribe, Unsubscribe,
+    Acquire, Admit, Admitted, Append, Delete, Dequeue, Enqueue, Extend, ForceRelease, Handed,
+    QueueRow, Release, ReleaseOrNext, Set, SetFenced, SetIfNotExists, Subscribe, Unsubscribe,
 };
 use crate::{BACKEND, SqliteBackend, reads, to_i64};
 
@@ -52,6 +53,52 @@ impl SqliteBackend {
 
 fn count(op: Operation, n: i64) -> Result<usize> {
     usize::try_from(n).map_err(|_| corrupt(op, format!("SQLite counted {n} entries")))
+}
+
+fn fence(op: Operation, fence: i64) -> Result<u64> {
+    u64::try_from(fence).map_err(|_| {
+        corrupt(
+            op,
+            format!("the stored fence counter is negative ({fence})"),
+        )
+    })
+}
+
+/// The write that appends `entry` to the thread's queue, its message as JSON text.
+fn enqueue_write(
+    op: Operation,
+    thread_id: &str,
+    entry: &QueueEntry,
+    max_size: usize,
+) -> Result<Enqueue> {
+    let message = serde_json::to_string(&entry.message).map_err(|e| {
+        Error::invalid_input(format!("queue message is not serializable: {e}")).context(BACKEND, op)
+    })?;
+    Ok(Enqueue {
+        thread_id: thread_id.to_owned(),
+        enqueued_at: to_i64(entry.enqueued_at),
+        expires_at: to_i64(entry.expires_at),
+        message,
+        max_size: to_i64(max_size as u64),
+    })
+}
+
+/// Decodes a dequeued row. Rows written by another client may not decode; say so rather
+/// than guess.
+fn queue_entry(op: Operation, (enqueued_at, expires_at, message): QueueRow) -> Result<QueueEntry> {
+    let time = |v: i64, what: &str| {
+        u64::try_from(v)
+            .map_err(|_| corrupt(op, format!("queue entry has a negative {what} ({v})")))
+    };
+    // Lone surrogates (a JavaScript writer's string cut inside an emoji) decode as U+FFFD.
+    let message = chat_state_core::json::from_json_slice(message.as_bytes()).map_err(|e| {
+        corrupt(op, format!("queue entry message is not valid JSON: {e}")).with_source(e)
+    })?;
+    Ok(QueueEntry {
+        enqueued_at: time(enqueued_at, "enqueued_at")?,
+        expires_at: time(expires_at, "expires_at")?,
+        message,
+    })
 }
 
 impl Backend for SqliteBackend {
@@ -121,16 +168,7 @@ impl Backend for SqliteBackend {
                 expires_at: to_i64(request.expires_at),
             })
             .await?;
-        fence
-            .map(|fence| {
-                u64::try_from(fence).map_err(|_| {
-                    corrupt(
-                        op,
-                        format!("the stored fence counter is negative ({fence})"),
-                    )
-                })
-            })
-            .transpose()
+        fence.map(|f| self::fence(op, f)).transpose()
     }
 
     async fn release_lock(&self, lock: &Lock) -> Result<()> {
@@ -229,21 +267,8 @@ impl Backend for SqliteBackend {
 
     async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
         let op = Operation::Enqueue;
-        let message = serde_json::to_string(&entry.message).map_err(|e| {
-            Error::invalid_input(format!("queue message is not serializable: {e}"))
-                .context(BACKEND, op)
-        })?;
-        let depth = self
-            .inner
-            .writer
-            .write(Enqueue {
-                thread_id: thread_id.to_owned(),
-                enqueued_at: to_i64(entry.enqueued_at),
-                expires_at: to_i64(entry.expires_at),
-                message,
-                max_size: to_i64(max_size as u64),
-            })
-            .await?;
+        let write = enqueue_write(op, thread_id, &entry, max_size)?;
+        let depth = self.inner.writer.write(write).await?;
         count(op, depth)
     }
 
@@ -256,23 +281,7 @@ impl Backend for SqliteBackend {
                 thread_id: thread_id.to_owned(),
             })
             .await?;
-        let Some((enqueued_at, expires_at, message)) = row else {
-            return Ok(None);
-        };
-        // Rows written by another client may not decode; say so rather than guess.
-        let time = |v: i64, what: &str| {
-            u64::try_from(v)
-                .map_err(|_| corrupt(op, format!("queue entry has a negative {what} ({v})")))
-        };
-        // Lone surrogates (a JavaScript writer's string cut inside an emoji) decode as U+FFFD.
-        let message = chat_state_core::json::from_json_slice(message.as_bytes()).map_err(|e| {
-            corrupt(op, format!("queue entry message is not valid JSON: {e}")).with_source(e)
-        })?;
-        Ok(Some(QueueEntry {
-            enqueued_at: time(enqueued_at, "enqueued_at")?,
-            expires_at: time(expires_at, "expires_at")?,
-            message,
-        }))
+        row.map(|row| queue_entry(op, row)).transpose()
     }
 
     async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
@@ -280,6 +289,95 @@ impl Backend for SqliteBackend {
         let now = self.now();
         let depth = self.read(op, |c| reads::queue_depth(c, self.scope(), thread_id, now))?;
         count(op, depth)
+    }
+
+    const ATOMIC_DISPATCH: bool = true;
+
+    async fn admit(&self, request: &AdmitRequest<'_>) -> Result<AdmitOutcome> {
+        let op = Operation::Admit;
+        let lock = &request.lock;
+        let claim_expiry = validate::expiry_ms(BACKEND, op, lock.now_ms, request.dedupe_ttl)?;
+        let queue = match request.when_busy {
+            WhenBusy::Drop => None,
+            WhenBusy::Queue { entry, max_size } => {
+                Some(enqueue_write(op, lock.lock_id, entry, *max_size)?)
+            }
+        };
+        let admitted = self
+            .inner
+            .writer
+            .write(Admit {
+                claim: SetIfNotExists {
+                    key: request.dedupe_key.to_owned(),
+                    value: DEDUPE_VALUE.to_vec(),
+                    expires_at: Some(to_i64(claim_expiry)),
+                },
+                lock: Acquire {
+                    lock_id: lock.lock_id.to_owned(),
+                    token: lock.token.to_owned(),
+                    expires_at: to_i64(lock.expires_at),
+                },
+                queue,
+            })
+            .await?;
+        Ok(match admitted {
+            Admitted::Duplicate => AdmitOutcome::Duplicate,
+            Admitted::Dropped => AdmitOutcome::Dropped,
+            Admitted::Queued(depth) => AdmitOutcome::Queued {
+                depth: count(op, depth)?,
+            },
+            Admitted::Locked { fence, subscribed } => AdmitOutcome::Admitted {
+                fence: self::fence(op, fence)?,
+                subscribed,
+            },
+        })
+    }
+
+    async fn release_or_next(&self, request: &LockRequest<'_>) -> Result<Handoff> {
+        let op = Operation::ReleaseOrNext;
+        let handed = self
+            .inner
+            .writer
+            .write(ReleaseOrNext {
+                extend: Extend {
+                    lock_id: request.lock_id.to_owned(),
+                    token: request.token.to_owned(),
+                    expires_at: to_i64(request.expires_at),
+                },
+            })
+            .await?;
+        Ok(match handed {
+            Handed::Next(row) => Handoff::Next(queue_entry(op, row)?),
+            Handed::Released => Handoff::Released,
+            Handed::NotHolder => Handoff::NotHolder,
+        })
+    }
+
+    async fn set_fenced(
+        &self,
+        lock: &Lock,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<FencedWrite> {
+        let expires_at = self.expiry(Operation::SetFenced, ttl)?;
+        let stored = self
+            .inner
+            .writer
+            .write(SetFenced {
+                set: Set {
+                    key: key.to_owned(),
+                    value: value.to_vec(),
+                    expires_at,
+                },
+                lock: lock.clone(),
+            })
+            .await?;
+        Ok(if stored {
+            FencedWrite::Stored
+        } else {
+            FencedWrite::Stale
+        })
     }
 }
 

@@ -39,6 +39,7 @@ pub(crate) async fn expired(inner: &Inner) -> Result<CleanupReport> {
             pass.lists,
             pass.list_items,
             pass.queue_entries,
+            pass.fences,
         ]
         .iter()
         .any(|&n| n >= limit);

@@ -16,22 +16,23 @@ struct Migration {
 
 /// Every migration, oldest first. Append new versions; never edit a shipped one, since files
 /// in the field were created by it.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS chat_state_meta (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS chat_state_meta (
             name TEXT PRIMARY KEY NOT NULL,
             value INTEGER NOT NULL
         ) WITHOUT ROWID",
-        // The fence floor: the highest fence ever issued in this file. Lock rows are deleted on
-        // release and expiry, so the floor is what keeps fences increasing afterwards.
-        "INSERT OR IGNORE INTO chat_state_meta (name, value) VALUES ('fence', 0)",
-        "CREATE TABLE IF NOT EXISTS chat_state_subscriptions (
+            // The fence floor: the highest fence ever issued in this file. Lock rows are deleted on
+            // release and expiry, so the floor is what keeps fences increasing afterwards.
+            "INSERT OR IGNORE INTO chat_state_meta (name, value) VALUES ('fence', 0)",
+            "CREATE TABLE IF NOT EXISTS chat_state_subscriptions (
             scope TEXT NOT NULL,
             thread_id TEXT NOT NULL,
             PRIMARY KEY (scope, thread_id)
         ) WITHOUT ROWID",
-        "CREATE TABLE IF NOT EXISTS chat_state_locks (
+            "CREATE TABLE IF NOT EXISTS chat_state_locks (
             scope TEXT NOT NULL,
             lock_id TEXT NOT NULL,
             token TEXT NOT NULL,
@@ -39,47 +40,47 @@ const MIGRATIONS: &[Migration] = &[Migration {
             fence INTEGER NOT NULL,
             PRIMARY KEY (scope, lock_id)
         ) WITHOUT ROWID",
-        "CREATE INDEX IF NOT EXISTS chat_state_locks_expiry ON chat_state_locks (expires_at)",
-        // Raising the floor in a trigger keeps acquire a single INSERT ... RETURNING statement.
-        "CREATE TRIGGER IF NOT EXISTS chat_state_locks_fence_insert
+            "CREATE INDEX IF NOT EXISTS chat_state_locks_expiry ON chat_state_locks (expires_at)",
+            // Raising the floor in a trigger keeps acquire a single INSERT ... RETURNING statement.
+            "CREATE TRIGGER IF NOT EXISTS chat_state_locks_fence_insert
             AFTER INSERT ON chat_state_locks
         BEGIN
             UPDATE chat_state_meta SET value = NEW.fence
             WHERE name = 'fence' AND value < NEW.fence;
         END",
-        "CREATE TRIGGER IF NOT EXISTS chat_state_locks_fence_update
+            "CREATE TRIGGER IF NOT EXISTS chat_state_locks_fence_update
             AFTER UPDATE OF fence ON chat_state_locks
         BEGIN
             UPDATE chat_state_meta SET value = NEW.fence
             WHERE name = 'fence' AND value < NEW.fence;
         END",
-        // A rowid table: values go up to 1 MiB, which WITHOUT ROWID tables store poorly.
-        "CREATE TABLE IF NOT EXISTS chat_state_cache (
+            // A rowid table: values go up to 1 MiB, which WITHOUT ROWID tables store poorly.
+            "CREATE TABLE IF NOT EXISTS chat_state_cache (
             scope TEXT NOT NULL,
             cache_key TEXT NOT NULL,
             value BLOB NOT NULL,
             expires_at INTEGER,
             PRIMARY KEY (scope, cache_key)
         )",
-        "CREATE INDEX IF NOT EXISTS chat_state_cache_expiry
+            "CREATE INDEX IF NOT EXISTS chat_state_cache_expiry
             ON chat_state_cache (expires_at) WHERE expires_at IS NOT NULL",
-        "CREATE TABLE IF NOT EXISTS chat_state_lists (
+            "CREATE TABLE IF NOT EXISTS chat_state_lists (
             scope TEXT NOT NULL,
             list_key TEXT NOT NULL,
             expires_at INTEGER,
             PRIMARY KEY (scope, list_key)
         ) WITHOUT ROWID",
-        "CREATE INDEX IF NOT EXISTS chat_state_lists_expiry
+            "CREATE INDEX IF NOT EXISTS chat_state_lists_expiry
             ON chat_state_lists (expires_at) WHERE expires_at IS NOT NULL",
-        "CREATE TABLE IF NOT EXISTS chat_state_list_items (
+            "CREATE TABLE IF NOT EXISTS chat_state_list_items (
             id INTEGER PRIMARY KEY,
             scope TEXT NOT NULL,
             list_key TEXT NOT NULL,
             value BLOB NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS chat_state_list_items_key
+            "CREATE INDEX IF NOT EXISTS chat_state_list_items_key
             ON chat_state_list_items (scope, list_key, id)",
-        "CREATE TABLE IF NOT EXISTS chat_state_queue (
+            "CREATE TABLE IF NOT EXISTS chat_state_queue (
             id INTEGER PRIMARY KEY,
             scope TEXT NOT NULL,
             thread_id TEXT NOT NULL,
@@ -87,14 +88,32 @@ const MIGRATIONS: &[Migration] = &[Migration {
             expires_at INTEGER NOT NULL,
             message TEXT NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS chat_state_queue_thread
+            "CREATE INDEX IF NOT EXISTS chat_state_queue_thread
             ON chat_state_queue (scope, thread_id, id)",
-        "CREATE INDEX IF NOT EXISTS chat_state_queue_expiry ON chat_state_queue (expires_at)",
-    ],
-}];
+            "CREATE INDEX IF NOT EXISTS chat_state_queue_expiry ON chat_state_queue (expires_at)",
+        ],
+    },
+    Migration {
+        // Fence records of `set_fenced`: beside the cache rows rather than in them, so plain
+        // `set` (and anything else that writes the cache table) neither reads nor clears them.
+        version: 2,
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS chat_state_fences (
+            scope TEXT NOT NULL,
+            cache_key TEXT NOT NULL,
+            lock_id TEXT NOT NULL,
+            fence INTEGER NOT NULL,
+            expires_at INTEGER,
+            PRIMARY KEY (scope, cache_key)
+        ) WITHOUT ROWID",
+            "CREATE INDEX IF NOT EXISTS chat_state_fences_expiry
+            ON chat_state_fences (expires_at) WHERE expires_at IS NOT NULL",
+        ],
+    },
+];
 
 /// The newest schema version this crate knows.
-pub(crate) const LATEST_VERSION: i64 = 1;
+pub(crate) const LATEST_VERSION: i64 = 2;
 
 /// Every object the latest schema has, as `(type, name)` in `sqlite_master`.
 const REQUIRED_OBJECTS: &[(&str, &str)] = &[
@@ -113,6 +132,8 @@ const REQUIRED_OBJECTS: &[(&str, &str)] = &[
     ("table", "chat_state_queue"),
     ("index", "chat_state_queue_thread"),
     ("index", "chat_state_queue_expiry"),
+    ("table", "chat_state_fences"),
+    ("index", "chat_state_fences_expiry"),
 ];
 
 /// The full DDL of the latest schema, for deployments that apply it with their own tooling

@@ -395,6 +395,134 @@ impl Write for Dequeue {
     }
 }
 
+/// What [`Admit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admitted {
+    Duplicate,
+    Dropped,
+    Queued(i64),
+    Locked { fence: i64, subscribed: bool },
+}
+
+/// [`Dispatch::admit`](chat_state_core::Dispatch::admit) in one transaction: the claim, then
+/// the lock, then (when it is held) the enqueue, each exactly as its own operation runs it.
+pub(crate) struct Admit {
+    pub(crate) claim: SetIfNotExists,
+    pub(crate) lock: Acquire,
+    /// `None`: drop the message when the thread is busy.
+    pub(crate) queue: Option<Enqueue>,
+}
+
+impl Write for Admit {
+    type Output = Admitted;
+    const OPERATION: Operation = Operation::Admit;
+    const SINGLE_STATEMENT: bool = false;
+
+    fn execute(&self, conn: &Connection, scope: &str, now: i64) -> SqlResult<Admitted> {
+        if !self.claim.execute(conn, scope, now)? {
+            return Ok(Admitted::Duplicate);
+        }
+        if let Some(fence) = self.lock.execute(conn, scope, now)? {
+            let subscribed = crate::reads::is_subscribed(conn, scope, &self.lock.lock_id)?;
+            return Ok(Admitted::Locked { fence, subscribed });
+        }
+        match &self.queue {
+            Some(enqueue) => Ok(Admitted::Queued(enqueue.execute(conn, scope, now)?)),
+            None => Ok(Admitted::Dropped),
+        }
+    }
+}
+
+/// What [`ReleaseOrNext`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Handed {
+    Next(QueueRow),
+    Released,
+    NotHolder,
+}
+
+/// [`Dispatch::release_or_next`](chat_state_core::Dispatch::release_or_next) in one
+/// transaction: the extend proves the caller holds the lock (and already moves its expiry
+/// for the `Next` case), then the dequeue, then, with nothing dequeued, the release.
+pub(crate) struct ReleaseOrNext {
+    pub(crate) extend: Extend,
+}
+
+impl Write for ReleaseOrNext {
+    type Output = Handed;
+    const OPERATION: Operation = Operation::ReleaseOrNext;
+    const SINGLE_STATEMENT: bool = false;
+
+    fn execute(&self, conn: &Connection, scope: &str, now: i64) -> SqlResult<Handed> {
+        if !self.extend.execute(conn, scope, now)? {
+            return Ok(Handed::NotHolder);
+        }
+        let lock_id = &self.extend.lock_id;
+        let dequeue = Dequeue {
+            thread_id: lock_id.clone(),
+        };
+        if let Some(row) = dequeue.execute(conn, scope, now)? {
+            return Ok(Handed::Next(row));
+        }
+        Release {
+            lock_id: lock_id.clone(),
+            token: self.extend.token.clone(),
+        }
+        .execute(conn, scope, now)?;
+        Ok(Handed::Released)
+    }
+}
+
+/// [`Dispatch::set_fenced`](chat_state_core::Dispatch::set_fenced) in one transaction: the
+/// key's live fence record decides; a stored write is the plain [`Set`] plus the record.
+pub(crate) struct SetFenced {
+    pub(crate) set: Set,
+    pub(crate) lock: chat_state_core::Lock,
+}
+
+impl Write for SetFenced {
+    type Output = bool;
+    const OPERATION: Operation = Operation::SetFenced;
+    const SINGLE_STATEMENT: bool = false;
+
+    fn execute(&self, conn: &Connection, scope: &str, now: i64) -> SqlResult<bool> {
+        use rusqlite::OptionalExtension;
+        let record: Option<(String, i64)> = conn
+            .prepare_cached(
+                "SELECT lock_id, fence FROM chat_state_fences
+                 WHERE scope = ?1 AND cache_key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+            )?
+            .query_row(params![scope, &self.set.key, now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        // A negative stored fence cannot come from this code; treating it as no fence would
+        // let any write through, so it counts as the highest.
+        let record = record
+            .as_ref()
+            .map(|(id, fence)| (id.as_str(), u64::try_from(*fence).unwrap_or(u64::MAX)));
+        if chat_state_core::dispatch::is_stale(record, &self.lock) {
+            return Ok(false);
+        }
+        self.set.execute(conn, scope, now)?;
+        conn.prepare_cached(
+            "INSERT INTO chat_state_fences (scope, cache_key, lock_id, fence, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (scope, cache_key) DO UPDATE SET
+                 lock_id = excluded.lock_id, fence = excluded.fence,
+                 expires_at = excluded.expires_at",
+        )?
+        .execute(params![
+            scope,
+            &self.set.key,
+            &self.lock.thread_id,
+            crate::to_i64(self.lock.fence),
+            self.set.expires_at
+        ])?;
+        Ok(true)
+    }
+}
+
 /// Rows removed by one cleanup pass, per table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -409,12 +537,14 @@ pub struct CleanupReport {
     pub list_items: u64,
     /// Expired queue entries.
     pub queue_entries: u64,
+    /// Expired fence records of `set_fenced`.
+    pub fences: u64,
 }
 
 impl CleanupReport {
     /// Total rows removed.
     pub fn total(&self) -> u64 {
-        self.locks + self.cache + self.lists + self.list_items + self.queue_entries
+        self.locks + self.cache + self.lists + self.list_items + self.queue_entries + self.fences
     }
 
     pub(crate) fn add(&mut self, other: &CleanupReport) {
@@ -423,6 +553,7 @@ impl CleanupReport {
         self.lists += other.lists;
         self.list_items += other.list_items;
         self.queue_entries += other.queue_entries;
+        self.fences += other.fences;
     }
 }
 
@@ -478,12 +609,19 @@ impl Write for Cleanup {
                  (SELECT id FROM chat_state_queue WHERE expires_at <= ?1 LIMIT ?2)",
             )?
             .execute(params![now, limit])? as u64;
+        let fences = conn
+            .prepare_cached(
+                "DELETE FROM chat_state_fences WHERE (scope, cache_key) IN
+                 (SELECT scope, cache_key FROM chat_state_fences WHERE expires_at <= ?1 LIMIT ?2)",
+            )?
+            .execute(params![now, limit])? as u64;
         Ok(CleanupReport {
             locks,
             cache,
             lists,
             list_items,
             queue_entries,
+            fences,
         })
     }
 }

@@ -986,7 +986,34 @@ impl Queues for Diy {
 }
 
 /// The step-by-step dispatch operations, built on the methods above.
-impl chat_state_core::Dispatch for Diy {}
+#[async_trait]
+impl chat_state_core::Dispatch for Diy {
+    async fn admit(
+        &self,
+        message: &chat_state_core::Admit<'_>,
+    ) -> Result<chat_state_core::Admission> {
+        chat_state_core::dispatch::admit_in_steps(self, DIY, message).await
+    }
+
+    async fn release_or_next(
+        &self,
+        lock: &mut Lock,
+        ttl: Duration,
+    ) -> Result<chat_state_core::Handoff> {
+        let now_ms = || self.clock.now_ms();
+        chat_state_core::dispatch::release_or_next_in_steps(self, DIY, lock, ttl, now_ms).await
+    }
+
+    async fn set_fenced(
+        &self,
+        lock: &Lock,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<chat_state_core::FencedWrite> {
+        chat_state_core::dispatch::set_fenced_in_steps(self, DIY, lock, key, value, ttl).await
+    }
+}
 
 #[async_trait]
 impl StateAdapter for Diy {

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use chat_state_conformance::{Failure, Harness, Outcome, Report, run_all};
 use chat_state_core::{
-    Backend, Checked, Clock, ListOptions, Lock, LockInspector, LockRequest, ManualClock, Operation,
-    QueueEntry, Result, StateAdapter, validate,
+    AdmitOutcome, AdmitRequest, Backend, Checked, Clock, FencedWrite, Handoff, ListOptions, Lock,
+    LockInspector, LockRequest, ManualClock, Operation, QueueEntry, Result, StateAdapter, validate,
 };
 use chat_state_memory::{MemoryBackend, MemoryState};
 
@@ -62,6 +62,11 @@ enum Bug {
     QueueDropsNewest,
     /// Subscriptions are stored as cache keys (namespaces collide).
     SubscriptionsInCache,
+    /// Native dispatch: `release_or_next` releases the lock without looking at the queue
+    /// (the upstream hole: entries queued behind the holder are stranded).
+    ReleaseBeforeCheckingQueue,
+    /// Native dispatch: `set_fenced` stores every write, whatever its fence.
+    FenceIgnored,
 }
 
 /// Bookkeeping some bugs need.
@@ -80,9 +85,11 @@ struct Side {
     hidden_expiry: HashMap<(String, u64, String), VecDeque<u64>>,
 }
 
-/// The memory backend's storage with one bug.
+/// The memory backend's storage with one bug. With `NATIVE`, the dispatch operations are
+/// the memory backend's native ones (bugs of the dispatch kind apply to them); without, core
+/// runs the step-by-step versions over this backend's (possibly broken) primitives.
 #[derive(Debug)]
-struct Broken {
+struct Broken<const NATIVE: bool = false> {
     inner: MemoryBackend,
     clock: ManualClock,
     bug: Bug,
@@ -90,7 +97,7 @@ struct Broken {
     racy_fence: AtomicU64,
 }
 
-impl Broken {
+impl<const NATIVE: bool> Broken<NATIVE> {
     fn new(bug: Bug, clock: ManualClock) -> Checked<Self> {
         Checked::new(Self {
             inner: MemoryBackend::with_clock(clock.clone()),
@@ -149,7 +156,7 @@ impl Broken {
     }
 }
 
-impl Backend for Broken {
+impl<const NATIVE: bool> Backend for Broken<NATIVE> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
@@ -405,6 +412,43 @@ impl Backend for Broken {
         }
         Ok(live)
     }
+
+    const ATOMIC_DISPATCH: bool = NATIVE;
+
+    async fn admit(&self, request: &AdmitRequest<'_>) -> Result<AdmitOutcome> {
+        self.inner.admit(request).await
+    }
+
+    async fn release_or_next(&self, request: &LockRequest<'_>) -> Result<Handoff> {
+        if self.bug == Bug::ReleaseBeforeCheckingQueue {
+            if !self.inner.extend_lock(request).await? {
+                return Ok(Handoff::NotHolder);
+            }
+            let lock = Lock {
+                thread_id: request.lock_id.to_owned(),
+                token: request.token.to_owned(),
+                expires_at: request.expires_at,
+                fence: 0,
+            };
+            self.inner.release_lock(&lock).await?;
+            return Ok(Handoff::Released);
+        }
+        self.inner.release_or_next(request).await
+    }
+
+    async fn set_fenced(
+        &self,
+        lock: &Lock,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<FencedWrite> {
+        if self.bug == Bug::FenceIgnored {
+            self.inner.set(key, value, ttl).await?;
+            return Ok(FencedWrite::Stored);
+        }
+        self.inner.set_fenced(lock, key, value, ttl).await
+    }
 }
 
 /// How `QueueReturnsExpired` finds an entry's real expiry again.
@@ -459,7 +503,12 @@ fn assert_all_pass(report: &Report, what: &str) {
 
 /// Runs the suite against the bug and asserts at least one case fails; prints which.
 fn assert_caught(bug: Bug) -> Vec<String> {
-    let report = run_suite(|clock| Arc::new(Broken::new(bug, clock)));
+    let native = matches!(bug, Bug::ReleaseBeforeCheckingQueue | Bug::FenceIgnored);
+    let report = if native {
+        run_suite(|clock| Arc::new(Broken::<true>::new(bug, clock)))
+    } else {
+        run_suite(|clock| Arc::new(Broken::<false>::new(bug, clock)))
+    };
     let failures = failed(&report);
     eprintln!(
         "{bug:?}: caught by {} of {} cases",
@@ -501,8 +550,18 @@ fn memory_backend_passes_every_case() {
 
 #[test]
 fn faithful_wrapper_passes_every_case() {
-    let report = run_suite(|clock| Arc::new(Broken::new(Bug::None, clock)));
+    let report = run_suite(|clock| Arc::new(Broken::<false>::new(Bug::None, clock)));
     assert_all_pass(&report, "the wrapper without a bug");
+    // Without a bug, the wrapper's native dispatch is the memory backend's own: it must also
+    // pass, including the atomicity case the step-by-step run skips.
+    let report = run_suite(|clock| Arc::new(Broken::<true>::new(Bug::None, clock)));
+    assert_all_pass(&report, "the wrapper without a bug, native dispatch");
+    assert!(
+        report
+            .with_outcome(Outcome::Passed)
+            .any(|c| c.name == "dispatch_set_fenced_is_atomic"),
+        "the atomicity case did not run on native dispatch"
+    );
 }
 
 /// The lock guard's heartbeat relies on `extend_lock` returning `false` once the lock is
@@ -555,4 +614,6 @@ caught! {
     queue_depth_counting_expired_is_caught => DepthCountsExpired,
     full_queue_dropping_the_newest_is_caught => QueueDropsNewest,
     subscriptions_colliding_with_cache_keys_are_caught => SubscriptionsInCache,
+    release_before_checking_the_queue_is_caught => ReleaseBeforeCheckingQueue,
+    fenced_write_ignoring_the_fence_is_caught => FenceIgnored,
 }

@@ -1,6 +1,6 @@
 //! Lifecycle: connect, close, and (for durable backends) reopen.
 
-use chat_state_core::{ErrorKind, ListOptions, Lock, Operation, QueueEntry};
+use chat_state_core::{Admit, ErrorKind, ListOptions, Lock, Operation, QueueEntry};
 use serde_json::json;
 
 use super::support::{LONG_LIFETIME, LONG_TTL, check_error, rejected};
@@ -125,6 +125,27 @@ pub async fn lifecycle_every_operation_fails_after_close(h: &Harness) -> CaseRes
         a.queue_depth("q").await,
         closed,
         Operation::QueueDepth,
+        "closed",
+    )?;
+    check_error(
+        h,
+        a.admit(&Admit::new("t3", "m")).await,
+        closed,
+        Operation::Admit,
+        "closed",
+    )?;
+    check_error(
+        h,
+        a.release_or_next(&mut lock.clone(), LONG_TTL).await,
+        closed,
+        Operation::ReleaseOrNext,
+        "closed",
+    )?;
+    check_error(
+        h,
+        a.set_fenced(&lock, "k", b"v", None).await,
+        closed,
+        Operation::SetFenced,
         "closed",
     )?;
     Ok(())

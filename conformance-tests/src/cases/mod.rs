@@ -7,6 +7,7 @@
 //! rule to the cases that check it.
 
 mod cache;
+mod dispatch;
 #[cfg(not(target_arch = "wasm32"))]
 mod guard;
 mod lifecycle;
@@ -22,6 +23,7 @@ mod typed;
 mod validation;
 
 pub use cache::*;
+pub use dispatch::*;
 #[cfg(not(target_arch = "wasm32"))]
 pub use guard::*;
 pub use lifecycle::*;
@@ -179,8 +181,27 @@ macro_rules! __case_list {
             typed_queue_message_wrong_shape_is_corrupt_data
             typed_lone_surrogates_decode_as_replacement_characters
 
+            dispatch_admit_new_message_takes_lock
+            dispatch_admit_reports_subscription
+            dispatch_admit_duplicate_changes_nothing
+            dispatch_admit_busy_drops
+            dispatch_admit_busy_queues_with_depth
+            dispatch_admit_after_dedupe_expiry_is_new
+            dispatch_admit_concurrent_one_message_once
+            dispatch_release_or_next_fifo_then_release
+            dispatch_release_or_next_empty_queue_releases
+            dispatch_release_or_next_refreshes_expiry
+            dispatch_release_or_next_skips_expired_entries
+            dispatch_release_or_next_stale_holder_changes_nothing
+            dispatch_set_fenced_refuses_lower_fence
+            dispatch_set_fenced_record_expires_with_ttl
+            dispatch_paused_holder_fenced_write_refused
+            dispatch_invalid_input_rejected
+            dispatch_set_fenced_is_atomic
+
             model_based_operations
         ] native: [
+            dispatch_randomized_schedule_handles_every_message_once
             lock_guard_runs_work_and_releases
             lock_guard_busy_when_held
             lock_guard_heartbeat_keeps_lock

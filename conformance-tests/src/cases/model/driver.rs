@@ -9,7 +9,9 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chat_state_core::{ErrorKind, ListOptions, Lock, QueueEntry, StateAdapter};
+use chat_state_core::{
+    Admission, Admit, ErrorKind, FencedWrite, Handoff, ListOptions, Lock, QueueEntry, StateAdapter,
+};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::strategy::Union;
@@ -153,8 +155,46 @@ impl<const MANUAL: bool> ReferenceStateMachine for Reference<MANUAL> {
                 .boxed(),
             ),
         ];
+        options.push((
+            6,
+            (
+                name(),
+                name(),
+                Self::lock_ttl(),
+                Self::lock_ttl(),
+                prop_oneof![
+                    1 => Just(None),
+                    2 => (Self::lifetime(), select(vec![2usize, 1, 10])).prop_map(Some),
+                ],
+            )
+                .prop_map(|(thread, message, dedupe_ms, lock_ms, queue)| Step::Admit {
+                    thread,
+                    message,
+                    dedupe_ms,
+                    lock_ms,
+                    queue,
+                })
+                .boxed(),
+        ));
         if !state.handles.is_empty() {
             let handles = 0..state.handles.len();
+            options.push((
+                5,
+                (handles.clone(), Self::lock_ttl())
+                    .prop_map(|(handle, ttl_ms)| Step::ReleaseOrNext { handle, ttl_ms })
+                    .boxed(),
+            ));
+            options.push((
+                4,
+                (handles.clone(), name(), any::<u8>(), Self::optional_ttl())
+                    .prop_map(|(handle, key, value, ttl_ms)| Step::SetFenced {
+                        handle,
+                        key,
+                        value,
+                        ttl_ms,
+                    })
+                    .boxed(),
+            ));
             options.push((
                 5,
                 handles
@@ -183,7 +223,10 @@ impl<const MANUAL: bool> ReferenceStateMachine for Reference<MANUAL> {
     fn preconditions(state: &Model, step: &Step) -> bool {
         match step {
             // Shrinking removes earlier steps; a handle must still name a granted lock.
-            Step::Release { handle } | Step::Extend { handle, .. } => *handle < state.handles.len(),
+            Step::Release { handle }
+            | Step::Extend { handle, .. }
+            | Step::ReleaseOrNext { handle, .. }
+            | Step::SetFenced { handle, .. } => *handle < state.handles.len(),
             Step::Advance(_) => MANUAL,
             _ => true,
         }
@@ -461,13 +504,7 @@ impl Driver<'_> {
                 lifetime_ms,
                 max_size,
             } => {
-                let number = self.sent.len();
-                let entry = QueueEntry::new(
-                    json!({ "n": number, "text": format!("message {number}") }),
-                    self.time.now_ms(),
-                    Duration::from_millis(lifetime_ms),
-                );
-                self.sent.push(entry.clone());
+                let entry = self.new_entry(lifetime_ms);
                 Outcome::Depth(
                     a.enqueue(&self.key(thread), entry, max_size)
                         .await
@@ -476,30 +513,137 @@ impl Driver<'_> {
             }
             Step::Dequeue(t) => match a.dequeue(&self.key(t)).await.map_err(err)? {
                 None => Outcome::Entry(None),
-                Some(entry) => {
-                    let number = entry.message["n"]
-                        .as_u64()
-                        .and_then(|n| usize::try_from(n).ok())
-                        .filter(|n| *n < self.sent.len())
-                        .ok_or_else(|| {
-                            format!("dequeued an entry this test never enqueued: {entry:?}")
-                        })?;
-                    if entry != self.sent[number] {
-                        return Err(format!(
-                            "entry {number} did not round-trip exactly: enqueued {:?}, dequeued {entry:?}",
-                            self.sent[number]
-                        ));
-                    }
-                    Outcome::Entry(Some(number))
-                }
+                Some(entry) => Outcome::Entry(Some(self.sent_entry(&entry)?)),
             },
             Step::QueueDepth(t) => Outcome::Depth(a.queue_depth(&self.key(t)).await.map_err(err)?),
+            Step::Admit {
+                thread,
+                message,
+                dedupe_ms,
+                lock_ms,
+                queue,
+            } => {
+                self.admit(thread, message, dedupe_ms, lock_ms, queue)
+                    .await?
+            }
+            Step::ReleaseOrNext { handle, ttl_ms } => {
+                let mut lock = self.handle(handle)?;
+                let before = self.time.now_ms();
+                let got = a
+                    .release_or_next(&mut lock, Duration::from_millis(ttl_ms))
+                    .await
+                    .map_err(err)?;
+                match got {
+                    Handoff::Next(entry) => {
+                        let number = self.sent_entry(&entry)?;
+                        if lock.expires_at < before + ttl_ms {
+                            return Err(format!(
+                                "after Next the lock's expires_at {} is before clock + TTL {} (rule 12)",
+                                lock.expires_at,
+                                before + ttl_ms
+                            ));
+                        }
+                        self.locks[handle] = lock;
+                        Outcome::Next(number)
+                    }
+                    Handoff::Released => Outcome::Released,
+                    Handoff::NotHolder => Outcome::NotHolder,
+                }
+            }
+            Step::SetFenced {
+                handle,
+                key,
+                value,
+                ttl_ms,
+            } => {
+                let lock = self.handle(handle)?;
+                let written = a
+                    .set_fenced(
+                        &lock,
+                        &self.key(key),
+                        &Self::value(value),
+                        ttl_ms.map(Duration::from_millis),
+                    )
+                    .await
+                    .map_err(err)?;
+                Outcome::Fenced(written == FencedWrite::Stored)
+            }
             Step::Advance(ms) => {
                 self.time.advance(Duration::from_millis(ms)).await;
                 Outcome::Done
             }
             Step::Invalid(call) => self.invalid(call).await?,
         })
+    }
+
+    async fn admit(
+        &mut self,
+        thread: usize,
+        message: usize,
+        dedupe_ms: u64,
+        lock_ms: u64,
+        queue: Option<(u64, usize)>,
+    ) -> Result<Outcome, String> {
+        let key = self.key(thread);
+        let dedupe_key = format!("{}dedupe:{}", self.prefix, NAMES[message]);
+        let mut admit = Admit::new(&key, &dedupe_key)
+            .dedupe_ttl(Duration::from_millis(dedupe_ms))
+            .lock_ttl(Duration::from_millis(lock_ms));
+        if let Some((lifetime_ms, max_size)) = queue {
+            let entry = self.new_entry(lifetime_ms);
+            admit = admit.queue_when_busy(entry, max_size);
+        }
+        let before = self.time.now_ms();
+        let got = self
+            .adapter
+            .admit(&admit)
+            .await
+            .map_err(|e| format!("unexpected error: {e}"))?;
+        let after = self.time.now_ms();
+        Ok(match got {
+            Admission::Duplicate => Outcome::Duplicate,
+            Admission::Dropped => Outcome::Dropped,
+            Admission::Queued { depth } => Outcome::Queued(depth),
+            Admission::Admitted { lock, subscribed } => {
+                self.check_grant(thread, &key, &lock, before, after, lock_ms)?;
+                self.locks.push(lock);
+                Outcome::Admitted(subscribed)
+            }
+            Admission::HoldingQueue { .. } => {
+                return Err(
+                    "HoldingQueue in a sequential run: the lock was busy and free in one admit"
+                        .into(),
+                );
+            }
+        })
+    }
+
+    /// A new queue entry, numbered in enqueue order and remembered for the round trip.
+    fn new_entry(&mut self, lifetime_ms: u64) -> QueueEntry {
+        let number = self.sent.len();
+        let entry = QueueEntry::new(
+            json!({ "n": number, "text": format!("message {number}") }),
+            self.time.now_ms(),
+            Duration::from_millis(lifetime_ms),
+        );
+        self.sent.push(entry.clone());
+        entry
+    }
+
+    /// The number of an entry handed back, checking it round-tripped exactly.
+    fn sent_entry(&self, entry: &QueueEntry) -> Result<usize, String> {
+        let number = entry.message["n"]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n < self.sent.len())
+            .ok_or_else(|| format!("dequeued an entry this test never enqueued: {entry:?}"))?;
+        if *entry != self.sent[number] {
+            return Err(format!(
+                "entry {number} did not round-trip exactly: enqueued {:?}, dequeued {entry:?}",
+                self.sent[number]
+            ));
+        }
+        Ok(number)
     }
 
     fn handle(&self, handle: usize) -> Result<Lock, String> {
@@ -689,6 +833,36 @@ impl fmt::Display for Shown<'_> {
             ),
             Step::Dequeue(t) => write!(f, "dequeue({:?})", n(t)),
             Step::QueueDepth(t) => write!(f, "queue_depth({:?})", n(t)),
+            Step::Admit {
+                thread,
+                message,
+                dedupe_ms,
+                lock_ms,
+                queue,
+            } => write!(
+                f,
+                "admit({:?}, dedupe:{:?} for {dedupe_ms} ms, lock {lock_ms} ms, when busy {})",
+                n(thread),
+                n(message),
+                match queue {
+                    Some((lifetime, max)) => format!("queue entry living {lifetime} ms, max {max}"),
+                    None => "drop".into(),
+                }
+            ),
+            Step::ReleaseOrNext { handle, ttl_ms } => {
+                write!(f, "release_or_next(lock #{handle}, {ttl_ms} ms)")
+            }
+            Step::SetFenced {
+                handle,
+                key,
+                value,
+                ttl_ms,
+            } => write!(
+                f,
+                "set_fenced(lock #{handle}, {:?}, v{value}, ttl {})",
+                n(key),
+                ttl(ttl_ms)
+            ),
             Step::Advance(ms) => write!(f, "<advance the clock {ms} ms>"),
             Step::Invalid(call) => {
                 write!(f, "invalid call {call:?} (must fail, change nothing)")

@@ -50,6 +50,25 @@ pub(super) enum Step {
     },
     Dequeue(usize),
     QueueDepth(usize),
+    /// `admit` of message `message` (its dedupe key is `dedupe:<name>`) on `thread`, queued
+    /// with `lifetime_ms` and `max_size` when busy, or dropped (`queue: None`).
+    Admit {
+        thread: usize,
+        message: usize,
+        dedupe_ms: u64,
+        lock_ms: u64,
+        queue: Option<(u64, usize)>,
+    },
+    ReleaseOrNext {
+        handle: usize,
+        ttl_ms: u64,
+    },
+    SetFenced {
+        handle: usize,
+        key: usize,
+        value: u8,
+        ttl_ms: Option<u64>,
+    },
     /// Let this much time pass (manual clock only).
     Advance(u64),
     Invalid(Invalid),
@@ -81,6 +100,17 @@ pub(super) enum Outcome {
     Depth(usize),
     /// The dequeued entry's number (the n-th enqueued in this sequence).
     Entry(Option<usize>),
+    Duplicate,
+    Dropped,
+    Queued(usize),
+    /// Admitted: a new lock handle was granted; whether the thread is subscribed.
+    Admitted(bool),
+    /// `release_or_next` handed over this entry.
+    Next(usize),
+    Released,
+    NotHolder,
+    /// `set_fenced` stored (`true`) or refused as stale.
+    Fenced(bool),
     InvalidInput,
 }
 
@@ -102,6 +132,11 @@ pub(super) struct Model {
     pub(super) queues: [Vec<(usize, u64)>; 3],
     /// Entries enqueued so far (the next entry's number).
     entries: usize,
+    /// Per message: the dedupe claim's expiry.
+    claims: [Option<u64>; 3],
+    /// Per cache key: the fence record (lock id, the writing handle, expiry). Within one lock
+    /// id, later handles carry higher fences, so handles compare as fences do.
+    fences: [Option<(usize, usize, Option<u64>)>; 3],
 }
 
 /// Live iff `now < expires_at` (rule 1, and the same boundary for cache and lists).
@@ -110,6 +145,56 @@ fn live(expires_at: Option<u64>, now: u64) -> bool {
 }
 
 impl Model {
+    /// Rule 7's append: dead entries take no slot; one dead on arrival is not stored.
+    fn enqueue(&mut self, thread: usize, lifetime_ms: u64, max_size: usize) -> usize {
+        let number = self.number();
+        self.push(thread, number, lifetime_ms, max_size)
+    }
+
+    /// The next entry's number: the driver numbers every entry it builds, queued or not.
+    fn number(&mut self) -> usize {
+        self.entries += 1;
+        self.entries - 1
+    }
+
+    fn push(&mut self, thread: usize, number: usize, lifetime_ms: u64, max_size: usize) -> usize {
+        let now = self.now;
+        let queue = &mut self.queues[thread];
+        queue.retain(|(_, at)| now < *at);
+        let expires_at = now + lifetime_ms;
+        if now < expires_at {
+            queue.push((number, expires_at));
+        }
+        let excess = queue.len().saturating_sub(max_size);
+        queue.drain(..excess);
+        queue.len()
+    }
+
+    /// The oldest live entry of the thread's queue, removed.
+    fn dequeue(&mut self, thread: usize) -> Option<usize> {
+        let now = self.now;
+        let queue = &mut self.queues[thread];
+        queue.retain(|(_, at)| now < *at);
+        (!queue.is_empty()).then(|| queue.remove(0).0)
+    }
+
+    /// Grants lock `id` for `ttl_ms` if it is free (a new handle); whether it did.
+    fn acquire(&mut self, id: usize, ttl_ms: u64) -> bool {
+        match self.locks[id] {
+            Some((_, at)) if self.now < at => false,
+            _ => {
+                self.locks[id] = Some((self.handles.len(), self.now + ttl_ms));
+                self.handles.push(id);
+                true
+            }
+        }
+    }
+
+    /// Whether `handle` holds its lock now.
+    fn holds(&self, handle: usize) -> bool {
+        matches!(self.locks[self.handles[handle]], Some((h, at)) if h == handle && self.now < at)
+    }
+
     /// Applies `step` and returns what the adapter must return.
     pub(super) fn apply(&mut self, step: &Step) -> Outcome {
         let now = self.now;
@@ -123,14 +208,7 @@ impl Model {
                 Outcome::Done
             }
             Step::IsSubscribed(i) => Outcome::Bool(self.subscribed[i]),
-            Step::Acquire { id, ttl_ms } => match self.locks[id] {
-                Some((_, at)) if now < at => Outcome::Acquired(false),
-                _ => {
-                    self.locks[id] = Some((self.handles.len(), now + ttl_ms));
-                    self.handles.push(id);
-                    Outcome::Acquired(true)
-                }
-            },
+            Step::Acquire { id, ttl_ms } => Outcome::Acquired(self.acquire(id, ttl_ms)),
             Step::Release { handle } => {
                 let id = self.handles[handle];
                 if matches!(self.locks[id], Some((h, _)) if h == handle) {
@@ -208,29 +286,64 @@ impl Model {
                 thread,
                 lifetime_ms,
                 max_size,
+            } => Outcome::Depth(self.enqueue(thread, lifetime_ms, max_size)),
+            Step::Dequeue(t) => Outcome::Entry(self.dequeue(t)),
+            Step::Admit {
+                thread,
+                message,
+                dedupe_ms,
+                lock_ms,
+                queue,
             } => {
-                let number = self.entries;
-                self.entries += 1;
-                let queue = &mut self.queues[thread];
-                // Dead entries are gone: they take no slot and are never counted; an
-                // entry dead on arrival is accepted but never stored.
-                queue.retain(|(_, at)| now < *at);
-                let expires_at = now + lifetime_ms;
-                if now < expires_at {
-                    queue.push((number, expires_at));
+                let number = queue.map(|_| self.number());
+                if self.claims[message].is_some_and(|at| now < at) {
+                    return Outcome::Duplicate;
                 }
-                let excess = queue.len().saturating_sub(max_size);
-                queue.drain(..excess);
-                Outcome::Depth(queue.len())
+                self.claims[message] = Some(now + dedupe_ms);
+                if self.acquire(thread, lock_ms) {
+                    return Outcome::Admitted(self.subscribed[thread]);
+                }
+                match (queue, number) {
+                    (Some((lifetime_ms, max_size)), Some(number)) => {
+                        Outcome::Queued(self.push(thread, number, lifetime_ms, max_size))
+                    }
+                    _ => Outcome::Dropped,
+                }
             }
-            Step::Dequeue(t) => {
-                let queue = &mut self.queues[t];
-                queue.retain(|(_, at)| now < *at);
-                Outcome::Entry(if queue.is_empty() {
-                    None
-                } else {
-                    Some(queue.remove(0).0)
-                })
+            Step::ReleaseOrNext { handle, ttl_ms } => {
+                if !self.holds(handle) {
+                    return Outcome::NotHolder;
+                }
+                let id = self.handles[handle];
+                match self.dequeue(id) {
+                    Some(number) => {
+                        self.locks[id] = Some((handle, now + ttl_ms));
+                        Outcome::Next(number)
+                    }
+                    None => {
+                        self.locks[id] = None;
+                        Outcome::Released
+                    }
+                }
+            }
+            Step::SetFenced {
+                handle,
+                key,
+                value,
+                ttl_ms,
+            } => {
+                let id = self.handles[handle];
+                let stale = matches!(
+                    self.fences[key],
+                    Some((record_id, writer, at)) if live(at, now) && record_id == id && writer > handle
+                );
+                if stale {
+                    return Outcome::Fenced(false);
+                }
+                let at = ttl_ms.map(|t| now + t);
+                self.cache[key] = Some((value, at));
+                self.fences[key] = Some((id, handle, at));
+                Outcome::Fenced(true)
             }
             Step::QueueDepth(t) => {
                 Outcome::Depth(self.queues[t].iter().filter(|(_, at)| now < *at).count())
