@@ -1,19 +1,16 @@
 //! `chat-state simulate`: a fleet of bot instances sharing one backend, handling a stream of
 //! chat messages exactly the way the Chat SDK's `Chat` class uses its state adapter.
 //!
-//! Per delivery, an instance:
-//! 1. dedupes it with `set_if_not_exists("dedupe:<adapter>:<id>", true, 10 min)`;
-//! 2. checks the thread's subscription (an unsubscribed thread is a new mention, which
-//!    subscribes it);
-//! 3. takes the thread's lock for 30 s with a heartbeat ([`with_lock`]), handles the message
-//!    (thread-state read and write, history append), then drains the thread's queue until
-//!    empty;
-//! 4. on conflict, enqueues the message (max size 10, 90 s lifetime) and tries the lock once
-//!    more: either it gets it and drains, or the holder is still there, and the holder's
-//!    after-release re-check of `queue_depth` is guaranteed to see the entry.
-//!
-//! Step 4's second try and the re-check after release close the upstream gap where a
-//! message enqueued between the holder's last empty dequeue and its release was stranded.
+//! Per delivery, an instance runs the library's [`Dispatcher`] with the Chat SDK's defaults:
+//! 1. `admit`: in one call, dedupes it (`dedupe:<adapter>:<id>`, 10 min), takes the thread's
+//!    lock for 30 s and reads its subscription, or, when the thread is busy, queues the
+//!    message (max size 10, 90 s lifetime);
+//! 2. the handler, under the lock with its heartbeat: an unsubscribed thread is a new
+//!    mention, which subscribes it; then a thread-state read and a fenced write, and a
+//!    history append;
+//! 3. `release_or_next` until the lock is released: each queued message is handed over and
+//!    handled, and the release happens in the same step that finds the queue empty, so no
+//!    message queued behind the holder is stranded (the upstream gap, closed).
 //!
 //! The platform side delivers some messages twice at once (duplicate webhooks) and some again
 //! later (retries after a missed acknowledgement); dedupe must suppress all of them.
@@ -23,9 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat_state::{
-    Clock, ListOptions, LockRun, QueueEntry, StateAdapter, StateExt, SystemClock, with_lock,
-};
+use chat_state::{BusyStrategy, Dispatched, Dispatcher, ListOptions, StateAdapter, StateExt, Turn};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -231,120 +226,113 @@ impl Run {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// One bot instance: takes deliveries until the platform has no more.
+    /// One bot instance: takes deliveries until the platform has no more, each through the
+    /// library's dispatcher (dedupe and admit in one call, the handler under the lock, the
+    /// queue handed over until the lock is released).
     async fn instance(
         self: Arc<Self>,
         deliveries: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>>,
     ) -> Result<(), CliError> {
+        let run = self.clone();
+        let bot = Dispatcher::new(self.state.clone(), self.ns.clone(), move |turn, message| {
+            let run = run.clone();
+            async move { run.handle(turn, message).await }
+        })
+        .thread_state(|thread| format!("thread-state:{thread}"))
+        .lock_ttl(LOCK_TTL)
+        .dedupe_ttl(DEDUPE_TTL)
+        .busy(BusyStrategy::Queue {
+            max_size: QUEUE_MAX,
+            entry_lifetime: QUEUE_LIFETIME,
+        });
         loop {
             let next = deliveries.lock().await.recv().await;
             let Some(delivery) = next else {
                 return Ok(());
             };
-            self.on_delivery(delivery).await?;
+            self.on_delivery(&bot, delivery).await?;
         }
     }
 
-    async fn on_delivery(&self, delivery: Delivery) -> Result<(), CliError> {
+    async fn on_delivery<H, Fut>(
+        &self,
+        bot: &Dispatcher<dyn StateAdapter, H>,
+        delivery: Delivery,
+    ) -> Result<(), CliError>
+    where
+        H: Fn(Turn<dyn StateAdapter>, serde_json::Value) -> Fut + Send + Sync,
+        Fut: std::future::Future<Output = Result<(), CliError>> + Send,
+    {
         let received_us = self.micros();
         self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
-        let dedupe = format!("dedupe:{}:{}", self.ns, delivery.message);
-        if !self
-            .state
-            .set_json_if_not_exists(&dedupe, &true, Some(DEDUPE_TTL))
-            .await?
-        {
-            self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
         let thread = self.thread_id(delivery.thread);
         let message = json!({ "id": delivery.message, "receivedUs": received_us });
-        let mut own = Some(message.clone());
-        loop {
-            let run = with_lock(&*self.state, &thread, LOCK_TTL, |watch| {
-                let own = own.take();
-                let thread = thread.clone();
-                async move {
-                    if let Some(message) = own {
-                        self.handle(&thread, &message).await?;
-                    }
-                    // Drain until empty, stopping if the heartbeat says the lock is gone
-                    // (another instance may hold it now and will drain instead).
-                    while !watch.is_lost() {
-                        let Some(entry) = self.state.dequeue(&thread).await? else {
-                            break;
-                        };
-                        self.shared.dequeued.fetch_add(1, Ordering::Relaxed);
-                        self.handle(&thread, &entry.message).await?;
-                    }
-                    Ok::<_, CliError>(())
-                }
-            })
-            .await?;
-            match run {
-                LockRun::Busy => {
-                    let Some(message) = own.take() else {
-                        // Someone else holds the lock after our release: the holder drains.
-                        return Ok(());
-                    };
-                    // Conflict: queue the message, then try the lock once more. If the holder
-                    // is still there, its re-check after release will see our entry.
-                    let now = SystemClock.now_ms();
-                    let entry = QueueEntry::new(message, now, QUEUE_LIFETIME);
-                    let depth = self.state.enqueue(&thread, entry, QUEUE_MAX).await?;
-                    self.shared.queued.fetch_add(1, Ordering::Relaxed);
-                    if depth >= QUEUE_MAX {
-                        // This append may have pushed the oldest entry out (Chat SDK policy).
-                        self.shared.enqueues_at_full.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                LockRun::Ran {
-                    value,
-                    ownership_lost,
-                    ..
-                } => {
-                    value?;
-                    if ownership_lost {
-                        self.shared.ownership_lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // A message may have been queued between our last empty dequeue and the
-                    // release: look again, and drain if so.
-                    if self.state.queue_depth(&thread).await? == 0 {
-                        return Ok(());
-                    }
+        let id = delivery.message.to_string();
+        match bot.dispatch(&thread, &id, message).await? {
+            Dispatched::Duplicate => {
+                self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Dispatched::Queued { depth } => {
+                self.shared.queued.fetch_add(1, Ordering::Relaxed);
+                if depth >= QUEUE_MAX {
+                    // This append may have pushed the oldest entry out (Chat SDK policy).
+                    self.shared.enqueues_at_full.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Dispatched::Handled {
+                from_queue,
+                failures,
+                ownership_lost,
+                ..
+            } => {
+                self.shared
+                    .dequeued
+                    .fetch_add(from_queue as u64, Ordering::Relaxed);
+                if ownership_lost {
+                    self.shared.ownership_lost.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(failure) = failures.into_iter().next() {
+                    return Err(failure);
+                }
+            }
+            Dispatched::Dropped => return Err("dropped although the strategy is queue".into()),
+            other => return Err(format!("unexpected dispatch outcome {other:?}").into()),
         }
+        Ok(())
     }
 
     /// The bot's handler, run under the thread's lock.
-    async fn handle(&self, thread: &str, message: &serde_json::Value) -> Result<(), CliError> {
+    async fn handle(
+        &self,
+        turn: Turn<dyn StateAdapter>,
+        message: serde_json::Value,
+    ) -> Result<(), CliError> {
+        let thread = turn.thread_id();
         let id = message["id"]
             .as_u64()
             .ok_or_else(|| format!("queued message without an id: {message}"))?;
         let received_us = message["receivedUs"].as_u64().unwrap_or_default();
-        if !self.state.is_subscribed(thread).await? {
+        // The subscription as read by the admit; a queued message after the first may find
+        // the thread subscribed since, so only a "no" is checked again.
+        if !turn.is_subscribed() && !self.state.is_subscribed(thread).await? {
             // A mention in a thread the bot does not follow yet: follow it from now on.
             self.state.subscribe(thread).await?;
             self.shared.new_mentions.fetch_add(1, Ordering::Relaxed);
         }
-        let key = format!("thread-state:{thread}");
-        let turns = self
-            .state
-            .get_json::<serde_json::Value>(&key)
-            .await?
-            .and_then(|v| v["turns"].as_u64())
-            .unwrap_or(0);
+        // The thread state came with the admit (or from the previous turn of this holder).
+        let turns = match turn.thread_state() {
+            Some(bytes) => serde_json::from_slice::<serde_json::Value>(bytes)?["turns"]
+                .as_u64()
+                .unwrap_or(0),
+            None => 0,
+        };
         if !self.handler.is_zero() {
             tokio::time::sleep(self.handler).await;
         }
-        self.state
-            .set_json(
-                &key,
-                &json!({ "turns": turns + 1, "last": id }),
-                Some(THREAD_STATE_TTL),
-            )
-            .await?;
+        // Stored fenced with the handoff: a handler paused past its lock cannot overwrite
+        // its successor's state (a refused write shows up as a lost update in the audit).
+        let state = serde_json::to_vec(&json!({ "turns": turns + 1, "last": id }))?;
+        turn.set_thread_state(state, Some(THREAD_STATE_TTL))?;
         self.state
             .append_json(
                 &format!("msg-history:{thread}"),

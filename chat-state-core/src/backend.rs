@@ -52,7 +52,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::dispatch::{self, Admission, Admit, Dispatch, FencedWrite, Handoff, WhenBusy};
+use crate::dispatch::{
+    self, Admission, Admit, Dispatch, FencedSet, FencedWrite, Handoff, WhenBusy,
+};
 use crate::{
     Cache, Error, ErrorKind, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, MaybeSend,
     MaybeSendSync, OpenState, Operation, QueueEntry, Queues, Result, StateAdapter, Subscriptions,
@@ -273,6 +275,47 @@ pub trait Backend: MaybeSendSync {
     ) -> impl Future<Output = Result<AdmitOutcome>> + MaybeSend {
         let _ = request;
         async { Err(not_native(self.name(), Operation::Admit)) }
+    }
+
+    /// [`admit`](Backend::admit), and when it answers `Admitted`, the value of cache key
+    /// `read` (validated), under the new lock. The default reads it with
+    /// [`get`](Backend::get) after the admit: a second round trip, which a remote backend
+    /// saves by doing both in one step.
+    fn admit_and_read(
+        &self,
+        request: &AdmitRequest<'_>,
+        read: &str,
+    ) -> impl Future<Output = Result<(AdmitOutcome, Option<Vec<u8>>)>> + MaybeSend {
+        async move {
+            let outcome = self.admit(request).await?;
+            let value = match outcome {
+                AdmitOutcome::Admitted { .. } => self.get(read).await?,
+                _ => None,
+            };
+            Ok((outcome, value))
+        }
+    }
+
+    /// [`Dispatch::release_or_next_with`]: [`set_fenced`](Backend::set_fenced) of `write`
+    /// under `lock`, then (unless the write was refused: [`Handoff::NotHolder`])
+    /// [`release_or_next`](Backend::release_or_next) of `request` (the same lock). The
+    /// default runs them one after the other, two round trips; a backend that does both in
+    /// one step overrides it.
+    fn release_or_next_with(
+        &self,
+        request: &LockRequest<'_>,
+        lock: &Lock,
+        write: &FencedSet<'_>,
+    ) -> impl Future<Output = Result<Handoff>> + MaybeSend {
+        async move {
+            let written = self
+                .set_fenced(lock, write.key, write.value, write.ttl)
+                .await?;
+            if written == FencedWrite::Stale {
+                return Ok(Handoff::NotHolder);
+            }
+            self.release_or_next(request).await
+        }
     }
 
     /// [`Dispatch::release_or_next`] in one atomic step, for `request.token` on
@@ -582,11 +625,11 @@ impl<B: Backend> Dispatch for Checked<B> {
             lock,
             when_busy: &message.when_busy,
         };
-        let outcome = self
-            .backend
-            .admit(&request)
-            .await
-            .map_err(|e| self.context(e, op))?;
+        let (outcome, read) = match message.read {
+            Some(key) => self.backend.admit_and_read(&request, key).await,
+            None => self.backend.admit(&request).await.map(|o| (o, None)),
+        }
+        .map_err(|e| self.context(e, op))?;
         Ok(match outcome {
             AdmitOutcome::Duplicate => Admission::Duplicate,
             AdmitOutcome::Dropped => Admission::Dropped,
@@ -599,6 +642,7 @@ impl<B: Backend> Dispatch for Checked<B> {
                     fence,
                 },
                 subscribed,
+                read,
             },
         })
     }
@@ -617,6 +661,34 @@ impl<B: Backend> Dispatch for Checked<B> {
         let handoff = self
             .backend
             .release_or_next(&request)
+            .await
+            .map_err(|e| self.context(e, op))?;
+        if matches!(handoff, Handoff::Next(_)) {
+            lock.expires_at = expires_at;
+        }
+        Ok(handoff)
+    }
+
+    async fn release_or_next_with(
+        &self,
+        lock: &mut Lock,
+        ttl: Duration,
+        write: FencedSet<'_>,
+    ) -> Result<Handoff> {
+        let op = Operation::ReleaseOrNext;
+        let name = self.backend.name();
+        validate::release_or_next_with(name, lock, ttl, &write)?;
+        self.open.check(name, op)?;
+        if !B::ATOMIC_DISPATCH {
+            let now_ms = || self.backend.now_ms();
+            return dispatch::release_or_next_with_in_steps(self, name, lock, ttl, write, now_ms)
+                .await;
+        }
+        let request = self.lock_request(op, &lock.thread_id, &lock.token, ttl)?;
+        let expires_at = request.expires_at;
+        let handoff = self
+            .backend
+            .release_or_next_with(&request, lock, &write)
             .await
             .map_err(|e| self.context(e, op))?;
         if matches!(handoff, Handoff::Next(_)) {

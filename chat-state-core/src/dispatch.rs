@@ -61,6 +61,10 @@ pub struct Admit<'a> {
     pub lock_ttl: Duration,
     /// What happens when the thread is locked.
     pub when_busy: WhenBusy,
+    /// A cache key to read in the same step when the message is admitted (the thread's
+    /// state, which the new holder is about to read anyway): [`Admission::Admitted`]'s
+    /// `read`.
+    pub read: Option<&'a str>,
 }
 
 impl<'a> Admit<'a> {
@@ -73,7 +77,14 @@ impl<'a> Admit<'a> {
             dedupe_ttl: DEFAULT_DEDUPE_TTL,
             lock_ttl: DEFAULT_LOCK_TTL,
             when_busy: WhenBusy::Drop,
+            read: None,
         }
+    }
+
+    /// Reads cache key `key` in the same step when the message is admitted.
+    pub fn read(mut self, key: &'a str) -> Self {
+        self.read = Some(key);
+        self
     }
 
     /// Remembers the message as seen for `ttl`.
@@ -122,6 +133,9 @@ pub enum Admission {
         lock: Lock,
         /// Whether the thread was subscribed when the message was admitted.
         subscribed: bool,
+        /// The value of [`Admit::read`]'s key, read under the new lock (`None` if it is
+        /// missing or no key was given).
+        read: Option<Vec<u8>>,
     },
     /// New; the message went into the queue, and the lock came free before the step-by-step
     /// admit finished, so the caller now holds it: do not handle the message directly (it is
@@ -133,7 +147,21 @@ pub enum Admission {
         lock: Lock,
         /// Whether the thread was subscribed when the lock was taken.
         subscribed: bool,
+        /// The value of [`Admit::read`]'s key, read under the new lock.
+        read: Option<Vec<u8>>,
     },
+}
+
+/// A fenced cache write handed to [`Dispatch::release_or_next_with`]: the holder's last
+/// write of a turn, stored in the same step as the handoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FencedSet<'a> {
+    /// The cache key.
+    pub key: &'a str,
+    /// The value.
+    pub value: &'a [u8],
+    /// The value's TTL (`None`: no expiry), also the fence record's.
+    pub ttl: Option<Duration>,
 }
 
 /// What [`Dispatch::release_or_next`] did.
@@ -193,6 +221,18 @@ pub trait Dispatch: Subscriptions + Locks + Cache + Queues {
     /// `lock` is updated in place: its `expires_at` after `Next`; the step-by-step version
     /// may also re-take the lock (new token and fence) when an entry arrived as it released.
     async fn release_or_next(&self, lock: &mut Lock, ttl: Duration) -> Result<Handoff>;
+
+    /// [`set_fenced`](Dispatch::set_fenced) of `write` under `lock`, then
+    /// [`release_or_next`](Dispatch::release_or_next), in one step: a turn's last state
+    /// write and the queue handoff in one round trip. A write that `set_fenced` refuses
+    /// changes nothing and answers [`Handoff::NotHolder`] (a later holder of the lock wrote
+    /// the key, so this caller holds it no more).
+    async fn release_or_next_with(
+        &self,
+        lock: &mut Lock,
+        ttl: Duration,
+        write: FencedSet<'_>,
+    ) -> Result<Handoff>;
 
     /// Stores `value` under `key` (as [`Cache::set`] would, read back with [`Cache::get`])
     /// unless a write with a higher fence under `lock`'s id was stored for `key` before
@@ -264,7 +304,12 @@ where
         .await?
     {
         let subscribed = adapter.is_subscribed(message.thread_id).await?;
-        return Ok(Admission::Admitted { lock, subscribed });
+        let read = read_under_lock(adapter, message).await?;
+        return Ok(Admission::Admitted {
+            lock,
+            subscribed,
+            read,
+        });
     }
     let WhenBusy::Queue { entry, max_size } = &message.when_busy else {
         return Ok(Admission::Dropped);
@@ -280,10 +325,47 @@ where
     {
         Some(lock) => {
             let subscribed = adapter.is_subscribed(message.thread_id).await?;
-            Ok(Admission::HoldingQueue { lock, subscribed })
+            let read = read_under_lock(adapter, message).await?;
+            Ok(Admission::HoldingQueue {
+                lock,
+                subscribed,
+                read,
+            })
         }
         None => Ok(Admission::Queued { depth }),
     }
+}
+
+async fn read_under_lock<A>(adapter: &A, message: &Admit<'_>) -> Result<Option<Vec<u8>>>
+where
+    A: Cache + ?Sized,
+{
+    match message.read {
+        Some(key) => adapter.get(key).await,
+        None => Ok(None),
+    }
+}
+
+/// [`Dispatch::release_or_next_with`] built from the primitive operations: the steps of
+/// [`set_fenced_in_steps`], then those of [`release_or_next_in_steps`].
+pub async fn release_or_next_with_in_steps<A>(
+    adapter: &A,
+    backend: &'static str,
+    lock: &mut Lock,
+    ttl: Duration,
+    write: FencedSet<'_>,
+    now_ms: impl Fn() -> u64 + MaybeSend,
+) -> Result<Handoff>
+where
+    A: Cache + Locks + Queues + ?Sized,
+{
+    let written = set_fenced_in_steps(adapter, backend, lock, write.key, write.value, write.ttl)
+        .await
+        .map_err(|e| e.reported_as(backend, Operation::ReleaseOrNext))?;
+    if written == FencedWrite::Stale {
+        return Ok(Handoff::NotHolder);
+    }
+    release_or_next_in_steps(adapter, backend, lock, ttl, now_ms).await
 }
 
 /// [`Dispatch::release_or_next`] built from the primitive operations: extend (proving the

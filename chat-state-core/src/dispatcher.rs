@@ -2,15 +2,18 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::dispatch::{
     Admission, Admit, DEFAULT_DEDUPE_TTL, DEFAULT_ENTRY_LIFETIME, DEFAULT_LOCK_TTL,
-    DEFAULT_QUEUE_MAX, Dispatch, FencedWrite, Handoff, WhenBusy,
+    DEFAULT_QUEUE_MAX, Dispatch, FencedSet, FencedWrite, Handoff, WhenBusy,
 };
 use crate::guard::under_heartbeat;
-use crate::{BoxError, Lock, QueueEntry, Result, SharedClock, StateAdapter, system_clock};
+use crate::{
+    BoxError, Error, Lock, Operation, QueueEntry, Result, SharedClock, StateAdapter, system_clock,
+};
 
 /// What a [`Dispatcher`] does with a message whose thread is busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,8 @@ pub enum Dispatched {
     Handled {
         /// Messages the handler ran on (this one and the queued ones).
         handled: usize,
+        /// How many of them were handed over from the thread's queue.
+        from_queue: usize,
         /// What the handler returned for the runs that failed (the messages are not retried:
         /// each was dequeued and is not handed out again).
         failures: Vec<BoxError>,
@@ -65,6 +70,9 @@ pub enum Dispatched {
     },
 }
 
+/// A thread-state write a turn left for the dispatcher to store with the handoff.
+type PendingWrite = Arc<Mutex<Option<(Vec<u8>, Option<Duration>)>>>;
+
 /// One run of the handler: the message's thread, its lock, and the state.
 #[derive(Debug)]
 pub struct Turn<A: ?Sized> {
@@ -73,6 +81,9 @@ pub struct Turn<A: ?Sized> {
     subscribed: bool,
     lost: Arc<AtomicBool>,
     lock_ttl: Duration,
+    thread_state: Option<Vec<u8>>,
+    has_thread_state: bool,
+    pending: PendingWrite,
 }
 
 impl<A: StateAdapter + ?Sized> Turn<A> {
@@ -105,6 +116,30 @@ impl<A: StateAdapter + ?Sized> Turn<A> {
     /// The lock TTL the dispatcher handles under.
     pub fn lock_ttl(&self) -> Duration {
         self.lock_ttl
+    }
+
+    /// The thread's state (the value at [`Dispatcher::thread_state`]'s key), as read under
+    /// this lock: by the admit, in the same round trip, or for a queued message the value the
+    /// previous turn left. `None` if the key is missing or no thread-state key is configured.
+    pub fn thread_state(&self) -> Option<&[u8]> {
+        self.thread_state.as_deref()
+    }
+
+    /// Sets the thread's state to `value` (with `ttl`, `None` for no expiry) when the turn
+    /// ends: the dispatcher stores it under this turn's fence in the same step as the queue
+    /// handoff ([`Dispatch::release_or_next_with`]), so a message costs no round trip for it.
+    /// The last call of a turn wins; a turn that loses its lock stores nothing. Fails if no
+    /// thread-state key is configured ([`Dispatcher::thread_state`]).
+    pub fn set_thread_state(&self, value: impl Into<Vec<u8>>, ttl: Option<Duration>) -> Result<()> {
+        if !self.has_thread_state {
+            return Err(Error::invalid_input(
+                "set_thread_state needs a thread-state key: configure Dispatcher::thread_state",
+            )
+            .context(self.state.backend_name(), Operation::SetFenced));
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        *pending = Some((value.into(), ttl));
+        Ok(())
     }
 
     /// Writes thread state under this turn's fence ([`Dispatch::set_fenced`]): refused with
@@ -152,11 +187,15 @@ pub struct Dispatcher<A: ?Sized, H> {
     state: Arc<A>,
     platform: String,
     handler: H,
+    thread_state: Option<ThreadStateKey>,
     lock_ttl: Duration,
     dedupe_ttl: Duration,
     busy: BusyStrategy,
     clock: SharedClock,
 }
+
+/// Names a thread's state key from its thread id.
+type ThreadStateKey = Box<dyn Fn(&str) -> String + Send + Sync>;
 
 impl<A: ?Sized, H> std::fmt::Debug for Dispatcher<A, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,6 +222,7 @@ where
             state,
             platform: platform.into(),
             handler,
+            thread_state: None,
             lock_ttl: DEFAULT_LOCK_TTL,
             dedupe_ttl: DEFAULT_DEDUPE_TTL,
             busy: BusyStrategy::Drop,
@@ -200,6 +240,14 @@ where
     /// Remembers each message id as seen for `ttl`.
     pub fn dedupe_ttl(mut self, ttl: Duration) -> Self {
         self.dedupe_ttl = ttl;
+        self
+    }
+
+    /// The cache key of each thread's state (`key(thread_id)`): read by the admit in the
+    /// same round trip ([`Turn::thread_state`]) and written with the handoff
+    /// ([`Turn::set_thread_state`]), so a message's state costs no round trip of its own.
+    pub fn thread_state(mut self, key: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        self.thread_state = Some(Box::new(key));
         self
     }
 
@@ -233,9 +281,14 @@ where
         message: serde_json::Value,
     ) -> Result<Dispatched> {
         let dedupe_key = format!("dedupe:{}:{message_id}", self.platform);
+        let state_key = self.thread_state.as_ref().map(|key| key(thread_id));
         let admit = Admit::new(thread_id, &dedupe_key)
             .lock_ttl(self.lock_ttl)
             .dedupe_ttl(self.dedupe_ttl);
+        let admit = match &state_key {
+            Some(key) => admit.read(key),
+            None => admit,
+        };
         // The message goes into the queue entry only with the queue strategy; it is taken
         // back out if the message is admitted, so it is never cloned.
         let (mut admit, kept) = match self.busy {
@@ -251,35 +304,52 @@ where
                 None,
             ),
         };
-        let (lock, subscribed, first) = match self.state.admit(&admit).await? {
+        let (lock, subscribed, read, first) = match self.state.admit(&admit).await? {
             Admission::Duplicate => return Ok(Dispatched::Duplicate),
             Admission::Dropped => return Ok(Dispatched::Dropped),
             Admission::Queued { depth } => return Ok(Dispatched::Queued { depth }),
-            Admission::Admitted { lock, subscribed } => {
+            Admission::Admitted {
+                lock,
+                subscribed,
+                read,
+            } => {
                 let message = kept.or_else(|| {
                     match std::mem::replace(&mut admit.when_busy, WhenBusy::Drop) {
                         WhenBusy::Queue { entry, .. } => Some(entry.message),
                         WhenBusy::Drop => None,
                     }
                 });
-                (lock, subscribed, message)
+                (lock, subscribed, read, message)
             }
             // The message is in the queue: it comes back from release_or_next.
-            Admission::HoldingQueue { lock, subscribed } => (lock, subscribed, None),
+            Admission::HoldingQueue {
+                lock,
+                subscribed,
+                read,
+            } => (lock, subscribed, read, None),
         };
-        self.hold(lock, subscribed, first).await
+        let held = Held {
+            lock,
+            subscribed,
+            state_key,
+            thread_state: read,
+        };
+        self.hold(held, first).await
     }
 
     /// Runs the handler on `first` (if any) and on every entry the queue hands over, until
     /// the lock is released or lost.
-    async fn hold(
-        &self,
-        mut lock: Lock,
-        subscribed: bool,
-        mut next: Option<serde_json::Value>,
-    ) -> Result<Dispatched> {
+    async fn hold(&self, held: Held, mut next: Option<serde_json::Value>) -> Result<Dispatched> {
+        let Held {
+            mut lock,
+            subscribed,
+            state_key,
+            mut thread_state,
+        } = held;
         let mut handled = 0;
+        let mut from_queue = 0;
         let mut failures = Vec::new();
+        let pending: PendingWrite = Arc::default();
         loop {
             if let Some(message) = next.take() {
                 let lost = Arc::new(AtomicBool::new(false));
@@ -289,6 +359,9 @@ where
                     subscribed,
                     lost: lost.clone(),
                     lock_ttl: self.lock_ttl,
+                    thread_state: thread_state.clone(),
+                    has_thread_state: state_key.is_some(),
+                    pending: pending.clone(),
                 };
                 let work = (self.handler)(turn, message);
                 let outcome =
@@ -301,16 +374,37 @@ where
                     // Not the holder any more: the queue is the new holder's to hand out.
                     return Ok(Dispatched::Handled {
                         handled,
+                        from_queue,
                         failures,
                         ownership_lost: true,
                     });
                 }
             }
-            match self.release_or_next(&mut lock).await? {
-                Handoff::Next(entry) => next = Some(entry.message),
+            let write = pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let handoff = match (write, &state_key) {
+                (Some((value, ttl)), Some(key)) => {
+                    let write = FencedSet {
+                        key,
+                        value: &value,
+                        ttl,
+                    };
+                    let handoff = self.release_or_next(&mut lock, Some(write)).await?;
+                    // What the next turn would read: this turn's write, stored with the
+                    // handoff under the lock the next turn runs under.
+                    thread_state = Some(value);
+                    handoff
+                }
+                _ => self.release_or_next(&mut lock, None).await?,
+            };
+            match handoff {
+                Handoff::Next(entry) => {
+                    from_queue += 1;
+                    next = Some(entry.message);
+                }
                 Handoff::Released => {
                     return Ok(Dispatched::Handled {
                         handled,
+                        from_queue,
                         failures,
                         ownership_lost: false,
                     });
@@ -318,6 +412,7 @@ where
                 Handoff::NotHolder => {
                     return Ok(Dispatched::Handled {
                         handled,
+                        from_queue,
                         failures,
                         ownership_lost: true,
                     });
@@ -329,10 +424,22 @@ where
     /// [`Dispatch::release_or_next`], retried on transient errors while the lock lives: a
     /// retry after a lost answer finds either the next entry or, if the lost answer was a
     /// release, `NotHolder`, so nothing is handed out twice.
-    async fn release_or_next(&self, lock: &mut Lock) -> Result<Handoff> {
+    async fn release_or_next(
+        &self,
+        lock: &mut Lock,
+        write: Option<FencedSet<'_>>,
+    ) -> Result<Handoff> {
         let mut pause = Duration::from_millis(10);
         loop {
-            match self.state.release_or_next(lock, self.lock_ttl).await {
+            let outcome = match write {
+                Some(write) => {
+                    self.state
+                        .release_or_next_with(lock, self.lock_ttl, write)
+                        .await
+                }
+                None => self.state.release_or_next(lock, self.lock_ttl).await,
+            };
+            match outcome {
                 Err(e)
                     if e.is_retryable()
                         && self.clock.now_ms() + 2 * ms(pause) < lock.expires_at =>
@@ -344,6 +451,14 @@ where
             }
         }
     }
+}
+
+/// The lock a dispatch holds, and what it knows of the thread.
+struct Held {
+    lock: Lock,
+    subscribed: bool,
+    state_key: Option<String>,
+    thread_state: Option<Vec<u8>>,
 }
 
 fn ms(d: Duration) -> u64 {

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::dispatch::{Admission, Admit, Dispatch, FencedWrite, Handoff};
+use crate::dispatch::{Admission, Admit, Dispatch, FencedSet, FencedWrite, Handoff};
 use crate::{
     Cache, InspectLocks, ListOptions, Lists, Lock, LockInfo, Locks, MaybeSendSync, Operation,
     QueueEntry, Queues, Result, StateAdapter, Subscriptions,
@@ -244,6 +244,16 @@ impl<L: Layer, A: StateAdapter> Dispatch for Layered<L, A> {
         let next = self.inner.release_or_next(lock, ttl);
         self.through(Operation::ReleaseOrNext, &id, next).await
     }
+    async fn release_or_next_with(
+        &self,
+        lock: &mut Lock,
+        ttl: Duration,
+        write: FencedSet<'_>,
+    ) -> Result<Handoff> {
+        let id = lock.thread_id.clone();
+        let next = self.inner.release_or_next_with(lock, ttl, write);
+        self.through(Operation::ReleaseOrNext, &id, next).await
+    }
     async fn set_fenced(
         &self,
         lock: &Lock,
@@ -391,6 +401,14 @@ macro_rules! forward_through_pointer {
             }
             async fn release_or_next(&self, lock: &mut Lock, ttl: Duration) -> Result<Handoff> {
                 (**self).release_or_next(lock, ttl).await
+            }
+            async fn release_or_next_with(
+                &self,
+                lock: &mut Lock,
+                ttl: Duration,
+                write: FencedSet<'_>,
+            ) -> Result<Handoff> {
+                (**self).release_or_next_with(lock, ttl, write).await
             }
             async fn set_fenced(
                 &self,

@@ -24,7 +24,7 @@ pub use adapter::{
 pub use async_trait::async_trait;
 pub use backend::{AdmitOutcome, AdmitRequest, Backend, Checked, LockInspector, LockRequest};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
-pub use dispatch::{Admission, Admit, Dispatch, FencedWrite, Handoff, WhenBusy};
+pub use dispatch::{Admission, Admit, Dispatch, FencedSet, FencedWrite, Handoff, WhenBusy};
 #[cfg(not(target_arch = "wasm32"))]
 pub use dispatcher::{BusyStrategy, Dispatched, Dispatcher, Turn};
 pub use error::{BoxError, Error, ErrorKind, Operation, Result};

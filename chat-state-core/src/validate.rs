@@ -284,6 +284,9 @@ pub fn admit(backend: &'static str, message: &Admit<'_>) -> Result<()> {
     let op = Operation::Admit;
     thread(backend, op, message.thread_id)?;
     key(backend, op, "dedupe key", message.dedupe_key)?;
+    if let Some(read) = message.read {
+        key(backend, op, "read key", read)?;
+    }
     ttl(backend, op, message.dedupe_ttl)?;
     ttl(backend, op, message.lock_ttl)?;
     match &message.when_busy {
@@ -298,6 +301,18 @@ pub fn release_or_next(backend: &'static str, lock: &Lock, lock_ttl: Duration) -
     ttl(backend, Operation::ReleaseOrNext, lock_ttl)
 }
 
+/// Rules for `release_or_next_with`: those of [`release_or_next`], and those of
+/// [`set_fenced`] for the write.
+pub fn release_or_next_with(
+    backend: &'static str,
+    lock: &Lock,
+    lock_ttl: Duration,
+    write: &crate::dispatch::FencedSet<'_>,
+) -> Result<()> {
+    release_or_next(backend, lock, lock_ttl)?;
+    fenced_write(backend, Operation::ReleaseOrNext, lock, write.key, write.value, write.ttl)
+}
+
 /// Rules for `set_fenced`: a valid lock handle and the rules of [`set`], with the key at most
 /// [`MAX_KEY_BYTES`] minus the length of [`FENCE_RECORD_PREFIX`] (so every backend, and the
 /// step-by-step version's fence record, accepts the same keys).
@@ -308,7 +323,17 @@ pub fn set_fenced(
     v: &[u8],
     t: Option<Duration>,
 ) -> Result<()> {
-    let op = Operation::SetFenced;
+    fenced_write(backend, Operation::SetFenced, lock, k, v, t)
+}
+
+fn fenced_write(
+    backend: &'static str,
+    op: Operation,
+    lock: &Lock,
+    k: &str,
+    v: &[u8],
+    t: Option<Duration>,
+) -> Result<()> {
     lock_handle(backend, op, lock)?;
     let limit = MAX_KEY_BYTES - FENCE_RECORD_PREFIX.len();
     if k.len() > limit {

@@ -5,7 +5,7 @@ use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use chat_state_core::dispatch::{self, DEDUPE_VALUE, FencedWrite, Handoff, WhenBusy};
+use chat_state_core::dispatch::{self, DEDUPE_VALUE, FencedSet, FencedWrite, Handoff, WhenBusy};
 use chat_state_core::{
     AdmitOutcome, AdmitRequest, Backend, Checked, Clock, ListOptions, Lock, LockInfo,
     LockInspector, LockRequest, Operation, QueueEntry, Result, SharedClock, system_clock, validate,
@@ -391,6 +391,53 @@ impl Shard {
         })
     }
 
+    /// [`Backend::release_or_next`] on this (the lock's) shard at `now`.
+    fn release_or_next(&mut self, request: &LockRequest<'_>, now: u64) -> Handoff {
+        let lock_id = request.lock_id;
+        if self.held_by(lock_id, request.token, now).is_none() {
+            return Handoff::NotHolder;
+        }
+        match self.with_queue(lock_id, now, |row| row.entries.pop_front()) {
+            Some(entry) => {
+                if let Some(row) = self.held_by(lock_id, request.token, now) {
+                    row.expires_at = request.expires_at;
+                }
+                Handoff::Next(entry)
+            }
+            None => {
+                self.locks.swap_remove(lock_id);
+                Handoff::Released
+            }
+        }
+    }
+
+    /// [`Backend::set_fenced`] on this (the key's) shard at `now`.
+    fn set_fenced(
+        &mut self,
+        lock: &Lock,
+        key: &str,
+        value: &[u8],
+        expires_at: Option<u64>,
+        now: u64,
+    ) -> FencedWrite {
+        let record = self
+            .fences
+            .get(key)
+            .filter(|row| is_live(row.expires_at, now))
+            .map(|row| (row.lock_id.as_str(), row.fence));
+        if dispatch::is_stale(record, lock) {
+            return FencedWrite::Stale;
+        }
+        self.put_cache(key, value, expires_at);
+        let row = FenceRow {
+            lock_id: lock.thread_id.clone(),
+            fence: lock.fence,
+            expires_at,
+        };
+        self.fences.insert(key.to_owned(), row);
+        FencedWrite::Stored
+    }
+
     /// Stores a cache row, replacing value and expiry; reuses the row's buffer when it fits.
     fn put_cache(&mut self, key: &str, value: &[u8], expires_at: Option<u64>) {
         match self.cache.get_mut(key) {
@@ -767,23 +814,27 @@ impl Backend for MemoryBackend {
     }
 
     async fn release_or_next(&self, request: &LockRequest<'_>) -> Result<Handoff> {
-        let lock_id = request.lock_id;
-        self.with_shard_at(lock_id, request.now_ms, Access::Read, |s, now| {
-            if s.held_by(lock_id, request.token, now).is_none() {
+        self.with_shard_at(request.lock_id, request.now_ms, Access::Read, |s, now| {
+            Ok(s.release_or_next(request, now))
+        })
+    }
+
+    async fn release_or_next_with(
+        &self,
+        request: &LockRequest<'_>,
+        lock: &Lock,
+        write: &FencedSet<'_>,
+    ) -> Result<Handoff> {
+        let now = request.now_ms;
+        let expires_at = expiry(Operation::ReleaseOrNext, now, write.ttl)?;
+        self.with_two_shards(write.key, request.lock_id, |keys, threads| {
+            keys.sweep(now, CLEANUP_PER_OP);
+            let written = keys.set_fenced(lock, write.key, write.value, expires_at, now);
+            if written == FencedWrite::Stale {
                 return Ok(Handoff::NotHolder);
             }
-            match s.with_queue(lock_id, now, |row| row.entries.pop_front()) {
-                Some(entry) => {
-                    if let Some(row) = s.held_by(lock_id, request.token, now) {
-                        row.expires_at = request.expires_at;
-                    }
-                    Ok(Handoff::Next(entry))
-                }
-                None => {
-                    s.locks.swap_remove(lock_id);
-                    Ok(Handoff::Released)
-                }
-            }
+            let threads = threads.unwrap_or(keys);
+            Ok(threads.release_or_next(request, now))
         })
     }
 
@@ -796,22 +847,7 @@ impl Backend for MemoryBackend {
     ) -> Result<FencedWrite> {
         self.with_shard_now(key, Access::Write, |s, now| {
             let expires_at = expiry(Operation::SetFenced, now, ttl)?;
-            let record = s
-                .fences
-                .get(key)
-                .filter(|row| is_live(row.expires_at, now))
-                .map(|row| (row.lock_id.as_str(), row.fence));
-            if dispatch::is_stale(record, lock) {
-                return Ok(FencedWrite::Stale);
-            }
-            s.put_cache(key, value, expires_at);
-            let row = FenceRow {
-                lock_id: lock.thread_id.clone(),
-                fence: lock.fence,
-                expires_at,
-            };
-            s.fences.insert(key.to_owned(), row);
-            Ok(FencedWrite::Stored)
+            Ok(s.set_fenced(lock, key, value, expires_at, now))
         })
     }
 }

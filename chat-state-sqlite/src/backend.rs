@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chat_state_core::dispatch::{DEDUPE_VALUE, FencedWrite, Handoff, WhenBusy};
+use chat_state_core::dispatch::{DEDUPE_VALUE, FencedSet, FencedWrite, Handoff, WhenBusy};
 use chat_state_core::{
     AdmitOutcome, AdmitRequest, Backend, Error, ListOptions, Lock, LockInfo, LockInspector,
     LockRequest, Operation, QueueEntry, Result, validate,
@@ -294,63 +294,37 @@ impl Backend for SqliteBackend {
     const ATOMIC_DISPATCH: bool = true;
 
     async fn admit(&self, request: &AdmitRequest<'_>) -> Result<AdmitOutcome> {
-        let op = Operation::Admit;
-        let lock = &request.lock;
-        let claim_expiry = validate::expiry_ms(BACKEND, op, lock.now_ms, request.dedupe_ttl)?;
-        let queue = match request.when_busy {
-            WhenBusy::Drop => None,
-            WhenBusy::Queue { entry, max_size } => {
-                Some(enqueue_write(op, lock.lock_id, entry, *max_size)?)
-            }
-        };
-        let admitted = self
-            .inner
-            .writer
-            .write(Admit {
-                claim: SetIfNotExists {
-                    key: request.dedupe_key.to_owned(),
-                    value: DEDUPE_VALUE.to_vec(),
-                    expires_at: Some(to_i64(claim_expiry)),
-                },
-                lock: Acquire {
-                    lock_id: lock.lock_id.to_owned(),
-                    token: lock.token.to_owned(),
-                    expires_at: to_i64(lock.expires_at),
-                },
-                queue,
-            })
-            .await?;
-        Ok(match admitted {
-            Admitted::Duplicate => AdmitOutcome::Duplicate,
-            Admitted::Dropped => AdmitOutcome::Dropped,
-            Admitted::Queued(depth) => AdmitOutcome::Queued {
-                depth: count(op, depth)?,
-            },
-            Admitted::Locked { fence, subscribed } => AdmitOutcome::Admitted {
-                fence: self::fence(op, fence)?,
-                subscribed,
-            },
-        })
+        Ok(self.admit_reading(request, None).await?.0)
+    }
+
+    async fn admit_and_read(
+        &self,
+        request: &AdmitRequest<'_>,
+        read: &str,
+    ) -> Result<(AdmitOutcome, Option<Vec<u8>>)> {
+        self.admit_reading(request, Some(read)).await
     }
 
     async fn release_or_next(&self, request: &LockRequest<'_>) -> Result<Handoff> {
-        let op = Operation::ReleaseOrNext;
-        let handed = self
-            .inner
-            .writer
-            .write(ReleaseOrNext {
-                extend: Extend {
-                    lock_id: request.lock_id.to_owned(),
-                    token: request.token.to_owned(),
-                    expires_at: to_i64(request.expires_at),
-                },
-            })
-            .await?;
-        Ok(match handed {
-            Handed::Next(row) => Handoff::Next(queue_entry(op, row)?),
-            Handed::Released => Handoff::Released,
-            Handed::NotHolder => Handoff::NotHolder,
-        })
+        self.handoff(request, None).await
+    }
+
+    async fn release_or_next_with(
+        &self,
+        request: &LockRequest<'_>,
+        lock: &Lock,
+        write: &FencedSet<'_>,
+    ) -> Result<Handoff> {
+        let expires_at = self.expiry(Operation::ReleaseOrNext, write.ttl)?;
+        let write = SetFenced {
+            set: Set {
+                key: write.key.to_owned(),
+                value: write.value.to_vec(),
+                expires_at,
+            },
+            lock: lock.clone(),
+        };
+        self.handoff(request, Some(write)).await
     }
 
     async fn set_fenced(
@@ -377,6 +351,90 @@ impl Backend for SqliteBackend {
             FencedWrite::Stored
         } else {
             FencedWrite::Stale
+        })
+    }
+}
+
+impl SqliteBackend {
+    /// [`Backend::admit`], reading `read` (a cache key) in the same transaction when admitted.
+    async fn admit_reading(
+        &self,
+        request: &AdmitRequest<'_>,
+        read: Option<&str>,
+    ) -> Result<(AdmitOutcome, Option<Vec<u8>>)> {
+        let op = Operation::Admit;
+        let lock = &request.lock;
+        let claim_expiry = validate::expiry_ms(BACKEND, op, lock.now_ms, request.dedupe_ttl)?;
+        let queue = match request.when_busy {
+            WhenBusy::Drop => None,
+            WhenBusy::Queue { entry, max_size } => {
+                Some(enqueue_write(op, lock.lock_id, entry, *max_size)?)
+            }
+        };
+        let admitted = self
+            .inner
+            .writer
+            .write(Admit {
+                claim: SetIfNotExists {
+                    key: request.dedupe_key.to_owned(),
+                    value: DEDUPE_VALUE.to_vec(),
+                    expires_at: Some(to_i64(claim_expiry)),
+                },
+                lock: Acquire {
+                    lock_id: lock.lock_id.to_owned(),
+                    token: lock.token.to_owned(),
+                    expires_at: to_i64(lock.expires_at),
+                },
+                queue,
+                read: read.map(str::to_owned),
+            })
+            .await?;
+        Ok(match admitted {
+            Admitted::Duplicate => (AdmitOutcome::Duplicate, None),
+            Admitted::Dropped => (AdmitOutcome::Dropped, None),
+            Admitted::Queued(depth) => (
+                AdmitOutcome::Queued {
+                    depth: count(op, depth)?,
+                },
+                None,
+            ),
+            Admitted::Locked {
+                fence,
+                subscribed,
+                read,
+            } => (
+                AdmitOutcome::Admitted {
+                    fence: self::fence(op, fence)?,
+                    subscribed,
+                },
+                read,
+            ),
+        })
+    }
+
+    /// [`Backend::release_or_next`], with `write` stored first in the same transaction.
+    async fn handoff(
+        &self,
+        request: &LockRequest<'_>,
+        write: Option<SetFenced>,
+    ) -> Result<Handoff> {
+        let op = Operation::ReleaseOrNext;
+        let handed = self
+            .inner
+            .writer
+            .write(ReleaseOrNext {
+                extend: Extend {
+                    lock_id: request.lock_id.to_owned(),
+                    token: request.token.to_owned(),
+                    expires_at: to_i64(request.expires_at),
+                },
+                write,
+            })
+            .await?;
+        Ok(match handed {
+            Handed::Next(row) => Handoff::Next(queue_entry(op, row)?),
+            Handed::Released => Handoff::Released,
+            Handed::NotHolder => Handoff::NotHolder,
         })
     }
 }

@@ -396,12 +396,16 @@ impl Write for Dequeue {
 }
 
 /// What [`Admit`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Admitted {
     Duplicate,
     Dropped,
     Queued(i64),
-    Locked { fence: i64, subscribed: bool },
+    Locked {
+        fence: i64,
+        subscribed: bool,
+        read: Option<Vec<u8>>,
+    },
 }
 
 /// [`Dispatch::admit`](chat_state_core::Dispatch::admit) in one transaction: the claim, then
@@ -411,6 +415,8 @@ pub(crate) struct Admit {
     pub(crate) lock: Acquire,
     /// `None`: drop the message when the thread is busy.
     pub(crate) queue: Option<Enqueue>,
+    /// A cache key to read when admitted.
+    pub(crate) read: Option<String>,
 }
 
 impl Write for Admit {
@@ -424,7 +430,15 @@ impl Write for Admit {
         }
         if let Some(fence) = self.lock.execute(conn, scope, now)? {
             let subscribed = crate::reads::is_subscribed(conn, scope, &self.lock.lock_id)?;
-            return Ok(Admitted::Locked { fence, subscribed });
+            let read = match &self.read {
+                Some(key) => crate::reads::get(conn, scope, key, now)?,
+                None => None,
+            };
+            return Ok(Admitted::Locked {
+                fence,
+                subscribed,
+                read,
+            });
         }
         match &self.queue {
             Some(enqueue) => Ok(Admitted::Queued(enqueue.execute(conn, scope, now)?)),
@@ -446,6 +460,11 @@ pub(crate) enum Handed {
 /// for the `Next` case), then the dequeue, then, with nothing dequeued, the release.
 pub(crate) struct ReleaseOrNext {
     pub(crate) extend: Extend,
+    /// A fenced write stored first ([`Dispatch::release_or_next_with`]); a refused one
+    /// answers `NotHolder` and nothing else happens.
+    ///
+    /// [`Dispatch::release_or_next_with`]: chat_state_core::Dispatch::release_or_next_with
+    pub(crate) write: Option<SetFenced>,
 }
 
 impl Write for ReleaseOrNext {
@@ -454,6 +473,11 @@ impl Write for ReleaseOrNext {
     const SINGLE_STATEMENT: bool = false;
 
     fn execute(&self, conn: &Connection, scope: &str, now: i64) -> SqlResult<Handed> {
+        if let Some(write) = &self.write
+            && !write.execute(conn, scope, now)?
+        {
+            return Ok(Handed::NotHolder);
+        }
         if !self.extend.execute(conn, scope, now)? {
             return Ok(Handed::NotHolder);
         }

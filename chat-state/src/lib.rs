@@ -19,12 +19,15 @@ compile_error!(
 /// The core traits, types, errors and helpers, re-exported so one dependency is enough.
 pub use chat_state_core as core;
 pub use chat_state_core::{
-    Cache, Call, Clock, Error, ErrorKind, Layer, Layered, ListOptions, Lists, Lock, Locks,
-    ManualClock, MaybeSend, Next, Operation, QueueEntry, Queues, Result, SharedClock, StateAdapter,
-    StateExt, Subscriptions, SystemClock, new_lock_token, system_clock, validate,
+    Admission, Admit, Cache, Call, Clock, Dispatch, Error, ErrorKind, FencedWrite, Handoff, Layer,
+    Layered, ListOptions, Lists, Lock, Locks, ManualClock, MaybeSend, Next, Operation, QueueEntry,
+    Queues, Result, SharedClock, StateAdapter, StateExt, Subscriptions, SystemClock, WhenBusy,
+    dispatch, new_lock_token, system_clock, validate,
 };
 #[cfg(not(target_arch = "wasm32"))]
-pub use chat_state_core::{LockRun, LockWatch, with_lock};
+pub use chat_state_core::{
+    BusyStrategy, Dispatched, Dispatcher, LockRun, LockWatch, Turn, with_lock,
+};
 
 /// The in-process backend (feature `memory`).
 #[cfg(feature = "memory")]

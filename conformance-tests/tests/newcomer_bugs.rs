@@ -1013,6 +1013,19 @@ impl chat_state_core::Dispatch for Diy {
     ) -> Result<chat_state_core::FencedWrite> {
         chat_state_core::dispatch::set_fenced_in_steps(self, DIY, lock, key, value, ttl).await
     }
+
+    async fn release_or_next_with(
+        &self,
+        lock: &mut Lock,
+        ttl: Duration,
+        write: chat_state_core::FencedSet<'_>,
+    ) -> Result<chat_state_core::Handoff> {
+        let now_ms = || self.clock.now_ms();
+        chat_state_core::dispatch::release_or_next_with_in_steps(
+            self, DIY, lock, ttl, write, now_ms,
+        )
+        .await
+    }
 }
 
 #[async_trait]

@@ -10,7 +10,8 @@ fn semantics() -> String {
 
 /// Words in backticks that look like case names (`area_what`).
 fn named_cases(doc: &str) -> BTreeSet<String> {
-    const AREAS: [&str; 10] = [
+    const AREAS: [&str; 11] = [
+        "dispatch_",
         "lifecycle_",
         "subscription_",
         "lock_",

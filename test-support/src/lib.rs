@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod bench;
+pub mod dispatch_bench;
 pub mod netns;
 
 /// How long a server may take to answer `PING` after it was started.

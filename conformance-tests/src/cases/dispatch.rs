@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use chat_state_core::dispatch::DEDUPE_VALUE;
-use chat_state_core::{Admission, Admit, FencedWrite, Handoff, Lock, Operation, QueueEntry};
+use chat_state_core::{
+    Admission, Admit, FencedSet, FencedWrite, Handoff, Lock, Operation, QueueEntry,
+};
 use serde_json::json;
 
 use super::support::{LONG_LIFETIME, LONG_TTL, expire, rejected, short_ttl};
@@ -487,6 +489,96 @@ pub async fn dispatch_paused_holder_fenced_write_refused(h: &Harness) -> CaseRes
     Ok(())
 }
 
+/// `Admit::read` hands back the key's value with the admission (read under the new lock);
+/// a missing key reads `None`.
+pub async fn dispatch_admit_reads_key_when_admitted(h: &Harness) -> CaseResult {
+    h.adapter.set("state:t", b"turn 7", None).await?;
+    match h
+        .adapter
+        .admit(&Admit::new("t", "m1").read("state:t"))
+        .await?
+    {
+        Admission::Admitted { read, .. } => {
+            ensure_eq!(
+                read,
+                Some(b"turn 7".to_vec()),
+                "the value read with the admit"
+            )
+        }
+        other => return Err(Failure::new(format!("expected Admitted, got {other:?}"))),
+    }
+    match h
+        .adapter
+        .admit(&Admit::new("u", "m2").read("state:u"))
+        .await?
+    {
+        Admission::Admitted { read, .. } => ensure_eq!(read, None, "a missing key"),
+        other => return Err(Failure::new(format!("expected Admitted, got {other:?}"))),
+    }
+    Ok(())
+}
+
+/// `release_or_next_with` stores the holder's write and hands over in one step; a stale
+/// holder's write is refused, answers `NotHolder`, and leaves the queue alone.
+pub async fn dispatch_release_or_next_with_writes_then_hands_over(h: &Harness) -> CaseResult {
+    let a = &h.adapter;
+    let write = |value: &'static [u8]| FencedSet {
+        key: "state:t",
+        value,
+        ttl: None,
+    };
+    let mut lock = admitted(h, &Admit::new("t", "m0").lock_ttl(LONG_TTL)).await?;
+    a.admit(&queued(h, "t", "m1", 1)).await?;
+    match a
+        .release_or_next_with(&mut lock, LONG_TTL, write(b"one"))
+        .await?
+    {
+        Handoff::Next(e) => ensure_eq!(number(&e), Some(1), "the queued entry"),
+        other => return Err(Failure::new(format!("expected Next, got {other:?}"))),
+    }
+    ensure_eq!(a.get("state:t").await?, Some(b"one".to_vec()), "the write");
+    ensure_eq!(
+        a.release_or_next_with(&mut lock, LONG_TTL, write(b"two"))
+            .await?,
+        Handoff::Released,
+        "empty queue"
+    );
+    ensure_eq!(
+        a.get("state:t").await?,
+        Some(b"two".to_vec()),
+        "the last write"
+    );
+    ensure!(
+        a.acquire_lock("t", LONG_TTL).await?.is_some(),
+        "free after Released"
+    );
+    a.force_release_lock("t").await?;
+
+    // A stale holder: the lock was taken over and the new holder wrote the key.
+    let mut stale = admitted(h, &Admit::new("t", "m2").lock_ttl(LONG_TTL)).await?;
+    a.force_release_lock("t").await?;
+    let current = admitted(h, &Admit::new("t", "m3").lock_ttl(LONG_TTL)).await?;
+    ensure_eq!(
+        a.set_fenced(&current, "state:t", b"current", None).await?,
+        FencedWrite::Stored,
+        "the current holder's write"
+    );
+    a.admit(&queued(h, "t", "m4", 4)).await?;
+    ensure_eq!(
+        a.release_or_next_with(&mut stale, LONG_TTL, write(b"stale"))
+            .await?,
+        Handoff::NotHolder,
+        "a stale holder"
+    );
+    ensure_eq!(
+        a.get("state:t").await?,
+        Some(b"current".to_vec()),
+        "the stale write changed nothing"
+    );
+    ensure_eq!(a.queue_depth("t").await?, 1, "queue untouched");
+    Ok(())
+}
+
 /// The dispatch operations keep the input rules, and name themselves in the error.
 pub async fn dispatch_invalid_input_rejected(h: &Harness) -> CaseResult {
     let a = &h.adapter;
@@ -563,6 +655,27 @@ pub async fn dispatch_invalid_input_rejected(h: &Harness) -> CaseResult {
         a.set_fenced(&lock, "k", b"v", Some(Duration::ZERO)).await,
         Operation::SetFenced,
         "zero TTL",
+    )?;
+    rejected(
+        h,
+        a.release_or_next_with(
+            &mut lock.clone(),
+            LONG_TTL,
+            FencedSet {
+                key: "",
+                value: b"v",
+                ttl: None,
+            },
+        )
+        .await,
+        Operation::ReleaseOrNext,
+        "release_or_next_with an empty key",
+    )?;
+    rejected(
+        h,
+        a.admit(&Admit::new("t", "m9").read("")).await,
+        Operation::Admit,
+        "an empty read key",
     )?;
     Ok(())
 }

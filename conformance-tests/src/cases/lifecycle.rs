@@ -1,6 +1,6 @@
 //! Lifecycle: connect, close, and (for durable backends) reopen.
 
-use chat_state_core::{Admit, ErrorKind, ListOptions, Lock, Operation, QueueEntry};
+use chat_state_core::{Admit, ErrorKind, FencedSet, ListOptions, Lock, Operation, QueueEntry};
 use serde_json::json;
 
 use super::support::{LONG_LIFETIME, LONG_TTL, check_error, rejected};
@@ -146,6 +146,22 @@ pub async fn lifecycle_every_operation_fails_after_close(h: &Harness) -> CaseRes
         a.set_fenced(&lock, "k", b"v", None).await,
         closed,
         Operation::SetFenced,
+        "closed",
+    )?;
+    check_error(
+        h,
+        a.release_or_next_with(
+            &mut lock.clone(),
+            LONG_TTL,
+            FencedSet {
+                key: "k",
+                value: b"v",
+                ttl: None,
+            },
+        )
+        .await,
+        closed,
+        Operation::ReleaseOrNext,
         "closed",
     )?;
     Ok(())

@@ -188,6 +188,8 @@ macro_rules! __case_list {
             dispatch_admit_busy_queues_with_depth
             dispatch_admit_after_dedupe_expiry_is_new
             dispatch_admit_concurrent_one_message_once
+            dispatch_admit_reads_key_when_admitted
+            dispatch_release_or_next_with_writes_then_hands_over
             dispatch_release_or_next_fifo_then_release
             dispatch_release_or_next_empty_queue_releases
             dispatch_release_or_next_refreshes_expiry

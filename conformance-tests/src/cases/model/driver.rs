@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chat_state_core::{
-    Admission, Admit, ErrorKind, FencedWrite, Handoff, ListOptions, Lock, QueueEntry, StateAdapter,
+    Admission, Admit, ErrorKind, FencedSet, FencedWrite, Handoff, ListOptions, Lock, QueueEntry,
+    StateAdapter,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -166,22 +167,34 @@ impl<const MANUAL: bool> ReferenceStateMachine for Reference<MANUAL> {
                     1 => Just(None),
                     2 => (Self::lifetime(), select(vec![2usize, 1, 10])).prop_map(Some),
                 ],
+                proptest::option::of(name()),
             )
-                .prop_map(|(thread, message, dedupe_ms, lock_ms, queue)| Step::Admit {
-                    thread,
-                    message,
-                    dedupe_ms,
-                    lock_ms,
-                    queue,
-                })
+                .prop_map(
+                    |(thread, message, dedupe_ms, lock_ms, queue, read)| Step::Admit {
+                        thread,
+                        message,
+                        dedupe_ms,
+                        lock_ms,
+                        queue,
+                        read,
+                    },
+                )
                 .boxed(),
         ));
         if !state.handles.is_empty() {
             let handles = 0..state.handles.len();
             options.push((
                 5,
-                (handles.clone(), Self::lock_ttl())
-                    .prop_map(|(handle, ttl_ms)| Step::ReleaseOrNext { handle, ttl_ms })
+                (
+                    handles.clone(),
+                    Self::lock_ttl(),
+                    proptest::option::of((name(), any::<u8>(), Self::optional_ttl())),
+                )
+                    .prop_map(|(handle, ttl_ms, write)| Step::ReleaseOrNext {
+                        handle,
+                        ttl_ms,
+                        write,
+                    })
                     .boxed(),
             ));
             options.push((
@@ -522,17 +535,33 @@ impl Driver<'_> {
                 dedupe_ms,
                 lock_ms,
                 queue,
+                read,
             } => {
-                self.admit(thread, message, dedupe_ms, lock_ms, queue)
+                self.admit(thread, message, dedupe_ms, lock_ms, queue, read)
                     .await?
             }
-            Step::ReleaseOrNext { handle, ttl_ms } => {
+            Step::ReleaseOrNext {
+                handle,
+                ttl_ms,
+                write,
+            } => {
                 let mut lock = self.handle(handle)?;
                 let before = self.time.now_ms();
-                let got = a
-                    .release_or_next(&mut lock, Duration::from_millis(ttl_ms))
-                    .await
-                    .map_err(err)?;
+                let ttl = Duration::from_millis(ttl_ms);
+                let got = match write {
+                    None => a.release_or_next(&mut lock, ttl).await,
+                    Some((key, value, write_ttl)) => {
+                        let key = self.key(key);
+                        let value = Self::value(value);
+                        let write = FencedSet {
+                            key: &key,
+                            value: &value,
+                            ttl: write_ttl.map(Duration::from_millis),
+                        };
+                        a.release_or_next_with(&mut lock, ttl, write).await
+                    }
+                }
+                .map_err(err)?;
                 match got {
                     Handoff::Next(entry) => {
                         let number = self.sent_entry(&entry)?;
@@ -583,12 +612,17 @@ impl Driver<'_> {
         dedupe_ms: u64,
         lock_ms: u64,
         queue: Option<(u64, usize)>,
+        read: Option<usize>,
     ) -> Result<Outcome, String> {
         let key = self.key(thread);
         let dedupe_key = format!("{}dedupe:{}", self.prefix, NAMES[message]);
+        let read_key = read.map(|k| self.key(k));
         let mut admit = Admit::new(&key, &dedupe_key)
             .dedupe_ttl(Duration::from_millis(dedupe_ms))
             .lock_ttl(Duration::from_millis(lock_ms));
+        if let Some(read_key) = &read_key {
+            admit = admit.read(read_key);
+        }
         if let Some((lifetime_ms, max_size)) = queue {
             let entry = self.new_entry(lifetime_ms);
             admit = admit.queue_when_busy(entry, max_size);
@@ -604,10 +638,15 @@ impl Driver<'_> {
             Admission::Duplicate => Outcome::Duplicate,
             Admission::Dropped => Outcome::Dropped,
             Admission::Queued { depth } => Outcome::Queued(depth),
-            Admission::Admitted { lock, subscribed } => {
+            Admission::Admitted {
+                lock,
+                subscribed,
+                read,
+            } => {
                 self.check_grant(thread, &key, &lock, before, after, lock_ms)?;
                 self.locks.push(lock);
-                Outcome::Admitted(subscribed)
+                let read = read.map(|bytes| Self::decode(&bytes)).transpose()?;
+                Outcome::Admitted(subscribed, read)
             }
             Admission::HoldingQueue { .. } => {
                 return Err(
@@ -839,19 +878,31 @@ impl fmt::Display for Shown<'_> {
                 dedupe_ms,
                 lock_ms,
                 queue,
+                read,
             } => write!(
                 f,
-                "admit({:?}, dedupe:{:?} for {dedupe_ms} ms, lock {lock_ms} ms, when busy {})",
+                "admit({:?}, dedupe:{:?} for {dedupe_ms} ms, lock {lock_ms} ms, when busy {}, read {:?})",
                 n(thread),
                 n(message),
                 match queue {
                     Some((lifetime, max)) => format!("queue entry living {lifetime} ms, max {max}"),
                     None => "drop".into(),
-                }
+                },
+                read.map(n)
             ),
-            Step::ReleaseOrNext { handle, ttl_ms } => {
-                write!(f, "release_or_next(lock #{handle}, {ttl_ms} ms)")
-            }
+            Step::ReleaseOrNext {
+                handle,
+                ttl_ms,
+                write,
+            } => match write {
+                None => write!(f, "release_or_next(lock #{handle}, {ttl_ms} ms)"),
+                Some((key, value, t)) => write!(
+                    f,
+                    "release_or_next_with(lock #{handle}, {ttl_ms} ms, set_fenced({:?}, v{value}, ttl {}))",
+                    n(key),
+                    ttl(t)
+                ),
+            },
             Step::SetFenced {
                 handle,
                 key,

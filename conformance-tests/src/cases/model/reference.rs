@@ -58,10 +58,14 @@ pub(super) enum Step {
         dedupe_ms: u64,
         lock_ms: u64,
         queue: Option<(u64, usize)>,
+        /// A cache key read with the admission.
+        read: Option<usize>,
     },
+    /// `release_or_next`, or with `write` (key, value, TTL) `release_or_next_with`.
     ReleaseOrNext {
         handle: usize,
         ttl_ms: u64,
+        write: Option<(usize, u8, Option<u64>)>,
     },
     SetFenced {
         handle: usize,
@@ -103,8 +107,9 @@ pub(super) enum Outcome {
     Duplicate,
     Dropped,
     Queued(usize),
-    /// Admitted: a new lock handle was granted; whether the thread is subscribed.
-    Admitted(bool),
+    /// Admitted: a new lock handle was granted; whether the thread is subscribed, and the
+    /// read key's value.
+    Admitted(bool, Option<u8>),
     /// `release_or_next` handed over this entry.
     Next(usize),
     Released,
@@ -193,6 +198,23 @@ impl Model {
     /// Whether `handle` holds its lock now.
     fn holds(&self, handle: usize) -> bool {
         matches!(self.locks[self.handles[handle]], Some((h, at)) if h == handle && self.now < at)
+    }
+
+    /// `set_fenced` by `handle`: whether it was stored.
+    fn fenced(&mut self, handle: usize, key: usize, value: u8, ttl_ms: Option<u64>) -> bool {
+        let now = self.now;
+        let id = self.handles[handle];
+        let stale = matches!(
+            self.fences[key],
+            Some((record_id, writer, at)) if live(at, now) && record_id == id && writer > handle
+        );
+        if stale {
+            return false;
+        }
+        let at = ttl_ms.map(|t| now + t);
+        self.cache[key] = Some((value, at));
+        self.fences[key] = Some((id, handle, at));
+        true
     }
 
     /// Applies `step` and returns what the adapter must return.
@@ -294,6 +316,7 @@ impl Model {
                 dedupe_ms,
                 lock_ms,
                 queue,
+                read,
             } => {
                 let number = queue.map(|_| self.number());
                 if self.claims[message].is_some_and(|at| now < at) {
@@ -301,7 +324,12 @@ impl Model {
                 }
                 self.claims[message] = Some(now + dedupe_ms);
                 if self.acquire(thread, lock_ms) {
-                    return Outcome::Admitted(self.subscribed[thread]);
+                    let value = read.and_then(|k| {
+                        self.cache[k]
+                            .filter(|(_, at)| live(*at, now))
+                            .map(|(v, _)| v)
+                    });
+                    return Outcome::Admitted(self.subscribed[thread], value);
                 }
                 match (queue, number) {
                     (Some((lifetime_ms, max_size)), Some(number)) => {
@@ -310,7 +338,17 @@ impl Model {
                     _ => Outcome::Dropped,
                 }
             }
-            Step::ReleaseOrNext { handle, ttl_ms } => {
+            Step::ReleaseOrNext {
+                handle,
+                ttl_ms,
+                write,
+            } => {
+                // The write comes first, under set_fenced's rule, holder or not.
+                if let Some((key, value, ttl)) = write
+                    && !self.fenced(handle, key, value, ttl)
+                {
+                    return Outcome::NotHolder;
+                }
                 if !self.holds(handle) {
                     return Outcome::NotHolder;
                 }
@@ -331,20 +369,7 @@ impl Model {
                 key,
                 value,
                 ttl_ms,
-            } => {
-                let id = self.handles[handle];
-                let stale = matches!(
-                    self.fences[key],
-                    Some((record_id, writer, at)) if live(at, now) && record_id == id && writer > handle
-                );
-                if stale {
-                    return Outcome::Fenced(false);
-                }
-                let at = ttl_ms.map(|t| now + t);
-                self.cache[key] = Some((value, at));
-                self.fences[key] = Some((id, handle, at));
-                Outcome::Fenced(true)
-            }
+            } => Outcome::Fenced(self.fenced(handle, key, value, ttl_ms)),
             Step::QueueDepth(t) => {
                 Outcome::Depth(self.queues[t].iter().filter(|(_, at)| now < *at).count())
             }
