@@ -261,8 +261,10 @@ pub trait Backend: MaybeSendSync {
 
     /// Whether this backend implements [`admit`](Backend::admit),
     /// [`release_or_next`](Backend::release_or_next) and [`set_fenced`](Backend::set_fenced),
-    /// each as one atomic step. When `false` (the default) [`Checked`] runs the step-by-step
-    /// versions of [`dispatch`] over the other operations and never calls those three.
+    /// each as one atomic step (a backend that cannot in some configuration says so in its
+    /// documentation and SEMANTICS.md: Redis Cluster's admit is two steps). When `false` (the
+    /// default) [`Checked`] runs the step-by-step versions of [`dispatch`] over the other
+    /// operations and never calls those three.
     const ATOMIC_DISPATCH: bool = false;
 
     /// [`Dispatch::admit`] in one atomic step: claim `request.dedupe_key` if it is not live;

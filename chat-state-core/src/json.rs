@@ -99,6 +99,27 @@ fn replace_lone_surrogates(text: &str) -> Option<String> {
     Some(repaired)
 }
 
+/// The length of `value` serialized as JSON, without building the text.
+pub(crate) fn serialized_len(value: &serde_json::Value) -> serde_json::Result<usize> {
+    let mut count = ByteCount(0);
+    serde_json::to_writer(&mut count, value)?;
+    Ok(count.0)
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::from_json_slice;

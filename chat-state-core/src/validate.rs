@@ -310,7 +310,14 @@ pub fn release_or_next_with(
     write: &crate::dispatch::FencedSet<'_>,
 ) -> Result<()> {
     release_or_next(backend, lock, lock_ttl)?;
-    fenced_write(backend, Operation::ReleaseOrNext, lock, write.key, write.value, write.ttl)
+    fenced_write(
+        backend,
+        Operation::ReleaseOrNext,
+        lock,
+        write.key,
+        write.value,
+        write.ttl,
+    )
 }
 
 /// Rules for `set_fenced`: a valid lock handle and the rules of [`set`], with the key at most
@@ -363,15 +370,15 @@ fn queue_entry(
             "queue entry timestamps exceed the i64 millisecond range".into(),
         ));
     }
-    let size = serde_json::to_vec(&entry.message)
-        .map_err(|e| {
-            fail(
-                backend,
-                op,
-                format!("queue message is not serializable: {e}"),
-            )
-        })?
-        .len();
+    // Counted, not built: the backend serializes the message itself, and only if it is
+    // queued at all (an admitted message never is).
+    let size = crate::json::serialized_len(&entry.message).map_err(|e| {
+        fail(
+            backend,
+            op,
+            format!("queue message is not serializable: {e}"),
+        )
+    })?;
     if size > MAX_VALUE_BYTES {
         return Err(fail(
             backend,

@@ -1,6 +1,6 @@
 //! The key layout, shared with the TypeScript Chat SDK's Redis adapter.
 //!
-//! Single node (exactly upstream's layout, plus our fence counters):
+//! Single node (exactly upstream's layout, plus our fence counters and fence records):
 //!
 //! | what | key | type |
 //! |---|---|---|
@@ -8,15 +8,35 @@
 //! | lock | `<p>:lock:<id>` | string = token, expiring (`PX`) |
 //! | fence counter | `<p>:fence:<id>` | integer, never expires |
 //! | cache | `<p>:cache:<key>` | string (JSON text) |
+//! | fence record | `<p>:fenced:<key>` | string `<fence>:<lock id>`, the TTL of the last fenced write of `<p>:cache:<key>` |
 //! | list | `<p>:list:<key>` | LIST of JSON text |
 //! | queue | `<p>:queue:<id>` | LIST of JSON `{enqueuedAt, expiresAt, message}` |
 //!
-//! Redis Cluster: the acquire script touches the lock key and its fence counter, which must
-//! live in one hash slot, so both carry a hash tag built from the lock id:
-//! `<p>:lock:{<id>}` and `<p>:fence:{<id>}`. An id containing `{` or `}` would end or empty
-//! the tag, so such ids are hex-encoded behind a second brace: `<p>:lock:{{<hex>}`. (A plain
-//! id never contains `{`, so the two forms cannot collide.) Every other key is single-key and
-//! keeps the upstream layout on a cluster too.
+//! Fence records are ours alone (written only by `set_fenced`): a TypeScript bot never reads
+//! them, and its plain `set`/`delete` of the cache key leave them alone, as ours do.
+//!
+//! Redis Cluster: a script's keys must live in one hash slot.
+//! - The acquire script touches the lock key and its fence counter; admit and
+//!   release_or_next touch those and the thread's queue. So all three carry a hash tag built
+//!   from the id: `<p>:lock:{<id>}`, `<p>:fence:{<id>}`, `<p>:queue:{<id>}`. An id containing
+//!   `{` or `}` would end or empty the tag, so such ids are hex-encoded behind a second brace:
+//!   `<p>:lock:{{<hex>}`. (A plain id never contains `{`, so the two forms cannot collide.)
+//!   The queue key's tag is a cluster-only change of layout (queues written by a TypeScript
+//!   bot or by an earlier version under `<p>:queue:<id>` are not read); the lock keys already
+//!   differ from upstream's on a cluster.
+//! - The set_fenced script touches a cache key and its fence record, so the record is tagged
+//!   with a short string that hashes to the cache key's own slot (and the cache key keeps the
+//!   upstream layout): `<p>:fenced:{<tag>}:<key>`.
+//! - What does not fit in one slot costs round trips. The dedupe key (a cache key) has its
+//!   own slot, so admit is two steps: the claim, then the thread's script (with `SISMEMBER`
+//!   sent beside it). Admit with a read key (another cache key, another slot) adds a `GET`
+//!   after those, sent only when admitted (it must follow the lock): three round trips
+//!   instead of one. release_or_next_with is set_fenced's script on the cache key's slot,
+//!   then, if stored, release_or_next's on the thread's: two instead of one. Tagging the
+//!   cache keys by thread would save them, but cache keys are free-form (a key is not tied
+//!   to one thread) and keep the upstream layout a TypeScript bot reads.
+//!
+//! Every other key is single-key and keeps the upstream layout on a cluster too.
 
 use chat_state_core::{Error, ErrorKind, Operation, Result};
 
@@ -73,6 +93,10 @@ enum Tag {
     Braced,
     /// `<p>:<kind>:{{<hex>}`: an id holding `{` or `}`, which would end or empty the tag.
     Hex,
+    /// `<p>:<kind>:{<tag>}:<id>`: pinned to the hash slot `<tag>` hashes to (another key's
+    /// slot, see [`slot_tag`]).
+    #[cfg(feature = "cluster")]
+    Slot(&'static str),
 }
 
 /// One Redis key, written straight into a command's argument buffer: building a command
@@ -112,6 +136,13 @@ impl Key<'_> {
                 }
                 piece(b"}");
             }
+            #[cfg(feature = "cluster")]
+            Tag::Slot(tag) => {
+                piece(b"{");
+                piece(tag.as_bytes());
+                piece(b"}:");
+                piece(id.as_bytes());
+            }
         }
     }
 
@@ -122,6 +153,8 @@ impl Key<'_> {
                 Tag::None => id.len(),
                 Tag::Braced => id.len() + 2,
                 Tag::Hex => 2 * id.len() + 3,
+                #[cfg(feature = "cluster")]
+                Tag::Slot(tag) => tag.len() + 3 + id.len(),
             }
         });
         self.prefix.len() + 1 + self.kind.len() + id
@@ -222,9 +255,52 @@ impl Keys {
     pub(crate) fn list<'a>(&'a self, key: &'a str) -> Key<'a> {
         self.plain("list", key)
     }
+    /// Tagged like the lock on a cluster: admit and release_or_next touch both in one script.
     pub(crate) fn queue<'a>(&'a self, id: &'a str) -> Key<'a> {
-        self.plain("queue", id)
+        self.tagged("queue", id)
     }
+    /// The fence record of cache key `key`: in the cache key's hash slot on a cluster.
+    pub(crate) fn fenced<'a>(&'a self, key: &'a str) -> Key<'a> {
+        #[cfg(feature = "cluster")]
+        if self.cluster {
+            return Key {
+                tag: Tag::Slot(slot_tag(&self.cache(key))),
+                ..self.plain("fenced", key)
+            };
+        }
+        self.plain("fenced", key)
+    }
+}
+
+/// A short tag (decimal digits) that hashes to the same cluster slot as `key`, so a key
+/// carrying it as its hash tag lands beside `key`. One tag per slot, all 16384 found once
+/// (about 170,000 CRC16s of short strings, a few milliseconds) on first use.
+#[cfg(feature = "cluster")]
+fn slot_tag(key: &Key<'_>) -> &'static str {
+    use redis::cluster_routing::Slot;
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    /// Hash slots of a Redis Cluster.
+    const SLOTS: usize = 16384;
+    // Keyed by the redis crate's `Slot` (its number is private), so the hashing, hash-tag
+    // rules included, is exactly the one the cluster client routes by.
+    static TAGS: OnceLock<HashMap<Slot, Box<str>>> = OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = HashMap::with_capacity(SLOTS);
+        let mut n = 0u32;
+        while tags.len() < SLOTS {
+            let tag = n.to_string();
+            tags.entry(Slot::for_key(&tag))
+                .or_insert_with(|| tag.into_boxed_str());
+            n += 1;
+        }
+        tags
+    });
+    let mut bytes = Vec::with_capacity(key.len());
+    key.emit(|p| bytes.extend_from_slice(p));
+    // Every slot has a tag (the table is filled until it does), so the fallback, which would
+    // make the script fail with CROSSSLOT rather than write to the wrong place, is unreachable.
+    tags.get(&Slot::for_key(&bytes)).map_or("", |tag| tag)
 }
 
 #[cfg(test)]
@@ -249,6 +325,10 @@ mod tests {
             "chat-sdk:list:msg-history:t"
         );
         assert_eq!(k.queue("t").to_string(), "chat-sdk:queue:t");
+        assert_eq!(
+            k.fenced("thread-state:t").to_string(),
+            "chat-sdk:fenced:thread-state:t"
+        );
     }
 
     #[test]
@@ -260,6 +340,31 @@ mod tests {
         assert_eq!(k.lock("}x").to_string(), "p:lock:{{7d78}");
         assert_eq!(k.fence("}x").to_string(), "p:fence:{{7d78}");
         assert_eq!(k.cache("a").to_string(), "p:cache:a");
+        assert_eq!(k.queue("a:b").to_string(), "p:queue:{a:b}");
+        assert_eq!(k.queue("}x").to_string(), "p:queue:{{7d78}");
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_fence_records_share_the_cache_key_slot() {
+        use redis::cluster_routing::Slot;
+        let k = Keys::new("chat-sdk", true);
+        for key in [
+            "thread-state:t1",
+            "a",
+            "",
+            "x{y}z",
+            "{}",
+            "é:1",
+            &"k".repeat(500),
+        ] {
+            let (cache, record) = (k.cache(key).to_string(), k.fenced(key).to_string());
+            assert_eq!(Slot::for_key(&cache), Slot::for_key(&record), "{record}");
+            assert!(record.starts_with("chat-sdk:fenced:{"), "{record}");
+            assert!(record.ends_with(&format!("}}:{key}")), "{record}");
+        }
+        // Different keys, different records, even when their tags are equal.
+        assert_ne!(k.fenced("a").to_string(), k.fenced("b").to_string());
     }
 
     #[test]
@@ -273,6 +378,8 @@ mod tests {
                 k.fence("}{x"),
                 k.cache("é:1"),
                 k.queue(""),
+                k.queue("}x"),
+                k.fenced("é:{1}"),
             ] {
                 let written = key.to_redis_args();
                 assert_eq!(written, vec![key.to_string().into_bytes()], "{key}");

@@ -4,7 +4,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use chat_state_core::{
-    Cache, Clock, ErrorKind, ListOptions, Lists, Locks, ManualClock, QueueEntry, Queues,
+    Cache, Clock, Dispatch, ErrorKind, ListOptions, Lists, Locks, ManualClock, QueueEntry, Queues,
     StateAdapter, Subscriptions,
 };
 use chat_state_sqlite::{OpenFailure, SchemaMode, SqliteBackend};
@@ -584,4 +584,43 @@ async fn an_in_memory_pool_is_refused() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(err.to_string().contains("in-memory"), "{err}");
     pool.close().await;
+}
+
+/// A file written by the previous version (schema 1: no fence records) is migrated in place
+/// on open: its data stays, and fenced writes work on it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_1_file_is_migrated_and_keeps_its_data() {
+    let t = TempState::new(|b| b.cleanup_interval(None)).await;
+    t.state.set("k", b"v", None).await.unwrap();
+    let lock = t
+        .state
+        .acquire_lock("t", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    t.state.close().await.unwrap();
+    // Back to what schema 1 had.
+    let mut conn = raw(&t.path).await;
+    for statement in [
+        "DROP TABLE chat_state_fences",
+        "UPDATE chat_state_meta SET value = 1 WHERE name = 'schema_version'",
+    ] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+
+    let state = SqliteBackend::open(&t.path).await.unwrap();
+    assert_eq!(state.get("k").await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(
+        state.set_fenced(&lock, "state", b"s", None).await.unwrap(),
+        chat_state_core::FencedWrite::Stored
+    );
+    state.close().await.unwrap();
+    let mut conn = raw(&t.path).await;
+    let version: i64 =
+        sqlx::query_scalar("SELECT value FROM chat_state_meta WHERE name = 'schema_version'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(version, chat_state_sqlite::SCHEMA_VERSION);
 }

@@ -210,17 +210,19 @@ async fn one_task<A: StateAdapter + ?Sized + 'static>(
     for i in 0..n {
         let thread = format!("bench:{run}:T{}", i % THREADS_PER_TASK);
         let message_id = format!("{run}-m{i}");
+        // Both sides receive the message as a bot does (the primitives side only holds it).
+        let message = serde_json::json!({"id": message_id, "text": "hello"});
         match side {
-            Side::Dispatch => {
-                let message = serde_json::json!({"id": message_id, "text": "hello"});
-                match bot.dispatch(&thread, &message_id, message).await {
-                    Ok(Dispatched::Handled { failures, .. }) if failures.is_empty() => {}
-                    other => panic!("dispatch of an uncontended message: {other:?}"),
-                }
+            Side::Dispatch => match bot.dispatch(&thread, &message_id, message).await {
+                Ok(Dispatched::Handled { failures, .. }) if failures.is_empty() => {}
+                other => panic!("dispatch of an uncontended message: {other:?}"),
+            },
+            Side::Primitives => {
+                primitives(&*state, &thread, &message_id)
+                    .await
+                    .expect("the primitive calls failed");
+                drop(message);
             }
-            Side::Primitives => primitives(&*state, &thread, &message_id)
-                .await
-                .expect("the primitive calls failed"),
         }
     }
 }
