@@ -8,12 +8,21 @@
 // concurrency 1 and 16; with the objects' storage on disk and on tmpfs. Every cell of every
 // kind is measured once per round, the rounds interleaved, and the tables show medians.
 //
+// In the same run, on the Rust runtimes only: a new message handled with the dispatch
+// operations (admit -> the handler's get + set_fenced of the thread state -> release_or_next),
+// with them fused (admit reading the thread state -> release_or_next_with its fenced write),
+// and the same work with the primitive calls (set_if_not_exists -> is_subscribed ->
+// acquire_lock -> get + set -> dequeue -> release_lock), inside the Worker, on one object, at
+// concurrency 1 and 16, on both storages, interleaved with the other cells; messages/s and
+// round trips to the object per message.
+//
 // usage: node bench.mjs <rust-dir> <out-dir>
 //   rust-dir  holds entry.mjs (the Rust Worker's entry module) and what it imports
 // env: CHAT_STATE_TOOLS, BENCH_ROUNDS (5), BENCH_SECONDS (about how long each measurement
 //      runs, 1.5; disk storage is many times slower than tmpfs, so every cell gets a cycle count
 //      that fills this time for the slower kind, the same count for both kinds), BENCH_TMPFS
-//      (/dev/shm), BENCH_SIZES (sizes line from run.sh)
+//      (/dev/shm), BENCH_SIZES (sizes line from run.sh), BENCH_DISPATCH_ONLY (1: only the
+//      dispatch comparison, for a quick look; the README's tables come from full runs)
 import { createRequire } from "node:module";
 import { pathToFileURL, fileURLToPath } from "node:url";
 import path from "node:path";
@@ -145,11 +154,34 @@ const setups = [
   { name: "16 shards", config: { shards: 16 } },
 ];
 const modes = ["in Worker", "HTTP per cycle"];
+const DISPATCH_ONLY = process.env.BENCH_DISPATCH_ONLY === "1";
 const cells = [];
+if (!DISPATCH_ONLY)
+  for (const storage of Object.keys(STORAGE))
+    for (const mode of modes)
+      for (const setup of setups)
+        for (const concurrency of [1, 16]) cells.push({ storage, mode, setup, concurrency });
+// The dispatch comparison's cells: Rust only, in the Worker, one object.
+const DISPATCH_MODES = ["dispatch", "fused", "primitives"];
+const dispatchCells = [];
 for (const storage of Object.keys(STORAGE))
-  for (const mode of modes)
-    for (const setup of setups)
-      for (const concurrency of [1, 16]) cells.push({ storage, mode, setup, concurrency });
+  for (const concurrency of [1, 16]) dispatchCells.push({ storage, concurrency });
+const dkey = (c) => `dispatch | ${c.storage} | c${c.concurrency}`;
+const DISPATCH_CONFIG = { object: "bench-dispatch", shards: 0 };
+
+/// Messages per second and round trips per message for one dispatch cell and mode.
+async function dispatchRun(c, mode, count) {
+  const { url } = runtimes[`rust/${c.storage}`];
+  const t0 = performance.now();
+  const r = await post(`${url}dispatch-cycles`, {
+    config: DISPATCH_CONFIG,
+    cycles: count,
+    concurrency: c.concurrency,
+    threads: THREADS,
+    mode,
+  });
+  return { rate: count / ((performance.now() - t0) / 1000), trips: r.round_trips / count };
+}
 const key = (c) => `${c.mode} | ${c.storage} | ${c.setup.name} | c${c.concurrency}`;
 
 const runtimes = {};
@@ -178,6 +210,14 @@ for (const c of cells) {
   }
   counts[key(c)] = Math.max(32, Math.round(slowest * SECONDS));
 }
+for (const c of dispatchCells) {
+  let slowest = Infinity;
+  for (const mode of DISPATCH_MODES) {
+    await dispatchRun(c, mode, 16 * c.concurrency);
+    slowest = Math.min(slowest, (await dispatchRun(c, mode, 32 * c.concurrency)).rate);
+  }
+  counts[dkey(c)] = Math.max(32, Math.round(slowest * SECONDS));
+}
 
 const results = {};
 for (let round = 0; round < ROUNDS; round++) {
@@ -193,6 +233,22 @@ for (let round = 0; round < ROUNDS; round++) {
       if (m.latencies) r.latencies[kind].push(...m.latencies);
     }
     r.ratios.push(rates.rust / rates.ts);
+  }
+  for (const c of dispatchCells) {
+    const order = round % 2 ? [...DISPATCH_MODES].reverse() : DISPATCH_MODES;
+    const r = (results[dkey(c)] ??= {
+      dispatch: [], fused: [], primitives: [], ratios: [], fusedRatios: [],
+      trips: { dispatch: [], fused: [], primitives: [] },
+    });
+    const rates = {};
+    for (const mode of order) {
+      const m = await dispatchRun(c, mode, counts[dkey(c)]);
+      rates[mode] = m.rate;
+      r[mode].push(m.rate);
+      r.trips[mode].push(m.trips);
+    }
+    r.ratios.push(rates.dispatch / rates.primitives);
+    r.fusedRatios.push(rates.fused / rates.primitives);
   }
   load.push(os.loadavg()[0]);
   console.error(`round ${round + 1}/${ROUNDS} done`);
@@ -222,6 +278,27 @@ for (const c of cells) {
   lines.push(
     `| ${c.mode} | ${c.storage} | ${c.setup.name} | ${c.concurrency} | ${counts[key(c)]} | ${fmt(median(r.rust))} | ` +
       `${fmt(median(r.ts))} | ${median(r.ratios).toFixed(2)} | ${lat("rust")} | ${lat("ts")} |`,
+  );
+}
+lines.push("");
+lines.push(
+  `Message cycle via dispatch (admit, get, set_fenced, release_or_next), via fused dispatch ` +
+    `(admit with the read, release_or_next_with the fenced write) and with the primitive ` +
+    `calls (set_if_not_exists, is_subscribed, acquire_lock, get, set, dequeue, release_lock): ` +
+    `Rust only, inside the Worker, one object, a new dedupe key per message; the same rounds, ` +
+    `medians of the rates and of the per-round ratios; round trips = RPC exchanges with the ` +
+    `object per message (a batch is one).`,
+);
+lines.push("");
+lines.push("| storage | concurrency | messages per measurement | dispatch (msg/s) | fused (msg/s) | primitives (msg/s) | dispatch / primitives | fused / primitives | round trips per message: dispatch / fused / primitives |");
+lines.push("|---|---|---|---|---|---|---|---|---|");
+for (const c of dispatchCells) {
+  const r = results[dkey(c)];
+  const trips = DISPATCH_MODES.map((m) => median(r.trips[m]).toFixed(2)).join(" / ");
+  lines.push(
+    `| ${c.storage} | ${c.concurrency} | ${counts[dkey(c)]} | ${fmt(median(r.dispatch))} | ` +
+      `${fmt(median(r.fused))} | ${fmt(median(r.primitives))} | ${median(r.ratios).toFixed(2)} | ` +
+      `${median(r.fusedRatios).toFixed(2)} | ${trips} |`,
   );
 }
 lines.push("");

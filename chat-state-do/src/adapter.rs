@@ -8,9 +8,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_state_core::dispatch::{DEDUPE_VALUE, FencedSet};
 use chat_state_core::{
-    Backend, Checked, Error, ErrorKind, ListOptions, Lock, LockRequest, Operation, QueueEntry,
-    Result, validate,
+    AdmitOutcome, AdmitRequest, Backend, Checked, Error, ErrorKind, FencedWrite, Handoff,
+    ListOptions, Lock, LockRequest, Operation, QueueEntry, Result, WhenBusy, validate,
 };
 use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
@@ -19,6 +20,10 @@ use worker::{Env, ObjectNamespace};
 
 use crate::BACKEND;
 use crate::js::js_message;
+use crate::protocol::{
+    ADMIT_ADMITTED, ADMIT_DROPPED, ADMIT_DUPLICATE, ADMIT_QUEUED, HANDOFF_NEXT, HANDOFF_NOT_HOLDER,
+    HANDOFF_RELEASED,
+};
 use crate::routing::{KeyRouteFn, Router, ShardFn, thread_of_key};
 use crate::transport::{Call, Transport};
 #[cfg(feature = "test-introspection")]
@@ -208,6 +213,13 @@ impl DurableObjectBackend {
         &self.router
     }
 
+    /// Round trips to objects this adapter has made so far: one per call sent alone, one per
+    /// batch of concurrent calls, and one more for a call sent again on a fresh stub. A
+    /// diagnostic (the tests and the benchmark count calls per operation with it).
+    pub fn round_trips(&self) -> u64 {
+        self.transport.round_trips()
+    }
+
     /// The test clock's time to pass with a call, if there is one.
     fn test_now(&self) -> Option<f64> {
         #[cfg(feature = "test-introspection")]
@@ -221,6 +233,53 @@ impl DurableObjectBackend {
     async fn thread_call(&self, thread_id: &str, call: Call) -> Result<JsValue> {
         let object = self.router.object_for_thread(thread_id);
         self.transport.call(&object, call).await
+    }
+
+    /// `admit` on the thread's object, claiming the dedupe key in the same call when it
+    /// routes there too (else first, on its own object: see `Backend::admit`), and reading
+    /// `read` (which the caller checked routes to the thread's object) when admitted.
+    async fn admit_call(
+        &self,
+        request: &AdmitRequest<'_>,
+        read: Option<&str>,
+    ) -> Result<(AdmitOutcome, Option<Vec<u8>>)> {
+        let thread = request.lock.lock_id;
+        let (entry, max_size, bytes) = match request.when_busy {
+            WhenBusy::Drop => (JsValue::NULL, JsValue::NULL, 0),
+            WhenBusy::Queue { entry, max_size } => {
+                let text = serde_json::to_string(entry).map_err(|e| {
+                    Error::invalid_input(format!("cannot encode the queue entry: {e}"))
+                })?;
+                let len = text.len();
+                (str_js(&text), JsValue::from_f64(*max_size as f64), len)
+            }
+        };
+        let object = self.router.object_for_thread(thread);
+        let together = self.router.object_for_key(request.dedupe_key) == object;
+        let (key, key_ttl) = if together {
+            (str_js(request.dedupe_key), ttl_js(request.dedupe_ttl))
+        } else {
+            let ttl = Some(request.dedupe_ttl);
+            if !Backend::set_if_not_exists(self, request.dedupe_key, DEDUPE_VALUE, ttl).await? {
+                return Ok((AdmitOutcome::Duplicate, None));
+            }
+            (JsValue::NULL, JsValue::NULL)
+        };
+        let args = vec![
+            str_js(thread),
+            key,
+            key_ttl,
+            ttl_js(request.lock.ttl),
+            str_js(request.lock.token),
+            entry,
+            max_size,
+            read.map_or(JsValue::NULL, str_js),
+        ];
+        let call = Call::new("admit", args, self.test_now()).carrying(bytes);
+        self.transport
+            .call(&object, call)
+            .await
+            .and_then(admit_outcome)
     }
 
     /// A cache or list call: to the object the key routes to.
@@ -291,6 +350,79 @@ fn nothing(_: JsValue) -> Result<()> {
     Ok(())
 }
 
+/// A fence as the object answers it: a whole number from 1.
+fn fence(v: &JsValue) -> Result<u64> {
+    match v.as_f64() {
+        Some(fence) if fence >= 1.0 && fence.fract() == 0.0 => Ok(fence as u64),
+        _ => Err(unexpected("a fence", v)),
+    }
+}
+
+/// A queue entry the object removed from a queue, as its stored JSON text.
+fn removed_entry(v: &JsValue) -> Result<QueueEntry> {
+    let text = v.as_string().ok_or_else(|| {
+        Error::corrupt(format!(
+            "a stored queue entry is not text ({v:?}); it was removed from the queue"
+        ))
+    })?;
+    // Lone surrogates (from a TypeScript writer) decode as U+FFFD.
+    chat_state_core::json::from_json_slice(text.as_bytes()).map_err(|e| {
+        Error::corrupt(format!(
+            "a stored queue entry is not valid JSON ({e}); it was removed from the queue"
+        ))
+    })
+}
+
+/// A dispatch answer (`[tag, ...]`): the tag and the array.
+fn tagged(v: JsValue, what: &str) -> Result<(String, js_sys::Array)> {
+    let a = v
+        .dyn_into::<js_sys::Array>()
+        .map_err(|v| unexpected(what, &v))?;
+    match a.get(0).as_string() {
+        Some(tag) => Ok((tag, a)),
+        None => Err(unexpected(what, &a)),
+    }
+}
+
+/// An `admit` answer, with the read value of an admitted message.
+fn admit_outcome(v: JsValue) -> Result<(AdmitOutcome, Option<Vec<u8>>)> {
+    let (tag, a) = tagged(v, "an admit answer")?;
+    Ok(match tag.as_str() {
+        ADMIT_DUPLICATE => (AdmitOutcome::Duplicate, None),
+        ADMIT_DROPPED => (AdmitOutcome::Dropped, None),
+        ADMIT_QUEUED => (
+            AdmitOutcome::Queued {
+                depth: count(a.get(1))?,
+            },
+            None,
+        ),
+        ADMIT_ADMITTED => {
+            let admitted = AdmitOutcome::Admitted {
+                fence: fence(&a.get(1))?,
+                subscribed: boolean(a.get(2))?,
+            };
+            let value = a.get(3);
+            let read = if value.is_null() || value.is_undefined() {
+                None
+            } else {
+                Some(bytes(&value)?)
+            };
+            (admitted, read)
+        }
+        _ => return Err(unexpected("an admit answer", &a)),
+    })
+}
+
+fn handoff(v: JsValue) -> Result<Handoff> {
+    let (tag, a) = tagged(v, "a releaseOrNext answer")?;
+    Ok(match tag.as_str() {
+        HANDOFF_NEXT => Handoff::Next(removed_entry(&a.get(1))?),
+        HANDOFF_RELEASED => Handoff::Released,
+        HANDOFF_NOT_HOLDER => Handoff::NotHolder,
+        _ => return Err(unexpected("a releaseOrNext answer", &a)),
+    })
+}
+
 impl Backend for DurableObjectBackend {
     fn name(&self) -> &'static str {
         BACKEND
@@ -337,10 +469,7 @@ impl Backend for DurableObjectBackend {
         if v.is_null() || v.is_undefined() {
             return Ok(None);
         }
-        match v.as_f64() {
-            Some(fence) if fence >= 1.0 && fence.fract() == 0.0 => Ok(Some(fence as u64)),
-            _ => Err(unexpected("a fence", &v)),
-        }
+        fence(&v).map(Some)
     }
 
     async fn release_lock(&self, lock: &Lock) -> Result<()> {
@@ -440,23 +569,127 @@ impl Backend for DurableObjectBackend {
         if v.is_null() || v.is_undefined() {
             return Ok(None);
         }
-        let text = v.as_string().ok_or_else(|| {
-            Error::corrupt(format!(
-                "a stored queue entry is not text ({v:?}); it was removed from the queue"
-            ))
-        })?;
-        // Lone surrogates (from a TypeScript writer) decode as U+FFFD.
-        chat_state_core::json::from_json_slice(text.as_bytes())
-            .map(Some)
-            .map_err(|e| {
-                Error::corrupt(format!(
-                    "a stored queue entry is not valid JSON ({e}); it was removed from the queue"
-                ))
-            })
+        removed_entry(&v).map(Some)
     }
 
     async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
         let call = Call::new("queueDepth", vec![str_js(thread_id)], self.test_now());
         self.thread_call(thread_id, call).await.and_then(count)
+    }
+
+    const ATOMIC_DISPATCH: bool = true;
+
+    /// One `admit` call when the dedupe key and the thread route to the same object (always
+    /// with the default routing): claim, lock and queue in one atomic step of that object.
+    ///
+    /// When they route to different objects (shards without a key router for the dedupe
+    /// key), no single object can do both, and it takes two calls: `setIfNotExists` on the
+    /// key's object, then `admit` without a key (lock, subscription, queue) on the thread's.
+    /// That form is **not atomic across the two objects**: a Worker that stops between them
+    /// (or a failed second call) leaves the message claimed but neither handled nor queued,
+    /// and its redelivery is a duplicate, so the message is lost. Claiming first is the
+    /// safer order of the two: locking first could leave a queued entry whose claim failed,
+    /// and handle the message twice.
+    async fn admit(&self, request: &AdmitRequest<'_>) -> Result<AdmitOutcome> {
+        self.admit_call(request, None)
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// `admit` with the read of `read` in the same call when the key routes to the thread's
+    /// object (always with the default routing; with shards, through a key router such as
+    /// `route_thread_keys`); otherwise the admit, then a `get` on the key's object.
+    async fn admit_and_read(
+        &self,
+        request: &AdmitRequest<'_>,
+        read: &str,
+    ) -> Result<(AdmitOutcome, Option<Vec<u8>>)> {
+        let thread = self.router.object_for_thread(request.lock.lock_id);
+        if self.router.object_for_key(read) == thread {
+            return self.admit_call(request, Some(read)).await;
+        }
+        let (outcome, _) = self.admit_call(request, None).await?;
+        let value = match outcome {
+            AdmitOutcome::Admitted { .. } => Backend::get(self, read).await?,
+            _ => None,
+        };
+        Ok((outcome, value))
+    }
+
+    /// One `releaseOrNext` call to the thread's object. As with `extend_lock`, the object
+    /// moves the expiry to its own now + TTL, no earlier than `request.expires_at`.
+    async fn release_or_next(&self, request: &LockRequest<'_>) -> Result<Handoff> {
+        // The write's four slots are sent empty: a test clock's time goes after them.
+        let none = JsValue::NULL;
+        let args = vec![
+            str_js(request.lock_id),
+            str_js(request.token),
+            ttl_js(request.ttl),
+            none.clone(),
+            none.clone(),
+            none.clone(),
+            none,
+        ];
+        let call = Call::new("releaseOrNext", args, self.test_now());
+        self.thread_call(request.lock_id, call)
+            .await
+            .and_then(handoff)
+    }
+
+    /// One `releaseOrNext` call carrying the fenced write when the write's key routes to the
+    /// thread's object (always with the default routing; with shards, the thread's state
+    /// through `route_thread_keys`); otherwise `set_fenced` on the key's object, then
+    /// `release_or_next`, two calls as core's default makes them.
+    async fn release_or_next_with(
+        &self,
+        request: &LockRequest<'_>,
+        lock: &Lock,
+        write: &FencedSet<'_>,
+    ) -> Result<Handoff> {
+        let object = self.router.object_for_thread(request.lock_id);
+        if self.router.object_for_key(write.key) != object {
+            let written =
+                Backend::set_fenced(self, lock, write.key, write.value, write.ttl).await?;
+            if written == FencedWrite::Stale {
+                return Ok(Handoff::NotHolder);
+            }
+            return Backend::release_or_next(self, request).await;
+        }
+        let args = vec![
+            str_js(request.lock_id),
+            str_js(request.token),
+            ttl_js(request.ttl),
+            str_js(write.key),
+            bytes_js(write.value),
+            optional_ttl_js(write.ttl),
+            JsValue::from_f64(lock.fence as f64),
+        ];
+        let call = Call::new("releaseOrNext", args, self.test_now()).carrying(write.value.len());
+        self.transport.call(&object, call).await.and_then(handoff)
+    }
+
+    /// One `setFenced` call to the key's object, which keeps the key's fence record.
+    async fn set_fenced(
+        &self,
+        lock: &Lock,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<FencedWrite> {
+        let args = vec![
+            str_js(key),
+            bytes_js(value),
+            optional_ttl_js(ttl),
+            str_js(&lock.thread_id),
+            str_js(&lock.token),
+            JsValue::from_f64(lock.fence as f64),
+        ];
+        let call = Call::new("setFenced", args, self.test_now()).carrying(value.len());
+        let stored = self.key_call(key, call).await.and_then(boolean)?;
+        Ok(if stored {
+            FencedWrite::Stored
+        } else {
+            FencedWrite::Stale
+        })
     }
 }

@@ -54,6 +54,9 @@ export function dispose(target) {
 export function call(target, method, id, settle, ...args) {
   (target.s ?? target.p)[method](...args).then((v) => settle(id, true, v), (e) => settle(id, false, e));
 }
+export function callArgs(target, method, id, settle, args) {
+  (target.s ?? target.p)[method](...args).then((v) => settle(id, true, v), (e) => settle(id, false, e));
+}
 export function batch(target, version, calls, id, settle) {
   (target.s ?? target.p).batch(version, calls).then((v) => settle(id, true, v), (e) => settle(id, false, e));
 }
@@ -83,6 +86,16 @@ extern "C" {
         c: &JsValue,
     ) -> Result<(), JsValue>;
 
+    #[wasm_bindgen(catch, js_name = sqlRun)]
+    pub(crate) fn run4(
+        sql: &JsValue,
+        q: &JsValue,
+        a: &JsValue,
+        b: &JsValue,
+        c: &JsValue,
+        d: &JsValue,
+    ) -> Result<(), JsValue>;
+
     #[wasm_bindgen(catch, js_name = sqlOne)]
     pub(crate) fn one1(sql: &JsValue, q: &JsValue, a: &JsValue) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(catch, js_name = sqlOne)]
@@ -91,6 +104,14 @@ extern "C" {
         q: &JsValue,
         a: &JsValue,
         b: &JsValue,
+    ) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(catch, js_name = sqlOne)]
+    pub(crate) fn one3(
+        sql: &JsValue,
+        q: &JsValue,
+        a: &JsValue,
+        b: &JsValue,
+        c: &JsValue,
     ) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(catch, js_name = sqlOne)]
     pub(crate) fn one4(
@@ -114,6 +135,13 @@ extern "C" {
 
     #[wasm_bindgen(catch, js_name = sqlRow)]
     pub(crate) fn row1(sql: &JsValue, q: &JsValue, a: &JsValue) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(catch, js_name = sqlRow)]
+    pub(crate) fn row2(
+        sql: &JsValue,
+        q: &JsValue,
+        a: &JsValue,
+        b: &JsValue,
+    ) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(catch, js_name = sqlRow)]
     pub(crate) fn row3(
         sql: &JsValue,
@@ -234,6 +262,16 @@ extern "C" {
         e: &JsValue,
         f: &JsValue,
         g: &JsValue,
+    ) -> std::result::Result<(), JsValue>;
+    /// `target[method](...args)` for calls with more arguments than [`call7`] takes (the
+    /// dispatch operations); one array instead of a binding per arity.
+    #[wasm_bindgen(catch, js_name = callArgs)]
+    pub(crate) fn call_args(
+        t: &JsValue,
+        m: &JsValue,
+        id: u32,
+        settle: &JsValue,
+        args: &Array,
     ) -> std::result::Result<(), JsValue>;
     /// `target.batch(version, calls)`; the outcome goes to `settle(id, ok, value)`.
     #[wasm_bindgen(catch, js_name = batch)]

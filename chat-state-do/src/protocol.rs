@@ -24,9 +24,15 @@
 //! | `enqueue` | thread id, the [`QueueEntry`](chat_state_core::QueueEntry) as JSON text, `max_size` | live depth (number) |
 //! | `dequeue` | thread id | the oldest live entry as JSON text, or `null` |
 //! | `queueDepth` | thread id | number |
+//! | `admit` | thread id, dedupe key or `null`, dedupe TTL ms or `null`, lock TTL ms, the new holder's token, the [`QueueEntry`](chat_state_core::QueueEntry) as JSON text or `null` (drop when busy), `max_size` or `null`, a key to read when admitted or `null` | `["duplicate"]`, `["dropped"]`, `["queued", depth]` or `["admitted", fence, subscribed, the read key's value or null]` ([`ADMIT_DUPLICATE`] and the others) |
+//! | `releaseOrNext` | lock id, token, TTL ms, then a fenced write stored first or four `null`s: key, value, TTL ms or `null`, fence | `["next", entry JSON text]`, `["released"]` or `["notHolder"]` (also for a refused write) |
+//! | `setFenced` | key, value, TTL ms or `null`, lock id, token, fence | boolean: stored (`false`: stale) |
 //! | `batch` | calls, each `[method, version, ...arguments]` | `[results, failures]`: `results[i]` is call `i`'s result, `failures` lists `[i, message]` for each call that threw |
 //! | `inspect` | (none) | [`Inspection`] as JSON text (feature `test-introspection`) |
 //! | `failAlarms` | runs, retry ms | `undefined` (feature `test-introspection`) |
+//!
+//! Optional arguments in the middle of a call are passed as `null`, never left out, so that
+//! the test clock's time is always the argument after the last one in this table.
 //!
 //! Queue entries travel as the JSON text the object stores, so the object neither builds nor
 //! parses a JavaScript object for them; cache values and list items are opaque bytes.
@@ -72,7 +78,27 @@
 use chat_state_core::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate speaks: 1 was JSON over `fetch`, 2 is Workers RPC.
+/// `admit`'s answer tag: the dedupe key was live, nothing changed.
+pub const ADMIT_DUPLICATE: &str = "duplicate";
+/// `admit`'s answer tag: claimed, the lock is held, and the message was dropped.
+pub const ADMIT_DROPPED: &str = "dropped";
+/// `admit`'s answer tag: claimed, the lock is held, and the entry was queued; then the live
+/// depth.
+pub const ADMIT_QUEUED: &str = "queued";
+/// `admit`'s answer tag: claimed and the lock taken; then the fence and whether the thread
+/// is subscribed.
+pub const ADMIT_ADMITTED: &str = "admitted";
+/// `releaseOrNext`'s answer tag: the next entry was handed over; then its JSON text.
+pub const HANDOFF_NEXT: &str = "next";
+/// `releaseOrNext`'s answer tag: the queue was empty and the lock is released.
+pub const HANDOFF_RELEASED: &str = "released";
+/// `releaseOrNext`'s answer tag: the caller is not the live holder; nothing changed.
+pub const HANDOFF_NOT_HOLDER: &str = "notHolder";
+
+/// The protocol version this crate speaks: 1 was JSON over `fetch`, 2 is Workers RPC. The
+/// dispatch methods (`admit`, `releaseOrNext`, `setFenced`) were added within version 2:
+/// an adapter that calls them on an older class gets the runtime's "does not implement the
+/// method", reported as a version error like any other missing method.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The RPC methods of the object, as JavaScript names. The JavaScript class
@@ -94,6 +120,9 @@ pub const METHODS: &[&str] = &[
     "enqueue",
     "dequeue",
     "queueDepth",
+    "admit",
+    "releaseOrNext",
+    "setFenced",
     "batch",
     "inspect",
     "failAlarms",
@@ -280,6 +309,9 @@ pub struct Inspection {
     pub list_items: TableCount,
     /// Queue entries.
     pub queue: TableCount,
+    /// Fence records of `setFenced` (schema version 3).
+    #[serde(default)]
+    pub fences: TableCount,
     /// How many alarm runs completed a cleanup.
     pub alarm_runs: u64,
     /// How many alarm runs failed (and re-armed themselves).
@@ -295,6 +327,7 @@ impl Inspection {
             self.lists,
             self.list_items,
             self.queue,
+            self.fences,
         ]
         .iter()
         .map(|t| t.expired)

@@ -39,8 +39,8 @@ use wasm_bindgen::prelude::*;
 use worker::ObjectNamespace;
 
 use crate::js::{
-    call1, call2, call3, call4, call5, call6, call7, dispose, flag, js_message, open_session,
-    send_batch, stub_target,
+    call_args, call1, call2, call3, call4, call5, call6, call7, dispose, flag, js_message,
+    open_session, send_batch, stub_target,
 };
 use crate::protocol::{
     PROTOCOL_VERSION, RuntimeError, classify_runtime_error, decode_error, refused_as_other_request,
@@ -59,8 +59,8 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 /// adapter kept for long must not grow without bound.
 const MAX_OBJECTS: usize = 256;
 
-/// Most arguments of any method, after the version.
-const MAX_ARGS: usize = 5;
+/// Most arguments of any method, after the version (`admit`'s nine).
+const MAX_ARGS: usize = 9;
 
 // ---- Settling calls without a closure per call -------------------------------------------
 
@@ -275,6 +275,10 @@ impl Call {
             [a, b, c, d, e] => call5(t, m, id, s, a, b, c, d, e),
             [a, b, c, d, e, f] => call6(t, m, id, s, a, b, c, d, e, f),
             [a, b, c, d, e, f, g] => call7(t, m, id, s, a, b, c, d, e, f, g),
+            // Only the dispatch operations take more; an array costs less than their calls.
+            all if all.len() <= MAX_ARGS + 2 => {
+                call_args(t, m, id, s, &all.iter().collect::<Array>())
+            }
             _ => Err(JsValue::from_str(&format!(
                 "chat-state-do sent {} with {} arguments; the adapter never does (a bug)",
                 self.method,
@@ -442,6 +446,8 @@ pub(crate) struct Transport {
     objects: RefCell<Vec<(String, Object)>>,
     /// Calls of this adapter not finished yet, over all objects.
     in_flight: Cell<u32>,
+    /// RPC exchanges started (a batch is one), for [`Transport::round_trips`].
+    round_trips: Cell<u64>,
 }
 
 /// A failed exchange: the thrown value, and whether it was thrown before anything was sent.
@@ -454,12 +460,19 @@ impl Transport {
             location_hint,
             objects: RefCell::new(Vec::new()),
             in_flight: Cell::new(0),
+            round_trips: Cell::new(0),
         })
     }
 
     /// The location hint new stubs get (for `Debug`).
     pub(crate) fn location_hint(&self) -> Option<&str> {
         self.location_hint.as_deref()
+    }
+
+    /// RPC exchanges with objects this transport has started: one per call sent alone, one
+    /// per batch, and one more for a call sent again on a fresh stub.
+    pub(crate) fn round_trips(&self) -> u64 {
+        self.round_trips.get()
     }
 
     /// How many objects have a stub kept (for `Debug`).
@@ -630,14 +643,18 @@ impl Transport {
             }
             Ok::<_, JsValue>(entry.session.clone().unwrap_or(stub))
         })?;
-        match calls {
+        let started = match calls {
             [call] => call.send(&target),
             _ => {
                 let batch: Array = calls.iter().map(|c| JsValue::from(c.to_array())).collect();
                 RpcFuture::new()
                     .start(|id, settle| send_batch(&target, PROTOCOL_VERSION, &batch, id, settle))
             }
+        };
+        if started.is_ok() {
+            self.round_trips.set(self.round_trips.get() + 1);
         }
+        started
     }
 
     /// The error of a call that threw; a failure of the runtime (not of the operation)

@@ -1300,3 +1300,541 @@ fn production_objects_refuse_the_test_clock_argument() {
     assert!(message.contains("test-introspection"), "{message}");
     rt.stop();
 }
+
+// ---- Dispatch: admit, release_or_next, set_fenced ------------------------------------------
+
+/// A queue entry live for `ms` from now, carrying `message`.
+fn entry(message: &str, ms: u64) -> Value {
+    let now = SystemClock.now_ms();
+    json!({ "enqueuedAt": now, "expiresAt": now + ms, "message": { "text": message } })
+}
+
+/// An `admit` op: dropped when busy, or queued (`queue` = entry and max size).
+fn admit(thread: &str, key: &str, queue: Option<(Value, usize)>) -> Value {
+    let queue = queue.map(|(entry, max_size)| json!({ "entry": entry, "max_size": max_size }));
+    json!({ "op": "admit", "thread_id": thread, "dedupe_key": key, "queue": queue })
+}
+
+/// The `"admission"` of an admit result, checking it made `calls` round trips.
+fn admission(v: &Value, calls: u64) -> &str {
+    assert_eq!(v["calls"], calls, "round trips of {v}");
+    ok(v)["admission"].as_str().unwrap_or_default()
+}
+
+/// Runs `ops` on `config` counting each op's round trips.
+fn counted(rt: &Runtime, config: &Value, ops: Vec<Value>) -> Vec<Value> {
+    let body = json!({ "config": config, "ops": ops, "count_calls": true });
+    rt.post("/adapter", &body)
+        .as_array()
+        .expect("results")
+        .clone()
+}
+
+#[test]
+fn admit_answers_every_outcome_in_one_object_call() {
+    let rt = Runtime::start(None);
+    let object = unique("admit");
+    let config = json!({ "object": object });
+    let far = 3_600_000;
+    let r = counted(
+        &rt,
+        &config,
+        vec![
+            json!({ "op": "acquire_lock", "lock_id": "T", "ttl_ms": 60_000 }),
+            json!({ "op": "force_release_lock", "lock_id": "T" }),
+            json!({ "op": "subscribe", "thread_id": "T" }),
+            admit("T", "dedupe:m1", None),
+            admit("T", "dedupe:m1", None),
+            admit("T", "dedupe:m2", None),
+            admit("T", "dedupe:m2", Some((entry("m2", far), 2))),
+            admit("T", "dedupe:m3", Some((entry("m3", far), 2))),
+            admit("T", "dedupe:m4", Some((entry("m4", far), 2))),
+            admit("T", "dedupe:m5", Some((entry("m5", far), 2))),
+            admit("T", "dedupe:m5", Some((entry("m5", far), 2))),
+            json!({ "op": "queue_depth", "thread_id": "T" }),
+            json!({ "op": "get", "key": "dedupe:m1" }),
+            json!({ "op": "get", "key": "dedupe:m2" }),
+            admit("U", "dedupe:u1", None),
+        ],
+    );
+    let before = ok(&r[0])["fence"].as_u64().expect("fence");
+    assert_eq!(admission(&r[3], 1), "admitted", "{r:?}");
+    let lock = &ok(&r[3])["lock"];
+    assert_eq!(lock["threadId"], "T", "{lock}");
+    assert!(
+        lock["fence"].as_u64() > Some(before),
+        "fence above every earlier one: {lock}"
+    );
+    assert_eq!(ok(&r[3])["subscribed"], true, "{r:?}");
+    assert_eq!(admission(&r[4], 1), "duplicate", "{r:?}");
+    assert_eq!(admission(&r[5], 1), "dropped", "{r:?}");
+    // A dropped message was marked as seen.
+    assert_eq!(admission(&r[6], 1), "duplicate", "{r:?}");
+    assert_eq!(admission(&r[7], 1), "queued", "{r:?}");
+    assert_eq!(ok(&r[7])["depth"], 1, "{r:?}");
+    assert_eq!(ok(&r[8])["depth"], 2, "{r:?}");
+    assert_eq!(
+        ok(&r[9])["depth"],
+        2,
+        "max_size keeps the newest two: {r:?}"
+    );
+    assert_eq!(admission(&r[10], 1), "duplicate", "{r:?}");
+    assert_eq!(ok(&r[11]), &json!(2), "{r:?}");
+    assert_eq!(ok(&r[12]), &json!("true"), "DEDUPE_VALUE is stored: {r:?}");
+    assert_eq!(ok(&r[13]), &json!("true"), "{r:?}");
+    assert_eq!(admission(&r[14], 1), "admitted", "{r:?}");
+    assert_eq!(ok(&r[14])["subscribed"], false, "{r:?}");
+
+    // The queue kept m4 and m5 (m3 was the oldest beyond max_size), in order.
+    let lock = ok(&r[3])["lock"].clone();
+    let r = counted(
+        &rt,
+        &config,
+        vec![
+            json!({ "op": "release_or_next", "lock": lock, "ttl_ms": 60_000 }),
+            json!({ "op": "release_or_next", "lock": lock, "ttl_ms": 60_000 }),
+            json!({ "op": "release_or_next", "lock": lock, "ttl_ms": 60_000 }),
+        ],
+    );
+    let texts: Vec<&Value> = r
+        .iter()
+        .map(|v| &ok(v)["entry"]["message"]["text"])
+        .collect();
+    assert_eq!(texts, [&json!("m4"), &json!("m5"), &Value::Null], "{r:?}");
+    assert_eq!(ok(&r[2])["handoff"], "released", "{r:?}");
+
+    // A lock that expired is free to admit; a dedupe key that expired is new again.
+    let r = counted(
+        &rt,
+        &config,
+        vec![
+            json!({ "op": "admit", "thread_id": "V", "dedupe_key": "dedupe:v1", "dedupe_ttl_ms": 1_000, "lock_ttl_ms": 1_000 }),
+            admit("V", "dedupe:v2", None),
+        ],
+    );
+    assert_eq!(admission(&r[0], 1), "admitted", "{r:?}");
+    assert_eq!(admission(&r[1], 1), "dropped", "{r:?}");
+    std::thread::sleep(Duration::from_millis(1_300));
+    let r = counted(&rt, &config, vec![admit("V", "dedupe:v1", None)]);
+    assert_eq!(admission(&r[0], 1), "admitted", "{r:?}");
+    rt.stop();
+}
+
+#[test]
+fn concurrent_admits_of_one_message_admit_it_exactly_once() {
+    let rt = Runtime::start(None);
+    let object = unique("admit16");
+    for (shards, thread) in [(0u32, "free"), (0, "busy"), (4, "free"), (4, "busy")] {
+        let config = json!({ "object": format!("{object}-{shards}"), "shards": shards });
+        if thread == "busy" {
+            let r = rt.script(
+                config.clone(),
+                vec![json!({ "op": "acquire_lock", "lock_id": thread, "ttl_ms": 60_000 })],
+            );
+            assert!(ok(&r[0]).is_object(), "{r:?}");
+        }
+        let ops: Vec<Value> = (0..16)
+            .map(|_| {
+                let key = format!("dedupe:once-{thread}");
+                admit(thread, &key, Some((entry("once", 3_600_000), 10)))
+            })
+            .collect();
+        let r = rt.post("/concurrent", &json!({ "config": config, "ops": ops }));
+        let outcomes: Vec<&str> = r
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|v| ok(v)["admission"].as_str().unwrap_or_default())
+            .collect();
+        let winner = if thread == "busy" {
+            "queued"
+        } else {
+            "admitted"
+        };
+        let won = outcomes.iter().filter(|o| **o == winner).count();
+        let duplicates = outcomes.iter().filter(|o| **o == "duplicate").count();
+        assert_eq!(
+            (won, duplicates),
+            (1, 15),
+            "shards={shards} {thread}: {outcomes:?}"
+        );
+        let depth = rt.script(
+            config,
+            vec![json!({ "op": "queue_depth", "thread_id": thread })],
+        );
+        let queued = u64::from(thread == "busy");
+        assert_eq!(ok(&depth[0]), &json!(queued), "shards={shards} {thread}");
+    }
+    rt.stop();
+}
+
+#[test]
+fn release_or_next_hands_over_in_order_and_refuses_stale_holders() {
+    let rt = Runtime::start(None);
+    let config = json!({ "object": unique("handoff") });
+    let far = 3_600_000;
+    let r = counted(
+        &rt,
+        &config,
+        vec![
+            admit("T", "dedupe:0", None),
+            admit("T", "dedupe:1", Some((entry("m1", far), 10))),
+            admit("T", "dedupe:2", Some((entry("m2", 1_000), 10))),
+            admit("T", "dedupe:3", Some((entry("m3", far), 10))),
+        ],
+    );
+    assert_eq!(admission(&r[0], 1), "admitted", "{r:?}");
+    assert_eq!(ok(&r[3])["depth"], 3, "{r:?}");
+    let lock = ok(&r[0])["lock"].clone();
+    // m2 expires meanwhile (lifetimes are generous: the machine may be loaded).
+    std::thread::sleep(Duration::from_millis(1_300));
+    let next = |lock: &Value| json!({ "op": "release_or_next", "lock": lock, "ttl_ms": 60_000 });
+    let r = counted(
+        &rt,
+        &config,
+        vec![
+            next(&lock),
+            next(&lock),
+            json!({ "op": "queue_depth", "thread_id": "T" }),
+            next(&lock),
+            json!({ "op": "acquire_lock", "lock_id": "T", "ttl_ms": 60_000 }),
+        ],
+    );
+    for (i, text) in [(0, "m1"), (1, "m3")] {
+        assert_eq!(r[i]["calls"], 1, "{r:?}");
+        assert_eq!(ok(&r[i])["handoff"], "next", "{r:?}");
+        assert_eq!(
+            ok(&r[i])["entry"]["message"]["text"],
+            text,
+            "FIFO, m2 skipped: {r:?}"
+        );
+        assert!(
+            ok(&r[i])["lock"]["expiresAt"].as_u64() > lock["expiresAt"].as_u64(),
+            "Next moves the lock's expiry: {r:?}"
+        );
+    }
+    assert_eq!(ok(&r[2]), &json!(0), "{r:?}");
+    assert_eq!(
+        (ok(&r[3])["handoff"].as_str(), &r[3]["calls"]),
+        (Some("released"), &json!(1))
+    );
+    assert!(ok(&r[4]).is_object(), "released, so free: {r:?}");
+    let holder = ok(&r[4]).clone();
+
+    // The old handle (released, then taken by someone else) is not the holder: nothing
+    // changes, the queue keeps its entry.
+    let r = counted(
+        &rt,
+        &config,
+        vec![
+            json!({ "op": "enqueue", "thread_id": "T", "entry": entry("m4", far), "max_size": 10 }),
+            next(&lock),
+            json!({ "op": "queue_depth", "thread_id": "T" }),
+            next(&holder),
+            next(&holder),
+        ],
+    );
+    assert_eq!(ok(&r[1])["handoff"], "not_holder", "{r:?}");
+    assert_eq!(r[1]["calls"], 1, "{r:?}");
+    assert_eq!(ok(&r[2]), &json!(1), "queue untouched: {r:?}");
+    assert_eq!(ok(&r[3])["entry"]["message"]["text"], "m4", "{r:?}");
+    assert_eq!(ok(&r[4])["handoff"], "released", "{r:?}");
+
+    // An expired holder is not the holder either.
+    let r = rt.script(
+        config.clone(),
+        vec![
+            json!({ "op": "acquire_lock", "lock_id": "E", "ttl_ms": 100 }),
+            json!({ "op": "enqueue", "thread_id": "E", "entry": entry("e1", far), "max_size": 10 }),
+        ],
+    );
+    let expired = ok(&r[0]).clone();
+    std::thread::sleep(Duration::from_millis(250));
+    let r = rt.script(
+        config,
+        vec![
+            next(&expired),
+            json!({ "op": "queue_depth", "thread_id": "E" }),
+        ],
+    );
+    assert_eq!(ok(&r[0])["handoff"], "not_holder", "{r:?}");
+    assert_eq!(ok(&r[1]), &json!(1), "{r:?}");
+    rt.stop();
+}
+
+#[test]
+fn set_fenced_refuses_only_a_lower_fence_of_the_same_lock_id() {
+    let rt = Runtime::start(None);
+    let object = unique("fenced");
+    let config = json!({ "object": object });
+    let lock = |id: &str, fence: u64| json!({ "threadId": id, "token": "t0k3n", "expiresAt": 0, "fence": fence });
+    let fenced = |lock: Value, key: &str, value: &str, ttl_ms: Option<u64>| json!({ "op": "set_fenced", "lock": lock, "key": key, "value": value, "ttl_ms": ttl_ms });
+    let get = |key: &str| json!({ "op": "get", "key": key });
+    let r = counted(
+        &rt,
+        &config,
+        vec![
+            fenced(lock("L", 5), "k", "five", None),
+            fenced(lock("L", 4), "k", "four", None),
+            get("k"),
+            fenced(lock("L", 5), "k", "five again", None),
+            // Plain set and delete leave the record alone.
+            json!({ "op": "set", "key": "k", "value": "plain" }),
+            fenced(lock("L", 4), "k", "four", None),
+            json!({ "op": "delete", "key": "k" }),
+            fenced(lock("L", 4), "k", "four", None),
+            get("k"),
+            // Fences of another lock id are not comparable: stored, and the record is now M's.
+            fenced(lock("M", 1), "k", "m", None),
+            fenced(lock("L", 4), "k", "four", None),
+            fenced(lock("L", 3), "k", "three", None),
+            get("k"),
+        ],
+    );
+    let outcomes: Vec<&Value> = r.iter().map(ok).collect();
+    for v in &r {
+        assert_eq!(v["calls"], 1, "one object call each: {v}");
+    }
+    assert_eq!(outcomes[0], "stored", "{r:?}");
+    assert_eq!(outcomes[1], "stale", "{r:?}");
+    assert_eq!(
+        outcomes[2], "five",
+        "the stale write changed nothing: {r:?}"
+    );
+    assert_eq!(outcomes[3], "stored", "an equal fence is not stale: {r:?}");
+    assert_eq!(outcomes[5], "stale", "plain set kept the record: {r:?}");
+    assert_eq!(outcomes[7], "stale", "delete kept the record: {r:?}");
+    assert_eq!(outcomes[8], &Value::Null, "{r:?}");
+    assert_eq!(outcomes[9], "stored", "{r:?}");
+    assert_eq!(outcomes[10], "stored", "{r:?}");
+    assert_eq!(outcomes[11], "stale", "{r:?}");
+    assert_eq!(outcomes[12], "four", "{r:?}");
+
+    // The record expires with the value: afterwards a lower fence is stored.
+    let r = rt.script(
+        config.clone(),
+        vec![fenced(lock("L", 9), "short", "nine", Some(1_000))],
+    );
+    assert_eq!(ok(&r[0]), "stored");
+    let during = rt.inspect(&object);
+    assert_eq!(during.fences.live, 2, "{during:?}");
+    std::thread::sleep(Duration::from_millis(1_300));
+    let r = rt.script(
+        config.clone(),
+        vec![
+            get("short"),
+            fenced(lock("L", 1), "short", "one", Some(60_000)),
+            get("short"),
+        ],
+    );
+    assert_eq!(ok(&r[0]), &Value::Null, "{r:?}");
+    assert_eq!(
+        ok(&r[1]),
+        "stored",
+        "the record expired with the value: {r:?}"
+    );
+    assert_eq!(ok(&r[2]), "one", "{r:?}");
+    rt.stop();
+}
+
+/// Each dispatch operation is one object call with the default routing; with thread shards
+/// and dedupe keys on the default object, admit takes two (claim, then lock and queue).
+#[test]
+fn dispatch_operations_are_one_object_call_where_routing_allows() {
+    let rt = Runtime::start(None);
+    let object = unique("dispatch-calls");
+    for (shards, admit_calls) in [(0u32, 1u64), (4, 2)] {
+        let config = json!({ "object": format!("{object}-{shards}"), "shards": shards, "route_thread_keys": true });
+        let r = counted(&rt, &config, vec![admit("slack:C1:1", "dedupe:a", None)]);
+        assert_eq!(
+            admission(&r[0], admit_calls),
+            "admitted",
+            "shards={shards}: {r:?}"
+        );
+        let lock = ok(&r[0])["lock"].clone();
+        let r = counted(
+            &rt,
+            &config,
+            vec![
+                admit("slack:C1:1", "dedupe:a", None),
+                admit("slack:C1:1", "dedupe:b", Some((entry("b", 3_600_000), 10))),
+                json!({ "op": "set_fenced", "lock": lock, "key": "thread-state:slack:C1:1", "value": "{}" }),
+                json!({ "op": "release_or_next", "lock": lock, "ttl_ms": 60_000 }),
+                json!({ "op": "release_or_next", "lock": lock, "ttl_ms": 60_000 }),
+            ],
+        );
+        // A duplicate is found by the claim alone.
+        assert_eq!(admission(&r[0], 1), "duplicate", "shards={shards}: {r:?}");
+        assert_eq!(
+            admission(&r[1], admit_calls),
+            "queued",
+            "shards={shards}: {r:?}"
+        );
+        for v in &r[2..] {
+            assert_eq!(v["calls"], 1, "shards={shards}: {v}");
+        }
+        assert_eq!(ok(&r[2]), "stored");
+        assert_eq!(ok(&r[3])["handoff"], "next");
+        assert_eq!(ok(&r[4])["handoff"], "released");
+        if shards > 0 {
+            // The claim is on the default object, the lock and queue on the thread's shard,
+            // the fence record with its routed key on the shard too.
+            let shard = hashed_shards(&format!("{object}-{shards}-shard"), shards)("slack:C1:1");
+            let (d, s) = (
+                rt.inspect(&format!("{object}-{shards}")),
+                rt.inspect(&shard),
+            );
+            assert_eq!(
+                (d.cache.live, d.locks.live, d.fences.live),
+                (2, 0, 0),
+                "{d:?}"
+            );
+            assert_eq!(
+                (s.cache.live, s.fences.live, s.queue.live),
+                (1, 1, 0),
+                "{s:?}"
+            );
+        }
+    }
+    rt.stop();
+}
+
+/// The dispatch methods straight over RPC: bad input is refused before anything changes, and
+/// they batch like every other method.
+#[test]
+fn dispatch_methods_check_their_input_and_batch() {
+    let rt = Runtime::start(None);
+    let object = unique("dispatch-rpc");
+    let v = PROTOCOL_VERSION;
+    let entry_text = entry("x", 3_600_000).to_string();
+    for (args, says) in [
+        (json!([v, "T", "k", 60000, 0, "tok", null, null]), "TTL"),
+        (
+            json!([v, "T", "k", null, 60000, "tok", null, null]),
+            "come together",
+        ),
+        (
+            json!([v, "T", "", 60000, 60000, "tok", null, null]),
+            "dedupe key is empty",
+        ),
+        (
+            json!([v, 7, "k", 60000, 60000, "tok", null, null]),
+            "thread id must be a string",
+        ),
+        (
+            json!([v, "T", "k", 60000, 60000, "tok", "{", 3]),
+            "not a JSON",
+        ),
+        (
+            json!([v, "T", "k", 60000, 60000, "tok", entry_text, 0]),
+            "max_size",
+        ),
+    ] {
+        let message = thrown(rt.rpc(&object, "admit", args.clone()));
+        assert!(
+            message.starts_with("chat-state:invalid_input:") && message.contains(says),
+            "{args}: {message}"
+        );
+    }
+    let message = thrown(rt.rpc(
+        &object,
+        "setFenced",
+        json!([v, "k", bytes("v"), null, "L", "tok", 1.5]),
+    ));
+    assert!(message.contains("fence"), "{message}");
+    let message = thrown(rt.rpc(&object, "releaseOrNext", json!([v, "L", "", 60000])));
+    assert!(message.contains("lock token is empty"), "{message}");
+    // None of them changed anything.
+    assert_eq!(rt.rpc(&object, "get", json!([v, "k"])), Ok(Value::Null));
+    assert_eq!(rt.rpc(&object, "queueDepth", json!([v, "T"])), Ok(json!(0)));
+
+    let calls = json!([
+        ["admit", v, "T", "k", 60000, 60000, "tok", null, null],
+        ["admit", v, "T", "k", 60000, 60000, "tok2", null, null],
+        ["admit", v, "T", "k2", 60000, 60000, "tok2", entry_text, 5],
+        ["setFenced", v, "s", bytes("v"), null, "T", "tok", 1],
+        ["releaseOrNext", v, "T", "tok2", 60000],
+        ["releaseOrNext", v, "T", "tok", 60000],
+        ["releaseOrNext", v, "T", "tok", 60000],
+    ]);
+    let r = rt.rpc(&object, "batch", json!([v, calls])).expect("batch");
+    let results = &r[0];
+    assert_eq!(r[1], json!([]), "{r}");
+    assert_eq!(results[0][0], "admitted", "{r}");
+    assert_eq!(results[1], json!(["duplicate"]), "{r}");
+    assert_eq!(results[2], json!(["queued", 1]), "{r}");
+    assert_eq!(results[3], json!(true), "{r}");
+    assert_eq!(results[4], json!(["notHolder"]), "{r}");
+    assert_eq!(results[5][0], "next", "{r}");
+    assert_eq!(results[6], json!(["released"]), "{r}");
+    rt.stop();
+}
+
+/// `admit` with a read and `release_or_next_with` (the handler's first read and last write
+/// folded into the dispatch calls): one object call each where the keys route to the
+/// thread's object, and a refused write changes nothing.
+#[test]
+fn admit_reads_and_release_or_next_writes_in_the_same_call() {
+    let rt = Runtime::start(None);
+    let object = unique("fused");
+    for (shards, admit_calls) in [(0u32, 1u64), (4, 2)] {
+        let config = json!({ "object": format!("{object}-{shards}"), "shards": shards, "route_thread_keys": true });
+        let (thread, state) = ("slack:C1:9", "thread-state:slack:C1:9");
+        let mut first = admit(thread, "dedupe:f1", None);
+        first["read"] = json!(state);
+        let r = counted(
+            &rt,
+            &config,
+            vec![
+                json!({ "op": "set", "key": state, "value": "s0" }),
+                first.clone(),
+            ],
+        );
+        assert_eq!(
+            admission(&r[1], admit_calls),
+            "admitted",
+            "shards={shards}: {r:?}"
+        );
+        assert_eq!(ok(&r[1])["read"], "s0", "{r:?}");
+        let lock = ok(&r[1])["lock"].clone();
+        let with = |lock: &Value, value: &str| {
+            json!({ "op": "release_or_next", "lock": lock, "ttl_ms": 60_000,
+                    "write": { "key": state, "value": value, "ttl_ms": null } })
+        };
+        let mut stale = lock.clone();
+        stale["fence"] = json!(lock["fence"].as_u64().unwrap() - 1);
+        let r = counted(
+            &rt,
+            &config,
+            vec![
+                admit(thread, "dedupe:f2", Some((entry("f2", 3_600_000), 10))),
+                with(&lock, "s1"),
+                json!({ "op": "get", "key": state }),
+                // A lower fence of the same lock id: refused, nothing changes (the queue
+                // keeps its entry, the lock is still held).
+                with(&stale, "stale"),
+                json!({ "op": "get", "key": state }),
+                json!({ "op": "queue_depth", "thread_id": thread }),
+                with(&lock, "s2"),
+                json!({ "op": "get", "key": state }),
+                with(&lock, "s3"),
+                json!({ "op": "acquire_lock", "lock_id": thread, "ttl_ms": 60_000 }),
+            ],
+        );
+        assert_eq!(ok(&r[0])["depth"], 1, "{r:?}");
+        for i in [1, 3, 6, 8] {
+            assert_eq!(r[i]["calls"], 1, "shards={shards}, op {i}: {r:?}");
+        }
+        assert_eq!(ok(&r[1])["handoff"], "next", "{r:?}");
+        assert_eq!(ok(&r[1])["entry"]["message"]["text"], "f2", "{r:?}");
+        assert_eq!(ok(&r[2]), "s1", "{r:?}");
+        assert_eq!(ok(&r[3])["handoff"], "not_holder", "{r:?}");
+        assert_eq!(ok(&r[4]), "s1", "the refused write changed nothing: {r:?}");
+        assert_eq!(ok(&r[5]), &json!(0), "{r:?}");
+        assert_eq!(ok(&r[6])["handoff"], "released", "{r:?}");
+        assert_eq!(ok(&r[7]), "s2", "{r:?}");
+        assert_eq!(ok(&r[8])["handoff"], "not_holder", "released: {r:?}");
+        assert!(ok(&r[9]).is_object(), "free after the release: {r:?}");
+    }
+    rt.stop();
+}

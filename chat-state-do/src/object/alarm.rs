@@ -37,6 +37,8 @@ const CLEANUP: &[&str] = &[
     "DELETE FROM list_items WHERE rowid IN (SELECT i.rowid FROM list_items i \
      JOIN lists l ON l.key = i.key \
      WHERE l.expires_at IS NOT NULL AND l.expires_at <= ?1 LIMIT ?2)",
+    "DELETE FROM fences WHERE rowid IN (SELECT rowid FROM fences \
+     WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
     // Headers go only once their items are gone, so a partial batch never leaves orphaned
     // items without the expiry that would delete them.
     "DELETE FROM lists WHERE rowid IN (SELECT rowid FROM lists l \
@@ -48,7 +50,8 @@ const NEXT_EXPIRY: &str = "SELECT MIN(e) AS v FROM ( \
      SELECT MIN(expires_at) AS e FROM locks WHERE expires_at > ?1 \
      UNION ALL SELECT MIN(expires_at) FROM cache WHERE expires_at > ?1 \
      UNION ALL SELECT MIN(expires_at) FROM lists WHERE expires_at > ?1 \
-     UNION ALL SELECT MIN(expires_at) FROM queue WHERE expires_at > ?1)";
+     UNION ALL SELECT MIN(expires_at) FROM queue WHERE expires_at > ?1 \
+     UNION ALL SELECT MIN(expires_at) FROM fences WHERE expires_at > ?1)";
 
 /// What the object knows about its alarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -99,6 +99,15 @@ impl ChatStateDO {
             "enqueue" => self.rpc_enqueue(v, &a(2), &a(3), num(a(4)), opt(a(5))).map(JsValue::from),
             "dequeue" => self.rpc_dequeue(v, &a(2), opt(a(3))),
             "queueDepth" => self.rpc_queue_depth(v, &a(2), opt(a(3))).map(JsValue::from),
+            "admit" => self.rpc_admit(
+                v, &a(2), &a(3), opt(a(4)), num(a(5)), &a(6), &a(7), opt(a(8)), &a(9), opt(a(10)),
+            ),
+            "releaseOrNext" => self.rpc_release_or_next(
+                v, &a(2), &a(3), num(a(4)), &a(5), &a(6), opt(a(7)), opt(a(8)), opt(a(9)),
+            ),
+            "setFenced" => self.rpc_set_fenced(
+                v, &a(2), &a(3), opt(a(4)), &a(5), &a(6), num(a(7)), opt(a(8)),
+            ),
             other => return Err(bad_call(&format!(
                 "{other:?} cannot be batched; batch takes the operations of chat_state_do::protocol \
                  (not inspect, failAlarms or batch)"

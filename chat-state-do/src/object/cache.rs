@@ -4,7 +4,7 @@
 //! it is, and `get` answers the `ArrayBuffer` SQL returns, so a value never passes through
 //! wasm memory inside the object.
 
-use chat_state_core::{Operation, validate};
+use chat_state_core::{Error, Operation, validate};
 use wasm_bindgen::prelude::*;
 
 use super::sql::{Stmt, backend_err, ms, optional_ms};
@@ -24,15 +24,7 @@ impl ChatStateDO {
         let call = self.begin(Operation::Get, version, now)?;
         let k = call.string("key", key).map_err(throw)?;
         validate::get(BACKEND, &k).map_err(throw)?;
-        let value = self
-            .sql
-            .one2(Stmt::GET, key, &ms(call.now()))
-            .map_err(|e| throw(backend_err(call.op, "reading the cache", e)))?;
-        Ok(if value.is_undefined() {
-            JsValue::NULL
-        } else {
-            value
-        })
+        self.read(call.op, key, call.now()).map_err(throw)
     }
 
     /// `set(version, key, value, ttlMs | null, now?)`: replaces value and expiry.
@@ -53,11 +45,7 @@ impl ChatStateDO {
         call.value(value).map_err(throw)?;
         let expires =
             validate::optional_expiry_ms(BACKEND, call.op, call.now(), ttl).map_err(throw)?;
-        self.sql
-            .run3(Stmt::SET, key, value, &optional_ms(expires))
-            .map_err(|e| throw(backend_err(call.op, "writing the cache", e)))?;
-        self.arm(expires);
-        Ok(())
+        self.store(call.op, key, value, expires).map_err(throw)
     }
 
     /// `setIfNotExists(version, key, value, ttlMs | null, now?)` → whether it stored the
@@ -78,21 +66,7 @@ impl ChatStateDO {
         call.value(value).map_err(throw)?;
         let now = call.now();
         let expires = validate::optional_expiry_ms(BACKEND, call.op, now, ttl).map_err(throw)?;
-        let row = self
-            .sql
-            .one4(
-                Stmt::SET_IF_NOT_EXISTS,
-                key,
-                value,
-                &optional_ms(expires),
-                &ms(now),
-            )
-            .map_err(|e| throw(backend_err(call.op, "writing the cache", e)))?;
-        let stored = !row.is_undefined();
-        if stored {
-            self.arm(expires);
-        }
-        Ok(stored)
+        self.claim(call.op, key, value, now, expires).map_err(throw)
     }
 
     /// `delete(version, key, now?)`.
@@ -105,5 +79,63 @@ impl ChatStateDO {
             .run1(Stmt::DELETE, key)
             .map_err(|e| throw(backend_err(call.op, "deleting from the cache", e)))?;
         Ok(())
+    }
+}
+
+impl ChatStateDO {
+    /// `key`'s value live at `now` (an `ArrayBuffer`), or `null` (`get`, and the read of an
+    /// admitted message).
+    pub(super) fn read(&self, o: Operation, key: &JsValue, now: u64) -> Result<JsValue, Error> {
+        let value = self
+            .sql
+            .one2(Stmt::GET, key, &ms(now))
+            .map_err(|e| backend_err(o, "reading the cache", e))?;
+        Ok(if value.is_undefined() {
+            JsValue::NULL
+        } else {
+            value
+        })
+    }
+
+    /// Replaces `key`'s value and expiry (`set`, and the value write of `setFenced`).
+    pub(super) fn store(
+        &self,
+        o: Operation,
+        key: &JsValue,
+        value: &JsValue,
+        expires: Option<u64>,
+    ) -> Result<(), Error> {
+        self.sql
+            .run3(Stmt::SET, key, value, &optional_ms(expires))
+            .map_err(|e| backend_err(o, "writing the cache", e))?;
+        self.arm(expires);
+        Ok(())
+    }
+
+    /// Stores `value` under `key` only if the key is missing or expired at `now`; whether it
+    /// did (`setIfNotExists`, and the dedupe claim of `admit`).
+    pub(super) fn claim(
+        &self,
+        o: Operation,
+        key: &JsValue,
+        value: &JsValue,
+        now: u64,
+        expires: Option<u64>,
+    ) -> Result<bool, Error> {
+        let row = self
+            .sql
+            .one4(
+                Stmt::SET_IF_NOT_EXISTS,
+                key,
+                value,
+                &optional_ms(expires),
+                &ms(now),
+            )
+            .map_err(|e| backend_err(o, "writing the cache", e))?;
+        let stored = !row.is_undefined();
+        if stored {
+            self.arm(expires);
+        }
+        Ok(stored)
     }
 }

@@ -97,6 +97,7 @@ impl ChatStateDO {
                  FROM list_items i LEFT JOIN lists l ON l.key = i.key",
             )?,
             queue: count(&live_expired("queue"))?,
+            fences: count(&live_expired("fences"))?,
             alarm_runs: meta(&self.sql, "alarm_runs").map_err(err)?,
             alarm_failures: meta(&self.sql, "alarm_failures").map_err(err)?,
         };

@@ -18,7 +18,7 @@ use crate::BACKEND;
 const FENCE_BLOCK: u64 = 256;
 
 /// The handle a caller holds, as the validators take it; only id and token matter here.
-fn handle(lock_id: String, token: String) -> Lock {
+pub(super) fn handle(lock_id: String, token: String) -> Lock {
     Lock {
         thread_id: lock_id,
         token,
@@ -48,25 +48,11 @@ impl ChatStateDO {
         call.key("lock token", token).map_err(throw)?;
         let now = call.now();
         let expires = validate::expiry_ms(BACKEND, o, now, ttl).map_err(throw)?;
-        let fence = self.next_fence(o).map_err(throw)?;
-        let row = self
-            .sql
-            .one5(
-                Stmt::ACQUIRE,
-                lock_id,
-                token,
-                &ms(expires),
-                &JsValue::from_f64(fence as f64),
-                &ms(now),
-            )
-            .map_err(|e| throw(backend_err(o, "acquiring a lock", e)))?;
-        if row.is_undefined() {
-            return Ok(JsValue::NULL);
-        }
-        let (_, limit) = self.fences.get();
-        self.fences.set((fence + 1, limit));
-        self.arm(Some(expires));
-        Ok(JsValue::from_f64(fence as f64))
+        Ok(match self.try_acquire(o, lock_id, token, now, expires) {
+            Ok(Some(fence)) => JsValue::from_f64(fence as f64),
+            Ok(None) => JsValue::NULL,
+            Err(e) => return Err(throw(e)),
+        })
     }
 
     /// `releaseLock(version, lockId, token, now?)`: deletes the lock if `token` holds it; a
@@ -85,10 +71,7 @@ impl ChatStateDO {
             call.string("lock token", token).map_err(throw)?,
         );
         validate::release_lock(BACKEND, &lock).map_err(throw)?;
-        self.sql
-            .run2(Stmt::RELEASE, lock_id, token)
-            .map_err(|e| throw(backend_err(call.op, "releasing a lock", e)))?;
-        Ok(())
+        self.release_held(call.op, lock_id, token).map_err(throw)
     }
 
     /// `extendLock(version, lockId, token, ttlMs, now?)` → whether it moved the expiry to
@@ -112,11 +95,9 @@ impl ChatStateDO {
         validate::extend_lock(BACKEND, &lock, ttl).map_err(throw)?;
         let now = call.now();
         let expires = validate::expiry_ms(BACKEND, o, now, ttl).map_err(throw)?;
-        let row = self
-            .sql
-            .one4(Stmt::EXTEND, &ms(expires), lock_id, token, &ms(now))
-            .map_err(|e| throw(backend_err(o, "extending a lock", e)))?;
-        let extended = !row.is_undefined();
+        let extended = self
+            .extend_held(o, lock_id, token, now, expires)
+            .map_err(throw)?;
         if extended {
             self.arm(Some(expires));
         }
@@ -142,6 +123,69 @@ impl ChatStateDO {
 }
 
 impl ChatStateDO {
+    /// Takes `lock_id` for `token` until `expires` if it is free or expired at `now`: the
+    /// fence it was taken with, or `None` if it is held. Shared by `acquireLock` and `admit`,
+    /// so both follow the same token, expiry and fence rules.
+    pub(super) fn try_acquire(
+        &self,
+        o: Operation,
+        lock_id: &JsValue,
+        token: &JsValue,
+        now: u64,
+        expires: u64,
+    ) -> Result<Option<u64>, Error> {
+        let fence = self.next_fence(o)?;
+        let row = self
+            .sql
+            .one5(
+                Stmt::ACQUIRE,
+                lock_id,
+                token,
+                &ms(expires),
+                &JsValue::from_f64(fence as f64),
+                &ms(now),
+            )
+            .map_err(|e| backend_err(o, "acquiring a lock", e))?;
+        if row.is_undefined() {
+            return Ok(None);
+        }
+        // Only a fence that was stored is spent; a failed try hands the same one out next.
+        let (_, limit) = self.fences.get();
+        self.fences.set((fence + 1, limit));
+        self.arm(Some(expires));
+        Ok(Some(fence))
+    }
+
+    /// Moves the expiry of `lock_id` to `expires` if `token` is its holder, unexpired at
+    /// `now`; whether it did. Does not arm the alarm: `releaseOrNext` may delete the row in
+    /// the same call, so each caller arms for what it keeps.
+    pub(super) fn extend_held(
+        &self,
+        o: Operation,
+        lock_id: &JsValue,
+        token: &JsValue,
+        now: u64,
+        expires: u64,
+    ) -> Result<bool, Error> {
+        let row = self
+            .sql
+            .one4(Stmt::EXTEND, &ms(expires), lock_id, token, &ms(now))
+            .map_err(|e| backend_err(o, "extending a lock", e))?;
+        Ok(!row.is_undefined())
+    }
+
+    /// Deletes `lock_id` if `token` holds it.
+    pub(super) fn release_held(
+        &self,
+        o: Operation,
+        lock_id: &JsValue,
+        token: &JsValue,
+    ) -> Result<(), Error> {
+        self.sql
+            .run2(Stmt::RELEASE, lock_id, token)
+            .map_err(|e| backend_err(o, "releasing a lock", e))
+    }
+
     /// The next fence this instance may hand out, reserving a new block when it has none
     /// left. One counter for the whole object: strictly increasing overall implies strictly
     /// increasing per lock id, and nothing per id must outlive the lock (lock ids like

@@ -9,7 +9,8 @@
 //!
 //! Layout: this file holds the class, its constructor and what every call shares (version
 //! check, argument decoding, error conversion); each group of operations has its own file
-//! ([`subscriptions`], [`locks`], [`cache`], [`lists`], [`queues`], plus the test-only
+//! ([`subscriptions`], [`locks`], [`cache`], [`lists`], [`queues`], [`dispatch`] (the
+//! three dispatch operations, built from the others' helpers), plus the test-only
 //! [`introspection`]; [`batch`] runs several in one call), each operation one RPC method that
 //! decodes and validates its arguments (calls arrive over the wire, not necessarily from the
 //! adapter) and runs its SQL. [`schema`] migrates the tables, [`alarm`] keeps and runs the
@@ -20,6 +21,7 @@ mod alarm;
 mod batch;
 mod cache;
 mod clock;
+mod dispatch;
 mod introspection;
 mod lists;
 mod locks;

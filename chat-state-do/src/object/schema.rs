@@ -7,7 +7,7 @@ use crate::js::js_message;
 
 /// The schema version this code writes. Bump it and add a step in `migrate` for every
 /// change; objects keep their data across deployments, so steps are never edited.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE subscriptions (thread_id TEXT PRIMARY KEY) WITHOUT ROWID",
@@ -31,6 +31,15 @@ const SCHEMA_V2: &[&str] = &[
     "ALTER TABLE lists ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0",
     "UPDATE lists SET next_seq = \
      COALESCE((SELECT MAX(seq) FROM list_items i WHERE i.key = lists.key), 0)",
+];
+
+/// Version 3: one fence record per key written with `setFenced` (the writer's lock id and
+/// fence, expiring with the value), kept apart from the cache row so plain `set` and
+/// `delete` leave it alone and no value column changes shape.
+const SCHEMA_V3: &[&str] = &[
+    "CREATE TABLE fences (key TEXT PRIMARY KEY, lock_id TEXT NOT NULL, \
+     fence INTEGER NOT NULL, expires_at INTEGER)",
+    "CREATE INDEX fences_expiry ON fences (expires_at) WHERE expires_at IS NOT NULL",
 ];
 
 /// Brings the schema to [`SCHEMA_VERSION`] in one transaction, so a failed step leaves the
@@ -69,7 +78,7 @@ fn steps(sql: &Sql) -> Result<(), String> {
              supported)"
         ));
     }
-    for (target, steps) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+    for (target, steps) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
         if version < target {
             for stmt in steps {
                 sql.run_text(stmt).map_err(|e| fail(stmt, e))?;

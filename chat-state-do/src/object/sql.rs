@@ -77,6 +77,17 @@ statements! {
     DEQUEUE = "DELETE FROM queue WHERE thread_id = ?1 AND seq <= \
                (SELECT seq FROM queue WHERE thread_id = ?1 AND expires_at > ?2 \
                ORDER BY seq LIMIT 1) RETURNING entry, expires_at";
+    // Releases the lock of a live holder whose queue has no live entry: the whole of an
+    // uncontended `releaseOrNext` in one statement (see dispatch.rs).
+    RELEASE_IF_DRAINED = "DELETE FROM locks WHERE lock_id = ?1 AND token = ?2 AND expires_at > ?3 \
+                          AND NOT EXISTS (SELECT 1 FROM queue WHERE thread_id = ?1 \
+                          AND expires_at > ?3) RETURNING 1 AS v";
+    // The live fence record of a key (schema v3; see dispatch.rs).
+    FENCE_READ = "SELECT lock_id, fence FROM fences \
+                  WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)";
+    FENCE_WRITE = "INSERT INTO fences (key, lock_id, fence, expires_at) VALUES (?1, ?2, ?3, ?4) \
+                   ON CONFLICT (key) DO UPDATE SET lock_id = excluded.lock_id, \
+                   fence = excluded.fence, expires_at = excluded.expires_at";
 }
 
 /// The object's SQL handle and its statements as JavaScript strings.
@@ -121,6 +132,18 @@ impl Sql {
         js::run3(&self.db, self.text(s), a, b, c)
     }
 
+    /// [`Sql::run1`] with four values.
+    pub(super) fn run4(
+        &self,
+        s: Stmt,
+        a: &JsValue,
+        b: &JsValue,
+        c: &JsValue,
+        d: &JsValue,
+    ) -> Result<(), JsValue> {
+        js::run4(&self.db, self.text(s), a, b, c, d)
+    }
+
     /// Runs a statement binding one value; returns the column `v` of its first row
     /// (`undefined` if there is none).
     pub(super) fn one1(&self, s: Stmt, a: &JsValue) -> Result<JsValue, JsValue> {
@@ -130,6 +153,17 @@ impl Sql {
     /// [`Sql::one1`] with two values.
     pub(super) fn one2(&self, s: Stmt, a: &JsValue, b: &JsValue) -> Result<JsValue, JsValue> {
         js::one2(&self.db, self.text(s), a, b)
+    }
+
+    /// [`Sql::one1`] with three values.
+    pub(super) fn one3(
+        &self,
+        s: Stmt,
+        a: &JsValue,
+        b: &JsValue,
+        c: &JsValue,
+    ) -> Result<JsValue, JsValue> {
+        js::one3(&self.db, self.text(s), a, b, c)
     }
 
     /// [`Sql::one1`] with four values.
@@ -155,6 +189,12 @@ impl Sql {
         e: &JsValue,
     ) -> Result<JsValue, JsValue> {
         js::one5(&self.db, self.text(s), a, b, c, d, e)
+    }
+
+    /// Runs a statement binding two values; returns its first row as an array (`undefined`
+    /// if there is none).
+    pub(super) fn row2(&self, s: Stmt, a: &JsValue, b: &JsValue) -> Result<JsValue, JsValue> {
+        js::row2(&self.db, self.text(s), a, b)
     }
 
     /// Runs a statement binding three values; returns its first row as an array.

@@ -1,6 +1,6 @@
 //! `subscribe`, `unsubscribe`, `isSubscribed`: one row per subscribed thread, no expiry.
 
-use chat_state_core::Operation;
+use chat_state_core::{Error, Operation};
 use wasm_bindgen::prelude::*;
 
 use super::sql::{Stmt, backend_err};
@@ -50,10 +50,17 @@ impl ChatStateDO {
     ) -> Result<bool, JsError> {
         let call = self.begin(Operation::IsSubscribed, version, now)?;
         call.key("thread id", thread_id).map_err(throw)?;
+        self.subscribed(call.op, thread_id).map_err(throw)
+    }
+}
+
+impl ChatStateDO {
+    /// Whether `thread_id` is subscribed (`isSubscribed`, and an admitted message's answer).
+    pub(super) fn subscribed(&self, o: Operation, thread_id: &JsValue) -> Result<bool, Error> {
         let row = self
             .sql
             .one1(Stmt::IS_SUBSCRIBED, thread_id)
-            .map_err(|e| throw(backend_err(call.op, "reading subscriptions", e)))?;
+            .map_err(|e| backend_err(o, "reading subscriptions", e))?;
         Ok(!row.is_undefined())
     }
 }

@@ -2,9 +2,10 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
+use chat_state_core::dispatch::{DEDUPE_VALUE, DEFAULT_DEDUPE_TTL, DEFAULT_LOCK_TTL, FencedSet};
 use chat_state_core::{
-    Cache as _, Error, ListOptions, Lists as _, Lock, Locks as _, QueueEntry, Queues as _,
-    StateExt as _, Subscriptions as _,
+    Admission, Admit, Cache as _, Dispatch as _, Error, FencedWrite, Handoff, ListOptions,
+    Lists as _, Lock, Locks as _, QueueEntry, Queues as _, StateExt as _, Subscriptions as _,
 };
 use chat_state_do::protocol::kind_name;
 use chat_state_do::routing::hashed_shards;
@@ -137,6 +138,73 @@ enum Op {
     QueueDepth {
         thread_id: String,
     },
+    /// `admit`; without `dedupe_ttl_ms`/`lock_ttl_ms` the upstream defaults, without `queue`
+    /// dropped when busy. Answers [`admission_json`].
+    Admit {
+        thread_id: String,
+        dedupe_key: String,
+        dedupe_ttl_ms: Option<u64>,
+        lock_ttl_ms: Option<u64>,
+        queue: Option<QueuePolicy>,
+        /// A key to read when admitted (`Admit::read`).
+        read: Option<String>,
+    },
+    /// `release_or_next` (with `write`: `release_or_next_with`) with a lock as an earlier op
+    /// answered it; answers `{"handoff": "next" | "released" | "not_holder", "entry"?,
+    /// "lock"}`.
+    ReleaseOrNext {
+        lock: Lock,
+        ttl_ms: u64,
+        write: Option<WriteOp>,
+    },
+    /// `set_fenced`; answers `"stored"` or `"stale"`.
+    SetFenced {
+        lock: Lock,
+        key: String,
+        value: String,
+        ttl_ms: Option<u64>,
+    },
+}
+
+/// The fenced write of `release_or_next_with` in a script.
+#[derive(Deserialize)]
+struct WriteOp {
+    key: String,
+    value: String,
+    ttl_ms: Option<u64>,
+}
+
+/// `WhenBusy::Queue` in a script.
+#[derive(Deserialize)]
+struct QueuePolicy {
+    entry: QueueEntry,
+    max_size: usize,
+}
+
+/// An [`Admission`] as JSON: `{"admission": "duplicate" | "dropped" | "queued" | "admitted" |
+/// "holding_queue", "depth"?, "lock"?, "subscribed"?, "read"?}`.
+fn admission_json(a: Admission) -> Value {
+    match a {
+        Admission::Duplicate => json!({ "admission": "duplicate" }),
+        Admission::Dropped => json!({ "admission": "dropped" }),
+        Admission::Queued { depth } => json!({ "admission": "queued", "depth": depth }),
+        Admission::Admitted {
+            lock,
+            subscribed,
+            read,
+        } => json!({
+            "admission": "admitted", "lock": lock, "subscribed": subscribed,
+            "read": read.map(|v| text(&v)),
+        }),
+        Admission::HoldingQueue {
+            lock,
+            subscribed,
+            read,
+        } => json!({
+            "admission": "holding_queue", "lock": lock, "subscribed": subscribed,
+            "read": read.map(|v| text(&v)),
+        }),
+    }
 }
 
 #[derive(Deserialize)]
@@ -144,6 +212,9 @@ struct Script {
     #[serde(default)]
     config: Config,
     ops: Vec<Value>,
+    /// Add each op's round trips to its result (`/adapter` only).
+    #[serde(default)]
+    count_calls: bool,
 }
 
 fn err_json(e: &Error) -> Value {
@@ -217,6 +288,62 @@ async fn run_op(a: &DurableObjectAdapter, raw: Value) -> Value {
             } => json!(a.enqueue(&thread_id, entry, max_size).await?),
             Op::Dequeue { thread_id } => json!(a.dequeue(&thread_id).await?),
             Op::QueueDepth { thread_id } => json!(a.queue_depth(&thread_id).await?),
+            Op::Admit {
+                thread_id,
+                dedupe_key,
+                dedupe_ttl_ms,
+                lock_ttl_ms,
+                queue,
+                read,
+            } => {
+                let mut m = Admit::new(&thread_id, &dedupe_key);
+                if let Some(key) = &read {
+                    m = m.read(key);
+                }
+                if let Some(t) = dedupe_ttl_ms {
+                    m = m.dedupe_ttl(ms(t));
+                }
+                if let Some(t) = lock_ttl_ms {
+                    m = m.lock_ttl(ms(t));
+                }
+                if let Some(q) = queue {
+                    m = m.queue_when_busy(q.entry, q.max_size);
+                }
+                admission_json(a.admit(&m).await?)
+            }
+            Op::ReleaseOrNext {
+                mut lock,
+                ttl_ms,
+                write,
+            } => {
+                let handoff = match &write {
+                    Some(w) => {
+                        let set = FencedSet {
+                            key: &w.key,
+                            value: w.value.as_bytes(),
+                            ttl: w.ttl_ms.map(ms),
+                        };
+                        a.release_or_next_with(&mut lock, ms(ttl_ms), set).await?
+                    }
+                    None => a.release_or_next(&mut lock, ms(ttl_ms)).await?,
+                };
+                match handoff {
+                    Handoff::Next(entry) => {
+                        json!({ "handoff": "next", "entry": entry, "lock": lock })
+                    }
+                    Handoff::Released => json!({ "handoff": "released", "lock": lock }),
+                    Handoff::NotHolder => json!({ "handoff": "not_holder", "lock": lock }),
+                }
+            }
+            Op::SetFenced {
+                lock,
+                key,
+                value,
+                ttl_ms,
+            } => json!(
+                a.set_fenced(&lock, &key, value.as_bytes(), ttl_ms.map(ms))
+                    .await?
+            ),
         })
     }
     .await;
@@ -227,16 +354,27 @@ async fn run_op(a: &DurableObjectAdapter, raw: Value) -> Value {
 }
 
 async fn run_ops(a: &DurableObjectAdapter, ops: Vec<Value>) -> Vec<Value> {
+    run_counted_ops(a, ops, false).await
+}
+
+/// [`run_ops`]; with `count`, each result also has `"calls"`: the round trips to objects the
+/// operation made.
+async fn run_counted_ops(a: &DurableObjectAdapter, ops: Vec<Value>, count: bool) -> Vec<Value> {
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
-        out.push(run_op(a, op).await);
+        let before = a.backend().round_trips();
+        let mut v = run_op(a, op).await;
+        if count {
+            v["calls"] = json!(a.backend().round_trips() - before);
+        }
+        out.push(v);
     }
     out
 }
 
 async fn script(env: &Env, s: Script) -> Result<Response> {
     match adapter(env, &s.config) {
-        Ok(a) => Response::from_json(&run_ops(&a, s.ops).await),
+        Ok(a) => Response::from_json(&run_counted_ops(&a, s.ops, s.count_calls).await),
         Err(e) => Response::from_json(&json!([err_json(&e)])),
     }
 }
@@ -455,6 +593,183 @@ async fn cycles(env: &Env, c: Cycles) -> std::result::Result<Value, Error> {
     Ok(json!({ "cycles": c.cycles, "ms": Date::now().as_millis() - started }))
 }
 
+#[derive(Deserialize)]
+struct DispatchCycles {
+    config: Config,
+    cycles: u32,
+    concurrency: u32,
+    threads: u32,
+    /// `"dispatch"`, `"fused"` (the read in the admit, the write in the handoff) or
+    /// `"primitives"`.
+    mode: String,
+    #[serde(default)]
+    prefix: String,
+}
+
+/// One new message handled with the dispatch operations: admit, the handler's read and
+/// fenced write of the thread state, release_or_next (which finds the queue empty). Four
+/// round trips, two of them the handler's.
+async fn message_via_dispatch(
+    a: &DurableObjectAdapter,
+    thread: &str,
+    dedupe_key: &str,
+) -> std::result::Result<(), String> {
+    let fail = |e: Error| e.to_string();
+    let Admission::Admitted { mut lock, .. } = a
+        .admit(&Admit::new(thread, dedupe_key))
+        .await
+        .map_err(fail)?
+    else {
+        return Err(format!("{dedupe_key} on {thread} was not admitted"));
+    };
+    let key = format!("thread-state:{thread}");
+    let n = thread_count(a.get_json(&key).await.map_err(fail)?);
+    let state = serde_json::to_vec(&json!({ "n": n + 1 })).map_err(|e| e.to_string())?;
+    let ttl = Some(Duration::from_secs(86_400));
+    if a.set_fenced(&lock, &key, &state, ttl).await.map_err(fail)? != FencedWrite::Stored {
+        return Err(format!("the fenced write on {thread} was stale"));
+    }
+    match a
+        .release_or_next(&mut lock, DEFAULT_LOCK_TTL)
+        .await
+        .map_err(fail)?
+    {
+        Handoff::Released => Ok(()),
+        other => Err(format!("release_or_next on {thread}: {other:?}")),
+    }
+}
+
+/// [`message_via_dispatch`] with the handler's read folded into the admit (`Admit::read`)
+/// and its fenced write into the handoff (`release_or_next_with`): two round trips.
+async fn message_via_fused_dispatch(
+    a: &DurableObjectAdapter,
+    thread: &str,
+    dedupe_key: &str,
+) -> std::result::Result<(), String> {
+    let fail = |e: Error| e.to_string();
+    let key = format!("thread-state:{thread}");
+    let Admission::Admitted { mut lock, read, .. } = a
+        .admit(&Admit::new(thread, dedupe_key).read(&key))
+        .await
+        .map_err(fail)?
+    else {
+        return Err(format!("{dedupe_key} on {thread} was not admitted"));
+    };
+    let state: Option<Value> = match read {
+        Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let n = thread_count(state);
+    let state = serde_json::to_vec(&json!({ "n": n + 1 })).map_err(|e| e.to_string())?;
+    let write = FencedSet {
+        key: &key,
+        value: &state,
+        ttl: Some(Duration::from_secs(86_400)),
+    };
+    match a
+        .release_or_next_with(&mut lock, DEFAULT_LOCK_TTL, write)
+        .await
+        .map_err(fail)?
+    {
+        Handoff::Released => Ok(()),
+        other => Err(format!("release_or_next_with on {thread}: {other:?}")),
+    }
+}
+
+/// The same message with the primitive operations, as a bot does without dispatch: claim,
+/// subscription, lock, the handler's read and write, look at the queue, release. Seven
+/// round trips.
+async fn message_via_primitives(
+    a: &DurableObjectAdapter,
+    thread: &str,
+    dedupe_key: &str,
+) -> std::result::Result<(), String> {
+    let fail = |e: Error| e.to_string();
+    let claimed = a
+        .set_if_not_exists(dedupe_key, DEDUPE_VALUE, Some(DEFAULT_DEDUPE_TTL))
+        .await
+        .map_err(fail)?;
+    if !claimed {
+        return Err(format!("{dedupe_key} was a duplicate"));
+    }
+    a.is_subscribed(thread).await.map_err(fail)?;
+    let Some(lock) = a
+        .acquire_lock(thread, DEFAULT_LOCK_TTL)
+        .await
+        .map_err(fail)?
+    else {
+        return Err(format!("{thread} was locked"));
+    };
+    let key = format!("thread-state:{thread}");
+    let n = thread_count(a.get_json(&key).await.map_err(fail)?);
+    let ttl = Some(Duration::from_secs(86_400));
+    a.set_json(&key, &json!({ "n": n + 1 }), ttl)
+        .await
+        .map_err(fail)?;
+    if a.dequeue(thread).await.map_err(fail)?.is_some() {
+        return Err(format!("{thread} had a queued message"));
+    }
+    a.release_lock(&lock).await.map_err(fail)
+}
+
+fn thread_count(state: Option<Value>) -> u64 {
+    state
+        .as_ref()
+        .and_then(|s| s.get("n"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// `cycles` new messages in this one request on one adapter, `concurrency` at a time, each
+/// on thread `<prefix>thread-<i % threads>` with a dedupe key of its own; answers the
+/// elapsed milliseconds and the round trips the adapter made.
+async fn dispatch_cycles(env: &Env, c: DispatchCycles) -> std::result::Result<Value, Error> {
+    let a = Rc::new(adapter(env, &c.config)?);
+    let mode = match c.mode.as_str() {
+        "dispatch" => 0,
+        "fused" => 1,
+        "primitives" => 2,
+        other => return Err(Error::invalid_input(format!("no mode {other:?}"))),
+    };
+    // Dedupe keys never repeat across requests, so no message of a later round is a duplicate.
+    let run = format!(
+        "{}-{:x}",
+        Date::now().as_millis(),
+        (js_sys::Math::random() * 1e15) as u64
+    );
+    let next = Rc::new(Cell::new(0u32));
+    let started = Date::now().as_millis();
+    let before = a.backend().round_trips();
+    let workers = js_sys::Array::new();
+    for _ in 0..c.concurrency.max(1) {
+        let (a, next, prefix, run) = (a.clone(), next.clone(), c.prefix.clone(), run.clone());
+        let (total, threads) = (c.cycles, c.threads.max(1));
+        workers.push(&future_to_promise(async move {
+            while next.get() < total {
+                let i = next.get();
+                next.set(i + 1);
+                let thread = format!("{prefix}thread-{}", i % threads);
+                let key = format!("dedupe:bench:{run}:{i}");
+                let done = match mode {
+                    0 => message_via_dispatch(&a, &thread, &key).await,
+                    1 => message_via_fused_dispatch(&a, &thread, &key).await,
+                    _ => message_via_primitives(&a, &thread, &key).await,
+                };
+                done.map_err(|e| JsValue::from_str(&e))?;
+            }
+            Ok(JsValue::UNDEFINED)
+        }));
+    }
+    JsFuture::from(js_sys::Promise::all(&workers))
+        .await
+        .map_err(|e| Error::invalid_input(e.as_string().unwrap_or_default()))?;
+    Ok(json!({
+        "cycles": c.cycles,
+        "ms": Date::now().as_millis() - started,
+        "round_trips": a.backend().round_trips() - before,
+    }))
+}
+
 fn query(req: &Request, name: &str) -> Option<String> {
     req.url()
         .ok()?
@@ -495,6 +810,13 @@ async fn fetch(mut req: Request, env: Env, _ctx: worker::Context) -> Result<Resp
         (Method::Post, ["cycles"]) => {
             let c: Cycles = req.json().await?;
             match cycles(&env, c).await {
+                Ok(v) => Response::from_json(&v),
+                Err(e) => Ok(Response::from_json(&err_json(&e))?.with_status(500)),
+            }
+        }
+        (Method::Post, ["dispatch-cycles"]) => {
+            let c: DispatchCycles = req.json().await?;
+            match dispatch_cycles(&env, c).await {
                 Ok(v) => Response::from_json(&v),
                 Err(e) => Ok(Response::from_json(&err_json(&e))?.with_status(500)),
             }
