@@ -731,7 +731,7 @@ mod native {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use chat_state_core::{BusyStrategy, Dispatched, Dispatcher, StateAdapter};
+    use chat_state_core::{BusyStrategy, Dispatched, Dispatcher, QueueEntry, StateAdapter};
     use serde_json::json;
 
     use super::LONG_TTL;
@@ -853,6 +853,85 @@ mod native {
             stale_writes.load(std::sync::atomic::Ordering::SeqCst),
             0,
             "fenced writes refused although no lock was lost"
+        );
+        Ok(())
+    }
+
+    /// A dispatcher whose handler loses the lock (taken over mid-turn) stops: the turn sees
+    /// `is_lost`, its thread-state write is not stored, the message queued behind it is left
+    /// for the new holder (not handed out), and the outcome says `ownership_lost`.
+    pub async fn dispatch_dispatcher_stops_when_the_lock_is_lost(h: &Harness) -> CaseResult {
+        let state: Arc<dyn StateAdapter> = h.adapter.clone();
+        let lock_ttl = Duration::from_millis(300);
+        let saw_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = saw_lost.clone();
+        let bot = Dispatcher::new(state.clone(), "test", move |turn, message| {
+            let seen = seen.clone();
+            async move {
+                if message["id"] == "first" {
+                    // Another instance force-releases the lock and takes the thread over.
+                    turn.state().force_release_lock(turn.thread_id()).await?;
+                    let other = turn
+                        .state()
+                        .acquire_lock(turn.thread_id(), LONG_TTL)
+                        .await?;
+                    let other = other.ok_or("the forced-free lock was not free")?;
+                    let _ = other;
+                    // Longer than a heartbeat period: the extend finds the lock gone.
+                    for _ in 0..50 {
+                        if turn.is_lost() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    seen.store(turn.is_lost(), std::sync::atomic::Ordering::SeqCst);
+                    turn.set_thread_state(b"from the lost turn".to_vec(), None)?;
+                }
+                Ok(())
+            }
+        })
+        .thread_state(|thread| format!("state:{thread}"))
+        .lock_ttl(lock_ttl)
+        .busy(BusyStrategy::queue());
+        let queued = QueueEntry::new(json!({"id": "second"}), h.time.now_ms(), LONG_TTL);
+        let outcome = {
+            let dispatch = bot.dispatch("t", "m1", json!({"id": "first"}));
+            // While the first turn runs, a second message is queued behind it.
+            let enqueue = async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                state.enqueue("t", queued, 10).await
+            };
+            let (outcome, depth) = futures::join!(dispatch, enqueue);
+            ensure_eq!(depth?, 1, "the queued message");
+            outcome?
+        };
+        match outcome {
+            Dispatched::Handled {
+                handled,
+                from_queue,
+                ownership_lost,
+                failures,
+            } => {
+                ensure!(failures.is_empty(), "handler failures: {failures:?}");
+                ensure!(ownership_lost, "the outcome must say the lock was lost");
+                ensure_eq!(handled, 1, "turns run");
+                ensure_eq!(from_queue, 0, "entries handed out after the loss");
+            }
+            other => return Err(Failure::new(format!("expected Handled, got {other:?}"))),
+        }
+        ensure!(
+            saw_lost.load(std::sync::atomic::Ordering::SeqCst),
+            "the turn never saw is_lost"
+        );
+        ensure_eq!(
+            h.adapter.get("state:t").await?,
+            None,
+            "the lost turn's write"
+        );
+        ensure_eq!(
+            h.adapter.queue_depth("t").await?,
+            1,
+            "the queued message, left for the new holder"
         );
         Ok(())
     }

@@ -204,6 +204,7 @@ macro_rules! __case_list {
             model_based_operations
         ] native: [
             dispatch_randomized_schedule_handles_every_message_once
+            dispatch_dispatcher_stops_when_the_lock_is_lost
             lock_guard_runs_work_and_releases
             lock_guard_busy_when_held
             lock_guard_heartbeat_keeps_lock
