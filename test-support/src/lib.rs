@@ -456,7 +456,13 @@ fn make_certs(dir: &Path) {
 /// Whether something on 127.0.0.1:`port` answers `PING` with `+PONG` or `-NOAUTH` (a
 /// password-protected server is up too), not `-LOADING`.
 pub fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+    ping_addr(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Whether a Redis server answers `PING` at `addr` (`+PONG`, or `-NOAUTH` from a server
+/// that wants a password: it is up), within 200 ms to connect and 500 ms to answer.
+pub fn ping_addr(addr: std::net::SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));

@@ -258,7 +258,10 @@ impl NetnsRedis {
                 .expect("start redis-server in the namespace");
             me.children.push(child);
             let started = Instant::now();
-            while !ping(&server_ip, port) {
+            while !server_ip
+                .parse()
+                .is_ok_and(|ip: std::net::IpAddr| crate::ping_addr((ip, port).into()))
+            {
                 assert!(
                     started.elapsed() < READY_TIMEOUT,
                     "redis-server in {ns} did not answer"
@@ -427,21 +430,6 @@ impl Drop for NetnsRedis {
 }
 
 /// Whether `ip`:`port` answers `PING`.
-fn ping(ip: &str, port: u16) -> bool {
-    let Ok(addr) = format!("{ip}:{port}").parse() else {
-        return false;
-    };
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
-}
-
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
 }
