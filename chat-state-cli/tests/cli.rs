@@ -48,65 +48,138 @@ async fn simulate_rejects_bad_arguments() {
 /// The simulation's checks have teeth: adapters with a deliberately broken guarantee make it
 /// report exactly the failure the guarantee prevents.
 mod broken_backends {
-    use std::sync::Arc;
+    //! Backends with one fault each, where the dispatcher meets it: in the admit. The
+    //! simulation's audit must show every fault.
 
-    use chat_state::{
-        Cache, Call, Layer, Layered, Locks, MaybeSend, MemoryState, Next, Operation, Queues,
-        Result, StateAdapter,
-    };
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chat_state::core::{AdmitOutcome, AdmitRequest, Backend, Checked, LockRequest};
+    use chat_state::{ListOptions, Lock, MemoryBackend, QueueEntry, Result};
 
     use super::{sim_args, simulate};
 
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
     enum Fault {
-        /// `set_if_not_exists` always wins (non-atomic dedupe): the key is deleted first.
+        /// The dedupe claim is forgotten before each admit: a message is new every time.
         DedupeAlwaysWins,
-        /// `acquire_lock` takes the lock from whoever holds it (a lock that does not
-        /// exclude): the lock is force-released first.
+        /// The thread's lock is freed before each admit: two instances hold it at once.
         LockNeverExcludes,
-        /// `enqueue` loses an entry: one is dequeued and dropped right after.
+        /// A queued entry is dropped right after it was queued.
         QueueForgets,
     }
 
-    /// A layer that breaks one guarantee of the store it wraps. A layer cannot forge a
-    /// call's result, so it breaks the guarantee the way a buggy backend would: by a
-    /// side effect on the same store (`store`, the adapter it wraps) around the real call.
+    /// The memory backend with one fault, its dispatch native.
     struct Faulty {
         fault: Fault,
-        store: Arc<dyn StateAdapter>,
+        inner: MemoryBackend,
     }
 
-    #[chat_state::core::async_trait]
-    impl Layer for Faulty {
-        async fn call<T: MaybeSend>(&self, call: Call<'_>, next: Next<'_, T>) -> Result<T> {
-            match (self.fault, call.operation) {
-                (Fault::DedupeAlwaysWins, Operation::SetIfNotExists) => {
-                    self.store.delete(call.id).await?;
-                    next.await
-                }
-                (Fault::LockNeverExcludes, Operation::AcquireLock) => {
-                    self.store.force_release_lock(call.id).await?;
-                    next.await
-                }
-                (Fault::QueueForgets, Operation::Enqueue) => {
-                    let depth = next.await?;
-                    self.store.dequeue(call.id).await?;
-                    Ok(depth)
-                }
-                _ => next.await,
+    impl Backend for Faulty {
+        fn name(&self) -> &'static str {
+            "faulty"
+        }
+        fn now_ms(&self) -> u64 {
+            self.inner.now_ms()
+        }
+        async fn subscribe(&self, thread_id: &str) -> Result<()> {
+            self.inner.subscribe(thread_id).await
+        }
+        async fn unsubscribe(&self, thread_id: &str) -> Result<()> {
+            self.inner.unsubscribe(thread_id).await
+        }
+        async fn is_subscribed(&self, thread_id: &str) -> Result<bool> {
+            self.inner.is_subscribed(thread_id).await
+        }
+        async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>> {
+            self.inner.acquire_lock(request).await
+        }
+        async fn release_lock(&self, lock: &Lock) -> Result<()> {
+            self.inner.release_lock(lock).await
+        }
+        async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool> {
+            self.inner.extend_lock(request).await
+        }
+        async fn force_release_lock(&self, lock_id: &str) -> Result<()> {
+            self.inner.force_release_lock(lock_id).await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            self.inner.get(key).await
+        }
+        async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+            self.inner.set(key, value, ttl).await
+        }
+        async fn set_if_not_exists(
+            &self,
+            key: &str,
+            value: &[u8],
+            ttl: Option<Duration>,
+        ) -> Result<bool> {
+            self.inner.set_if_not_exists(key, value, ttl).await
+        }
+        async fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key).await
+        }
+        async fn append_to_list(
+            &self,
+            key: &str,
+            value: &[u8],
+            options: ListOptions,
+        ) -> Result<()> {
+            self.inner.append_to_list(key, value, options).await
+        }
+        async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>> {
+            self.inner.get_list(key).await
+        }
+        async fn enqueue(
+            &self,
+            thread_id: &str,
+            entry: QueueEntry,
+            max_size: usize,
+        ) -> Result<usize> {
+            self.inner.enqueue(thread_id, entry, max_size).await
+        }
+        async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>> {
+            self.inner.dequeue(thread_id).await
+        }
+        async fn queue_depth(&self, thread_id: &str) -> Result<usize> {
+            self.inner.queue_depth(thread_id).await
+        }
+
+        const ATOMIC_DISPATCH: bool = true;
+
+        async fn admit(&self, request: &AdmitRequest<'_>) -> Result<AdmitOutcome> {
+            let thread = request.lock.lock_id;
+            match self.fault {
+                Fault::DedupeAlwaysWins => self.inner.delete(request.dedupe_key).await?,
+                Fault::LockNeverExcludes => self.inner.force_release_lock(thread).await?,
+                Fault::QueueForgets => {}
             }
+            let outcome = self.inner.admit(request).await?;
+            if self.fault == Fault::QueueForgets && matches!(outcome, AdmitOutcome::Queued { .. }) {
+                self.inner.dequeue(thread).await?;
+            }
+            Ok(outcome)
+        }
+        async fn release_or_next(&self, request: &LockRequest<'_>) -> Result<chat_state::Handoff> {
+            self.inner.release_or_next(request).await
+        }
+        async fn set_fenced(
+            &self,
+            lock: &Lock,
+            key: &str,
+            value: &[u8],
+            ttl: Option<Duration>,
+        ) -> Result<chat_state::FencedWrite> {
+            self.inner.set_fenced(lock, key, value, ttl).await
         }
     }
 
     async fn run(fault: Fault) -> chat_state_cli::simulate::SimReport {
-        let store: Arc<dyn StateAdapter> = Arc::new(MemoryState::default());
-        let state = Arc::new(Layered::new(
-            Faulty {
-                fault,
-                store: store.clone(),
-            },
-            store,
-        ));
+        let state = Arc::new(Checked::new(Faulty {
+            fault,
+            inner: MemoryBackend::new(),
+        }));
         simulate(state, &sim_args()).await.expect("simulation runs")
     }
 

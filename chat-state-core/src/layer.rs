@@ -1,4 +1,4 @@
-//! Wrapping an adapter without rewriting its 22 methods: [`Layer`] and [`Layered`], and the
+//! Wrapping an adapter without rewriting its two dozen methods: [`Layer`] and [`Layered`], and the
 //! traits implemented for `Arc<T>`, `Box<T>` and `&T`.
 //!
 //! A layer sees every call as a [`Call`] (backend, operation, id) plus the wrapped call
