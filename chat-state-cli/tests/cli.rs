@@ -48,8 +48,7 @@ async fn simulate_rejects_bad_arguments() {
 /// The simulation's checks have teeth: adapters with a deliberately broken guarantee make it
 /// report exactly the failure the guarantee prevents.
 mod broken_backends {
-    //! Backends with one fault each, where the dispatcher meets it: in the admit. The
-    //! simulation's audit must show every fault.
+    // Backends with one fault each, where the dispatcher meets it: in the admit.
 
     use std::sync::Arc;
     use std::time::Duration;
