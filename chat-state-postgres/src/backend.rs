@@ -1,0 +1,752 @@
+//! [`PostgresBackend`]: every operation as one statement (or, for list appends and enqueues,
+//! one short transaction under a per-key advisory lock), with time taken from the server.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chat_state_core::{
+    Backend, Clock, Error, ListOptions, Lock, LockRequest, Operation, QueueEntry,
+};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+use crate::error::{corrupt, map, timed_out};
+use crate::schema::{self, SchemaMode};
+use crate::{BACKEND, PostgresBuilder};
+
+/// "Now" in every statement: the test clock's milliseconds when one is set (`$1`), else the
+/// server's `statement_timestamp()`, so every client on the database agrees on expiry.
+const NOW: &str =
+    "COALESCE('epoch'::timestamptz + $1::bigint * interval '1 millisecond', statement_timestamp())";
+
+/// Queue timestamps beyond this are clamped (timestamptz ends in 294276 AD).
+const MAX_STORED_MS: i64 = 8_000_000_000_000_000;
+
+fn sql(template: &str) -> String {
+    template.replace("{now}", NOW)
+}
+
+/// The SQL of every operation, with [`NOW`] substituted once.
+#[derive(Debug)]
+struct Statements {
+    acquire: String,
+    extend: String,
+    get: String,
+    set: String,
+    set_if_not_exists: String,
+    list_insert: String,
+    list_trim: String,
+    list_refresh: String,
+    get_list: String,
+    queue_insert: String,
+    queue_trim: String,
+    dequeue: String,
+    depth: String,
+    sweep: Vec<String>,
+}
+
+impl Statements {
+    fn new() -> Self {
+        Self {
+            acquire: sql("WITH acquired AS (
+                INSERT INTO chat_state_locks AS l (key_prefix, thread_id, token, expires_at, updated_at)
+                VALUES ($2, $3, $4, {now} + $5::bigint * interval '1 millisecond', {now})
+                ON CONFLICT (key_prefix, thread_id) DO UPDATE
+                  SET token = EXCLUDED.token, expires_at = EXCLUDED.expires_at,
+                      updated_at = EXCLUDED.updated_at
+                  WHERE l.expires_at <= {now}
+                RETURNING 1
+              )
+              INSERT INTO chat_state_lock_fences AS f (key_prefix, thread_id, fence)
+              SELECT $2, $3, 1 FROM acquired
+              ON CONFLICT (key_prefix, thread_id) DO UPDATE SET fence = f.fence + 1
+              RETURNING fence"),
+            extend: sql("UPDATE chat_state_locks
+              SET expires_at = {now} + $5::bigint * interval '1 millisecond', updated_at = {now}
+              WHERE key_prefix = $2 AND thread_id = $3 AND token = $4 AND expires_at > {now}"),
+            get: sql("SELECT value, raw FROM chat_state_cache
+              WHERE key_prefix = $2 AND cache_key = $3
+                AND (expires_at IS NULL OR expires_at > {now})"),
+            set: sql("INSERT INTO chat_state_cache AS c
+                (key_prefix, cache_key, value, raw, expires_at, updated_at)
+              VALUES ($2, $3, $4, $5, {now} + $6::bigint * interval '1 millisecond', {now})
+              ON CONFLICT (key_prefix, cache_key) DO UPDATE
+                SET value = EXCLUDED.value, raw = EXCLUDED.raw,
+                    expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at"),
+            set_if_not_exists: sql("INSERT INTO chat_state_cache AS c
+                (key_prefix, cache_key, value, raw, expires_at, updated_at)
+              VALUES ($2, $3, $4, $5, {now} + $6::bigint * interval '1 millisecond', {now})
+              ON CONFLICT (key_prefix, cache_key) DO UPDATE
+                SET value = EXCLUDED.value, raw = EXCLUDED.raw,
+                    expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at
+                WHERE c.expires_at IS NOT NULL AND c.expires_at <= {now}
+              RETURNING 1"),
+            // An expired list restarts empty (and without expiry unless this append sets one).
+            list_insert: sql("WITH gone AS (
+                DELETE FROM chat_state_lists
+                WHERE key_prefix = $2 AND list_key = $3 AND expires_at <= {now}
+              )
+              INSERT INTO chat_state_lists (key_prefix, list_key, value, raw, expires_at)
+              VALUES ($2, $3, $4, $5, COALESCE(
+                {now} + $6::bigint * interval '1 millisecond',
+                (SELECT max(expires_at) FROM chat_state_lists
+                 WHERE key_prefix = $2 AND list_key = $3 AND expires_at > {now})))"),
+            // Two statements: a DELETE and an UPDATE of the same rows in one statement would
+            // race each other (PostgreSQL leaves their order unspecified).
+            list_trim: sql("DELETE FROM chat_state_lists
+              WHERE key_prefix = $2 AND list_key = $3 AND seq IN (
+                SELECT seq FROM chat_state_lists WHERE key_prefix = $2 AND list_key = $3
+                  AND (expires_at IS NULL OR expires_at > {now})
+                ORDER BY seq DESC OFFSET $4)"),
+            list_refresh: sql("UPDATE chat_state_lists
+              SET expires_at = {now} + $4::bigint * interval '1 millisecond'
+              WHERE key_prefix = $2 AND list_key = $3"),
+            get_list: sql("SELECT value, raw FROM chat_state_lists
+              WHERE key_prefix = $2 AND list_key = $3
+                AND (expires_at IS NULL OR expires_at > {now})
+              ORDER BY seq ASC"),
+            queue_insert: sql("WITH gone AS (
+                DELETE FROM chat_state_queues
+                WHERE key_prefix = $2 AND thread_id = $3 AND expires_at <= {now}
+              )
+              INSERT INTO chat_state_queues (key_prefix, thread_id, value, expires_at)
+              VALUES ($2, $3, $4, 'epoch'::timestamptz + $5::bigint * interval '1 millisecond')"),
+            queue_trim: sql("WITH trimmed AS (
+                DELETE FROM chat_state_queues
+                WHERE key_prefix = $2 AND thread_id = $3 AND seq IN (
+                  SELECT seq FROM chat_state_queues
+                  WHERE key_prefix = $2 AND thread_id = $3 AND expires_at > {now}
+                  ORDER BY seq DESC OFFSET $4)
+                RETURNING 1
+              )
+              SELECT (SELECT count(*) FROM chat_state_queues
+                      WHERE key_prefix = $2 AND thread_id = $3 AND expires_at > {now})
+                   - (SELECT count(*) FROM trimmed)"),
+            dequeue: sql("DELETE FROM chat_state_queues
+              WHERE key_prefix = $2 AND thread_id = $3 AND seq = (
+                SELECT seq FROM chat_state_queues
+                WHERE key_prefix = $2 AND thread_id = $3 AND expires_at > {now}
+                ORDER BY seq ASC LIMIT 1
+                FOR UPDATE SKIP LOCKED)
+              RETURNING value"),
+            depth: sql("SELECT count(*) FROM chat_state_queues
+              WHERE key_prefix = $2 AND thread_id = $3 AND expires_at > {now}"),
+            sweep: [
+                "chat_state_locks",
+                "chat_state_cache",
+                "chat_state_lists",
+                "chat_state_queues",
+            ]
+            .iter()
+            .map(|table| {
+                sql(&format!(
+                    "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+                       SELECT ctid FROM {table}
+                       WHERE key_prefix = $2 AND expires_at <= {{now}} LIMIT $3))"
+                ))
+            })
+            .collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    owns_pool: bool,
+    prefix: String,
+    clock: Option<Arc<dyn Clock>>,
+    /// Server clock minus ours, in microseconds, rounded towards "server behind".
+    offset_us: AtomicI64,
+    statement_timeout: Duration,
+    sql: Statements,
+}
+
+/// The PostgreSQL [`Backend`]; use it as [`PostgresState`](crate::PostgresState), built with
+/// [`PostgresBackend::builder`] or [`PostgresBackend::with_pool`].
+#[derive(Debug)]
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+    sweep: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn system_us() -> i64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn ms(ttl: Duration) -> i64 {
+    i64::try_from(chat_state_core::validate::duration_ms(ttl)).unwrap_or(i64::MAX)
+}
+
+fn clamp_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Text if the bytes are NUL-free UTF-8 (what TypeScript bots read), else `''` plus the bytes.
+fn encode(value: &[u8]) -> (&str, Option<&[u8]>) {
+    match std::str::from_utf8(value) {
+        Ok(text) if !text.contains('\0') => (text, None),
+        _ => ("", Some(value)),
+    }
+}
+
+fn decode(value: String, raw: Option<Vec<u8>>) -> Vec<u8> {
+    match raw {
+        Some(raw) if value.is_empty() => raw,
+        _ => value.into_bytes(),
+    }
+}
+
+impl Inner {
+    fn now(&self) -> Option<i64> {
+        self.clock
+            .as_ref()
+            .map(|c| i64::try_from(c.now_ms()).unwrap_or(i64::MAX))
+    }
+
+    /// Runs `call` within the statement timeout, mapping its errors.
+    async fn run<T>(
+        &self,
+        op: Operation,
+        call: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.statement_timeout, call).await {
+            Ok(result) => result.map_err(|e| map(op, e)),
+            Err(_) => Err(timed_out(op, self.statement_timeout)),
+        }
+    }
+
+    async fn sweep_once(&self, batch: i64) -> Result<u64, Error> {
+        let mut total = 0;
+        for statement in &self.sql.sweep {
+            // Bounded: at most 100 batches per table per round.
+            for _ in 0..100 {
+                let done = self
+                    .run(
+                        Operation::Delete,
+                        sqlx::query(statement)
+                            .bind(self.now())
+                            .bind(&self.prefix)
+                            .bind(batch)
+                            .execute(&self.pool),
+                    )
+                    .await?
+                    .rows_affected();
+                total += done;
+                if i64::try_from(done).unwrap_or(i64::MAX) < batch {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl PostgresBackend {
+    pub(crate) fn new(pool: PgPool, owns_pool: bool, b: &PostgresBuilder) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                owns_pool,
+                prefix: b.key_prefix.clone(),
+                clock: b.clock.clone(),
+                offset_us: AtomicI64::new(0),
+                statement_timeout: b.statement_timeout,
+                sql: Statements::new(),
+            }),
+            sweep: Mutex::new(None),
+        }
+    }
+
+    /// The key prefix this backend's rows are stored under.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The pool the backend runs on.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Deletes this prefix's expired rows now, in bounded batches; returns how many. The
+    /// background sweep calls this; expiry never depends on it.
+    pub async fn sweep_expired(&self) -> Result<u64, Error> {
+        self.inner.sweep_once(1000).await
+    }
+
+    /// The measured offset of the server's clock from ours, in milliseconds (conservative:
+    /// [`Backend::now_ms`] adds it and never runs ahead of the server).
+    pub fn server_clock_offset_ms(&self) -> i64 {
+        self.inner
+            .offset_us
+            .load(Ordering::Relaxed)
+            .div_euclid(1000)
+    }
+
+    pub(crate) async fn open(&self, mode: SchemaMode) -> Result<(), Error> {
+        let op = Operation::Open;
+        let inner = &self.inner;
+        inner
+            .run(op, sqlx::query("SELECT 1").execute(&inner.pool))
+            .await?;
+        schema::prepare(&inner.pool, mode).await?;
+        self.measure_clock().await
+    }
+
+    /// Reads the server's clock three times and keeps the tightest bound: the true offset
+    /// lies in `[s - after, s - before]`; we keep the lower end (never ahead of the server),
+    /// or 0 when 0 lies in the interval (the clocks agree within the measurement).
+    async fn measure_clock(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        if inner.clock.is_some() {
+            return Ok(());
+        }
+        let mut best: Option<(i64, i64)> = None;
+        for _ in 0..3 {
+            let before = system_us();
+            let server: i64 = inner
+                .run(
+                    Operation::Open,
+                    sqlx::query_scalar(
+                        "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+                    )
+                    .fetch_one(&inner.pool),
+                )
+                .await?;
+            let after = system_us();
+            let (lo, hi) = (server - after, server - before);
+            if best.is_none_or(|(l, h)| hi - lo < h - l) {
+                best = Some((lo, hi));
+            }
+        }
+        let (lo, hi) = best.unwrap_or((0, 0));
+        let offset = if lo <= 0 && 0 <= hi { 0 } else { lo };
+        inner.offset_us.store(offset, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn start_sweep(&self, interval: Option<Duration>, batch: i64) {
+        let Some(interval) = interval else { return };
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let handle = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = inner.sweep_once(batch).await {
+                    tracing::debug!(error = %e, "chat-state-postgres sweep failed; retrying later");
+                }
+            }
+        });
+        if let Ok(mut slot) = self.sweep.lock() {
+            *slot = Some(handle);
+        }
+    }
+
+    fn stop_sweep(&self) {
+        if let Ok(mut slot) = self.sweep.lock()
+            && let Some(handle) = slot.take()
+        {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        self.stop_sweep();
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn now_ms(&self) -> u64 {
+        let inner = &self.inner;
+        match &inner.clock {
+            Some(clock) => clock.now_ms(),
+            None => {
+                let us = system_us().saturating_add(inner.offset_us.load(Ordering::Relaxed));
+                u64::try_from(us.div_euclid(1000)).unwrap_or(0)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner
+            .run(
+                Operation::Connect,
+                sqlx::query("SELECT 1").execute(&inner.pool),
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        self.stop_sweep();
+        if self.inner.owns_pool {
+            self.inner.pool.close().await;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, thread_id: &str) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner
+            .run(
+                Operation::Subscribe,
+                sqlx::query(
+                    "INSERT INTO chat_state_subscriptions (key_prefix, thread_id)
+                     VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(&inner.prefix)
+                .bind(thread_id)
+                .execute(&inner.pool),
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn unsubscribe(&self, thread_id: &str) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner
+            .run(
+                Operation::Unsubscribe,
+                sqlx::query(
+                    "DELETE FROM chat_state_subscriptions WHERE key_prefix = $1 AND thread_id = $2",
+                )
+                .bind(&inner.prefix)
+                .bind(thread_id)
+                .execute(&inner.pool),
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn is_subscribed(&self, thread_id: &str) -> Result<bool, Error> {
+        let inner = &self.inner;
+        inner
+            .run(
+                Operation::IsSubscribed,
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM chat_state_subscriptions
+                     WHERE key_prefix = $1 AND thread_id = $2)",
+                )
+                .bind(&inner.prefix)
+                .bind(thread_id)
+                .fetch_one(&inner.pool),
+            )
+            .await
+    }
+
+    async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>, Error> {
+        let inner = &self.inner;
+        let fence: Option<i64> = inner
+            .run(
+                Operation::AcquireLock,
+                sqlx::query_scalar(&inner.sql.acquire)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(request.lock_id)
+                    .bind(request.token)
+                    .bind(ms(request.ttl))
+                    .fetch_optional(&inner.pool),
+            )
+            .await?;
+        Ok(fence.map(|f| u64::try_from(f).unwrap_or(0)))
+    }
+
+    async fn release_lock(&self, lock: &Lock) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner
+            .run(
+                Operation::ReleaseLock,
+                sqlx::query(
+                    "DELETE FROM chat_state_locks
+                     WHERE key_prefix = $1 AND thread_id = $2 AND token = $3",
+                )
+                .bind(&inner.prefix)
+                .bind(&lock.thread_id)
+                .bind(&lock.token)
+                .execute(&inner.pool),
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn extend_lock(&self, request: &LockRequest<'_>) -> Result<bool, Error> {
+        let inner = &self.inner;
+        let done = inner
+            .run(
+                Operation::ExtendLock,
+                sqlx::query(&inner.sql.extend)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(request.lock_id)
+                    .bind(request.token)
+                    .bind(ms(request.ttl))
+                    .execute(&inner.pool),
+            )
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn force_release_lock(&self, lock_id: &str) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner
+            .run(
+                Operation::ForceReleaseLock,
+                sqlx::query(
+                    "DELETE FROM chat_state_locks WHERE key_prefix = $1 AND thread_id = $2",
+                )
+                .bind(&inner.prefix)
+                .bind(lock_id)
+                .execute(&inner.pool),
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let inner = &self.inner;
+        let row: Option<(String, Option<Vec<u8>>)> = inner
+            .run(
+                Operation::Get,
+                sqlx::query_as(&inner.sql.get)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(key)
+                    .fetch_optional(&inner.pool),
+            )
+            .await?;
+        Ok(row.map(|(value, raw)| decode(value, raw)))
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
+        let inner = &self.inner;
+        let (text, raw) = encode(value);
+        inner
+            .run(
+                Operation::Set,
+                sqlx::query(&inner.sql.set)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(key)
+                    .bind(text)
+                    .bind(raw)
+                    .bind(ttl.map(ms))
+                    .execute(&inner.pool),
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn set_if_not_exists(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, Error> {
+        let inner = &self.inner;
+        let (text, raw) = encode(value);
+        let done = inner
+            .run(
+                Operation::SetIfNotExists,
+                sqlx::query(&inner.sql.set_if_not_exists)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(key)
+                    .bind(text)
+                    .bind(raw)
+                    .bind(ttl.map(ms))
+                    .execute(&inner.pool),
+            )
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner
+            .run(
+                Operation::Delete,
+                sqlx::query(
+                    "DELETE FROM chat_state_cache WHERE key_prefix = $1 AND cache_key = $2",
+                )
+                .bind(&inner.prefix)
+                .bind(key)
+                .execute(&inner.pool),
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn append_to_list(
+        &self,
+        key: &str,
+        value: &[u8],
+        options: ListOptions,
+    ) -> Result<(), Error> {
+        let inner = &self.inner;
+        let op = Operation::AppendToList;
+        let (text, raw) = encode(value);
+        let ttl = options.ttl.map(ms);
+        inner
+            .run(op, async {
+                let mut tx = inner.pool.begin().await?;
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(
+                       'chat_state_lists' || chr(31) || $1 || chr(31) || $2, 0))",
+                )
+                .bind(&inner.prefix)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(&inner.sql.list_insert)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(key)
+                    .bind(text)
+                    .bind(raw)
+                    .bind(ttl)
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(max) = options.max_length {
+                    sqlx::query(&inner.sql.list_trim)
+                        .bind(inner.now())
+                        .bind(&inner.prefix)
+                        .bind(key)
+                        .bind(clamp_i64(max))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some(ttl) = ttl {
+                    sqlx::query(&inner.sql.list_refresh)
+                        .bind(inner.now())
+                        .bind(&inner.prefix)
+                        .bind(key)
+                        .bind(ttl)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            })
+            .await
+    }
+
+    async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>, Error> {
+        let inner = &self.inner;
+        let rows: Vec<(String, Option<Vec<u8>>)> = inner
+            .run(
+                Operation::GetList,
+                sqlx::query_as(&inner.sql.get_list)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(key)
+                    .fetch_all(&inner.pool),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(value, raw)| decode(value, raw))
+            .collect())
+    }
+
+    async fn enqueue(
+        &self,
+        thread_id: &str,
+        entry: QueueEntry,
+        max_size: usize,
+    ) -> Result<usize, Error> {
+        let inner = &self.inner;
+        let op = Operation::Enqueue;
+        let json = serde_json::to_string(&entry).map_err(|e| {
+            Error::invalid_input(format!("queue entry is not serializable: {e}"))
+                .context(BACKEND, op)
+        })?;
+        let expires = i64::try_from(entry.expires_at)
+            .unwrap_or(i64::MAX)
+            .min(MAX_STORED_MS);
+        let depth: i64 = inner
+            .run(op, async {
+                let mut tx = inner.pool.begin().await?;
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(
+                       'chat_state_queues' || chr(31) || $1 || chr(31) || $2, 0))",
+                )
+                .bind(&inner.prefix)
+                .bind(thread_id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(&inner.sql.queue_insert)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(thread_id)
+                    .bind(&json)
+                    .bind(expires)
+                    .execute(&mut *tx)
+                    .await?;
+                let depth: i64 = sqlx::query_scalar(&inner.sql.queue_trim)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(thread_id)
+                    .bind(clamp_i64(max_size))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(depth)
+            })
+            .await?;
+        Ok(usize::try_from(depth).unwrap_or(0))
+    }
+
+    async fn dequeue(&self, thread_id: &str) -> Result<Option<QueueEntry>, Error> {
+        let inner = &self.inner;
+        let op = Operation::Dequeue;
+        let value: Option<String> = inner
+            .run(
+                op,
+                sqlx::query_scalar(&inner.sql.dequeue)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(thread_id)
+                    .fetch_optional(&inner.pool),
+            )
+            .await?;
+        let Some(value) = value else { return Ok(None) };
+        chat_state_core::json::from_json_slice::<QueueEntry>(value.as_bytes())
+            .map(Some)
+            .map_err(|e| {
+                let snippet: String = value.chars().take(80).collect();
+                corrupt(
+                    op,
+                    format!(
+                        "queue `{thread_id}` held an entry that is not a {{enqueuedAt, \
+                         expiresAt, message}} JSON object (removed from the queue): {e}: \
+                         {snippet}"
+                    ),
+                )
+            })
+    }
+
+    async fn queue_depth(&self, thread_id: &str) -> Result<usize, Error> {
+        let inner = &self.inner;
+        let depth: i64 = inner
+            .run(
+                Operation::QueueDepth,
+                sqlx::query_scalar(&inner.sql.depth)
+                    .bind(inner.now())
+                    .bind(&inner.prefix)
+                    .bind(thread_id)
+                    .fetch_one(&inner.pool),
+            )
+            .await?;
+        Ok(usize::try_from(depth).unwrap_or(0))
+    }
+}

@@ -1,0 +1,90 @@
+//! The shared conformance suite against a real PostgreSQL (one server per test binary, a
+//! fresh key prefix per case), twice: on a manual clock that the statements use instead of
+//! the server's (exact boundaries, sweep off) and on the server's clock (sweep every 50 ms).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_state_conformance::{Harness, conformance_tests};
+use chat_state_core::{ManualClock, StateAdapter};
+use chat_state_postgres::{PostgresBackend, PostgresBuilder};
+
+mod support;
+
+async fn harness(
+    configure: impl Fn(PostgresBuilder) -> PostgresBuilder + Send + Sync + 'static,
+    time: impl FnOnce(Arc<dyn StateAdapter>) -> Harness,
+) -> Harness {
+    let url = support::shared().url();
+    let prefix = support::unique_prefix();
+    let configure = Arc::new(configure);
+    let builder = |url: &str, prefix: &str| {
+        configure(
+            PostgresBackend::builder(url)
+                .key_prefix(prefix)
+                .max_connections(4),
+        )
+    };
+    let state = builder(&url, &prefix)
+        .connect()
+        .await
+        .expect("connect to the test PostgreSQL");
+    let configure2 = configure.clone();
+    time(Arc::new(state)).with_reopen(move || {
+        let (url, prefix, configure) = (url.clone(), prefix.clone(), configure2.clone());
+        async move {
+            let state = configure(
+                PostgresBackend::builder(&url)
+                    .key_prefix(&prefix)
+                    .max_connections(4),
+            )
+            .connect()
+            .await?;
+            Ok(Arc::new(state) as Arc<dyn StateAdapter>)
+        }
+    })
+}
+
+mod manual_clock {
+    use super::*;
+
+    async fn factory() -> Harness {
+        let clock = ManualClock::starting_now();
+        let for_builder = clock.clone();
+        harness(
+            move |b| b.clock(for_builder.clone()).sweep_interval(None),
+            |adapter| Harness::with_manual_clock(adapter, clock),
+        )
+        .await
+    }
+
+    conformance_tests!(
+        factory,
+        skip = [
+            lock_guard_heartbeat_keeps_lock,
+            dispatch_set_fenced_is_atomic
+        ]
+    );
+}
+
+mod real_time {
+    use super::*;
+
+    async fn factory() -> Harness {
+        harness(
+            |b| b.sweep_interval(Some(Duration::from_millis(50))),
+            Harness::with_real_time,
+        )
+        .await
+    }
+
+    conformance_tests!(
+        factory,
+        skip = [
+            lock_extend_sets_expiry_to_now_plus_ttl,
+            queue_entry_expires_at_boundary,
+            validation_sub_millisecond_ttl_rounds_up,
+            dispatch_set_fenced_is_atomic,
+        ]
+    );
+}

@@ -1,0 +1,327 @@
+//! Bad input at connect, schema checks, the sweep, and a server that goes away (stopped,
+//! SIGSTOPped, killed with SIGKILL) under a live adapter.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chat_state_core::{Cache, ErrorKind, ManualClock};
+use chat_state_postgres::{OpenFailure, PostgresBackend, SchemaMode};
+use sqlx::postgres::PgPoolOptions;
+
+mod support;
+
+fn open_failure(e: &chat_state_core::Error) -> Option<&OpenFailure> {
+    std::error::Error::source(e)?.downcast_ref::<OpenFailure>()
+}
+
+/// A fresh, empty database on the shared server; returns its URL.
+async fn fresh_database() -> String {
+    let server = support::shared();
+    let name = format!("db_{}", support::unique_prefix().to_lowercase());
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&server.url())
+        .await
+        .expect("connect as superuser");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .expect("create database");
+    pool.close().await;
+    server.url_for(&name)
+}
+
+#[tokio::test]
+async fn invalid_url_is_invalid_input() {
+    let err = PostgresBackend::builder("postgres://[::1")
+        .connect()
+        .await
+        .expect_err("invalid URL");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(matches!(
+        open_failure(&err),
+        Some(OpenFailure::InvalidUrl { .. })
+    ));
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_backend_error_and_fast() {
+    let server = support::shared();
+    let url = format!(
+        "postgres://postgres:wrong@127.0.0.1:{}/postgres",
+        server.port
+    );
+    let started = Instant::now();
+    let err = PostgresBackend::builder(url)
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .expect_err("wrong password");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!err.message().contains("wrong"), "no password in: {err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::Backend | ErrorKind::Timeout),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn missing_database_fails() {
+    let server = support::shared();
+    let err = PostgresBackend::builder(server.url_for("no_such_database"))
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .expect_err("missing database");
+    assert!(
+        matches!(err.kind(), ErrorKind::Backend | ErrorKind::Timeout),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn verify_only_on_an_empty_database_names_every_table() {
+    let url = fresh_database().await;
+    let err = PostgresBackend::builder(&url)
+        .schema_mode(SchemaMode::VerifyOnly)
+        .connect()
+        .await
+        .expect_err("empty database");
+    let Some(OpenFailure::SchemaMissing { missing }) = open_failure(&err) else {
+        panic!("not SchemaMissing: {err}");
+    };
+    for table in [
+        "chat_state_subscriptions",
+        "chat_state_locks",
+        "chat_state_cache",
+        "chat_state_lists",
+        "chat_state_queues",
+        "chat_state_lock_fences",
+        "chat_state_schema_version",
+    ] {
+        assert!(missing.iter().any(|m| m == table), "{table} in {missing:?}");
+    }
+    // Nothing was created: verify-only still fails, then create works, then verify passes.
+    assert!(
+        PostgresBackend::builder(&url)
+            .schema_mode(SchemaMode::VerifyOnly)
+            .connect()
+            .await
+            .is_err()
+    );
+    PostgresBackend::builder(&url)
+        .connect()
+        .await
+        .expect("create");
+    PostgresBackend::builder(&url)
+        .schema_mode(SchemaMode::VerifyOnly)
+        .connect()
+        .await
+        .expect("verify after create");
+}
+
+#[tokio::test]
+async fn wrong_table_shape_is_refused() {
+    let url = fresh_database().await;
+    let pool = PgPoolOptions::new().connect(&url).await.expect("connect");
+    sqlx::query(
+        "CREATE TABLE chat_state_cache (key_prefix text, cache_key text, value text,
+         PRIMARY KEY (key_prefix, cache_key))",
+    )
+    .execute(&pool)
+    .await
+    .expect("create a wrong table");
+    let err = PostgresBackend::builder(&url)
+        .connect()
+        .await
+        .expect_err("wrong shape");
+    let Some(OpenFailure::SchemaMissing { missing }) = open_failure(&err) else {
+        panic!("not SchemaMissing: {err}");
+    };
+    assert!(
+        missing.iter().any(|m| m == "chat_state_cache.expires_at"),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let url = fresh_database().await;
+    PostgresBackend::builder(&url)
+        .connect()
+        .await
+        .expect("create");
+    let pool = PgPoolOptions::new().connect(&url).await.expect("connect");
+    sqlx::query("UPDATE chat_state_schema_version SET version = 99")
+        .execute(&pool)
+        .await
+        .expect("bump version");
+    let err = PostgresBackend::builder(&url)
+        .connect()
+        .await
+        .expect_err("newer schema");
+    assert!(
+        matches!(
+            open_failure(&err),
+            Some(OpenFailure::SchemaTooNew { found: 99, .. })
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sweep_deletes_expired_rows_only_for_its_prefix() {
+    let server = support::shared();
+    let clock = ManualClock::starting_now();
+    let prefix = support::unique_prefix();
+    let state = PostgresBackend::builder(server.url())
+        .key_prefix(&prefix)
+        .clock(clock.clone())
+        .sweep_interval(None)
+        .connect()
+        .await
+        .expect("connect");
+    for i in 0..30 {
+        state
+            .set(&format!("k{i}"), b"1", Some(Duration::from_secs(1)))
+            .await
+            .expect("set");
+    }
+    state.set("forever", b"1", None).await.expect("set");
+    assert_eq!(state.backend().sweep_expired().await.expect("sweep"), 0);
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(state.backend().sweep_expired().await.expect("sweep"), 30);
+    assert_eq!(
+        state.get("forever").await.expect("get"),
+        Some(b"1".to_vec())
+    );
+}
+
+/// The pids of a server's processes (postmaster and its children).
+fn server_pids(server: &support::PgServer) -> Vec<String> {
+    let main = server.pid().to_string();
+    let out = Command::new("ps")
+        .args(["-o", "pid=", "--ppid", &main])
+        .output()
+        .expect("ps");
+    let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    pids.push(main);
+    pids
+}
+
+fn signal(pids: &[String], sig: &str) {
+    Command::new("kill")
+        .arg(sig)
+        .args(pids)
+        .status()
+        .expect("kill");
+}
+
+#[tokio::test]
+async fn a_stopped_server_gives_retryable_errors_and_the_adapter_recovers() {
+    let server = support::PgServer::start();
+    let state = PostgresBackend::builder(server.url())
+        .connect_timeout(Duration::from_secs(2))
+        .statement_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect");
+    state.set("k", b"v", None).await.expect("set");
+    server.stop();
+    let started = Instant::now();
+    let err = state.get("k").await.expect_err("server down");
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    server.pg_ctl_start();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if let Ok(v) = state.get("k").await {
+            assert_eq!(v, Some(b"v".to_vec()));
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "adapter did not recover after the restart");
+}
+
+#[tokio::test]
+async fn a_sigstopped_server_gives_timeouts_not_hangs() {
+    let server = support::PgServer::start();
+    let state = PostgresBackend::builder(server.url())
+        .connect_timeout(Duration::from_secs(1))
+        .statement_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connect");
+    state.set("k", b"v", None).await.expect("set");
+    let pids = server_pids(&server);
+    signal(&pids, "-STOP");
+    let started = Instant::now();
+    let result = state.get("k").await;
+    let elapsed = started.elapsed();
+    signal(&pids, "-CONT");
+    let err = result.expect_err("stopped server");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    let mut recovered = false;
+    for _ in 0..50 {
+        if state.get("k").await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "adapter did not recover after SIGCONT");
+}
+
+#[tokio::test]
+async fn kill_9_mid_stream_loses_no_acknowledged_write() {
+    let server = support::PgServer::start();
+    let state = PostgresBackend::builder(server.url())
+        .connect_timeout(Duration::from_secs(1))
+        .statement_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connect");
+    let mut acknowledged = Vec::new();
+    let mut killed = false;
+    for i in 0..400 {
+        if i == 200 {
+            signal(&server_pids(&server), "-KILL");
+            killed = true;
+        }
+        if state.set(&format!("k{i}"), b"v", None).await.is_ok() {
+            acknowledged.push(i);
+        }
+        if killed && acknowledged.last() != Some(&i) && i > 210 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.pg_ctl_start();
+    let mut ok = false;
+    for _ in 0..100 {
+        if state.get("k0").await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "no recovery after restart");
+    assert!(acknowledged.len() >= 200);
+    for i in acknowledged {
+        assert_eq!(
+            state.get(&format!("k{i}")).await.expect("get"),
+            Some(b"v".to_vec()),
+            "acknowledged write k{i} lost"
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! A real PostgreSQL for the tests: `initdb` into a temporary directory (as the system user
+//! `chatstatepg` when the tests run as root, which PostgreSQL refuses to run as), a free
+//! loopback port, `pg_ctl start`; stopped on drop, and by a watchdog if the test process
+//! dies. One server per test binary ([`shared`]) serves every case, each under its own key
+//! prefix; fault tests start their own ([`PgServer::start`]).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// The password of the `postgres` superuser in every test cluster.
+pub const PASSWORD: &str = "chat-state-test";
+const OS_USER: &str = "chatstatepg";
+
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| {
+        // On PATH (e.g. /usr/local/bin/initdb).
+        let out = Command::new("sh")
+            .args(["-c", "command -v initdb"])
+            .output()
+            .expect("run sh");
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            !path.is_empty(),
+            "initdb not found: install PostgreSQL (.ci/install)"
+        );
+        Path::new(&path).parent().expect("bin dir").to_path_buf()
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A command for a PostgreSQL binary, run as the unprivileged user when we are root.
+fn pg_command(bin: &str) -> Command {
+    let path = bin_dir().join(bin);
+    if is_root() {
+        let exists = Command::new("id")
+            .arg(OS_USER)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !exists {
+            // Racing test binaries may both try; the loser's failure is harmless.
+            let _ = Command::new("useradd").args(["-r", OS_USER]).status();
+        }
+        let mut c = Command::new("runuser");
+        c.args(["-u", OS_USER, "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// One PostgreSQL server process.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl PgServer {
+    /// Initializes and starts a fresh cluster (password auth over TCP).
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("chat-state-pg")
+            .tempdir()
+            .expect("temp dir");
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, PASSWORD).expect("write pwfile");
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", OS_USER])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            // The user may not exist yet: pg_command creates it; retry after.
+            if !status.success() {
+                let _ = pg_command("initdb").arg("--version").status();
+                Command::new("chown")
+                    .args(["-R", OS_USER])
+                    .arg(dir.path())
+                    .status()
+                    .expect("chown");
+            }
+        }
+        let out = pg_command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(["--no-sync", "-E", "UTF8", "--locale=C"])
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let server = Self {
+            dir,
+            port: free_port(),
+        };
+        server.pg_ctl_start();
+        server
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `pg_ctl start` on the same data directory and port (after a stop or a kill).
+    pub fn pg_ctl_start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-w", "-t", "60", "-o", &opts, "-l"])
+            .arg(self.dir.path().join("log"))
+            .arg("start")
+            .output()
+            .expect("run pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.watchdog();
+    }
+
+    /// Stops the server when this test process is gone (statics are never dropped).
+    fn watchdog(&self) {
+        let script = format!(
+            "while [ -d /proc/{pid} ]; do sleep 1; done; \
+             {pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            pg_ctl = bin_dir().join("pg_ctl").display(),
+            data = self.data().display(),
+            dir = self.dir.path().display(),
+        );
+        let mut c = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", OS_USER, "--", "sh", "-c", &script]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", &script]);
+            c
+        };
+        let _ = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
+    /// The postmaster's pid.
+    pub fn pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.data().join("postmaster.pid")).expect("pid file");
+        text.lines()
+            .next()
+            .expect("pid line")
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+
+    /// A URL for `database` as the superuser.
+    pub fn url_for(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres:{PASSWORD}@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
+    /// A URL for the default database.
+    pub fn url(&self) -> String {
+        self.url_for("postgres")
+    }
+
+    /// `pg_ctl stop -m immediate`.
+    pub fn stop(&self) {
+        let _ = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The server every case of this test binary shares.
+pub fn shared() -> &'static PgServer {
+    static SERVER: OnceLock<PgServer> = OnceLock::new();
+    SERVER.get_or_init(PgServer::start)
+}
+
+/// A fresh, unique key prefix.
+pub fn unique_prefix() -> String {
+    format!(
+        "t{}",
+        &chat_state_core::new_lock_token().expect("random prefix")[..16]
+    )
+}
