@@ -9,7 +9,7 @@ use chat_state_conformance::{Harness, conformance_tests};
 use chat_state_core::{ManualClock, StateAdapter};
 use chat_state_postgres::{PostgresBackend, PostgresBuilder};
 
-mod support;
+use chat_state_test_support::postgres as support;
 
 async fn harness(
     configure: impl Fn(PostgresBuilder) -> PostgresBuilder + Send + Sync + 'static,

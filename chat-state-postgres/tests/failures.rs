@@ -8,7 +8,7 @@ use chat_state_core::{Cache, ErrorKind, ManualClock};
 use chat_state_postgres::{OpenFailure, PostgresBackend, SchemaMode};
 use sqlx::postgres::PgPoolOptions;
 
-mod support;
+use chat_state_test_support::postgres as support;
 
 fn open_failure(e: &chat_state_core::Error) -> Option<&OpenFailure> {
     std::error::Error::source(e)?.downcast_ref::<OpenFailure>()

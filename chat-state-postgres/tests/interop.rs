@@ -11,7 +11,7 @@ use chat_state_core::{Cache, Lists, Locks, QueueEntry, Queues, StateExt, Subscri
 use chat_state_postgres::PostgresBackend;
 use serde_json::{Value, json};
 
-mod support;
+use chat_state_test_support::postgres as support;
 
 fn interop_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")

@@ -11,6 +11,7 @@ use tempfile::TempDir;
 pub mod bench;
 pub mod dispatch_bench;
 pub mod netns;
+pub mod postgres;
 
 /// How long a server may take to answer `PING` after it was started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);

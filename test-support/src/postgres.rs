@@ -1,15 +1,14 @@
-//! A real PostgreSQL for the tests: `initdb` into a temporary directory (as the system user
+//! A real PostgreSQL for tests and benches: `initdb` into a temporary directory (as the system user
 //! `chatstatepg` when the tests run as root, which PostgreSQL refuses to run as), a free
 //! loopback port, `pg_ctl start`; stopped on drop, and by a watchdog if the test process
 //! dies. One server per test binary ([`shared`]) serves every case, each under its own key
 //! prefix; fault tests start their own ([`PgServer::start`]).
 
-#![allow(dead_code, unreachable_pub)]
-
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+
+use crate::free_port;
 
 /// The password of the `postgres` superuser in every test cluster.
 pub const PASSWORD: &str = "chat-state-test";
@@ -69,17 +68,10 @@ fn pg_command(bin: &str) -> Command {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
 /// One PostgreSQL server process.
 pub struct PgServer {
     dir: tempfile::TempDir,
+    /// The loopback port it listens on.
     pub port: u16,
 }
 
