@@ -1,5 +1,6 @@
-//! [`PostgresBackend`]: every operation as one statement (or, for list appends and enqueues,
-//! one short transaction under a per-key advisory lock), with time taken from the server.
+//! [`PostgresBackend`]: every operation as one statement (for list appends and enqueues, one
+//! call of a function of the schema that runs under a per-key advisory lock), with time taken
+//! from the server.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -13,143 +14,17 @@ use tokio::task::JoinHandle;
 
 use crate::error::{corrupt, map, timed_out};
 use crate::schema::{self, SchemaMode};
+use crate::sql::Statements;
 use crate::{BACKEND, PostgresBuilder};
 
-/// "Now" in every statement: the test clock's milliseconds when one is set (`$1`), else the
-/// server's `statement_timestamp()`, so every client on the database agrees on expiry.
-const NOW: &str =
-    "COALESCE('epoch'::timestamptz + $1::bigint * interval '1 millisecond', statement_timestamp())";
+// Children of this module, so they use its private helpers without widening them.
+#[path = "dispatch.rs"]
+pub(crate) mod dispatch;
+#[path = "orphan.rs"]
+mod orphan;
 
 /// Queue timestamps beyond this are clamped (timestamptz ends in 294276 AD).
 const MAX_STORED_MS: i64 = 8_000_000_000_000_000;
-
-fn sql(template: &str) -> String {
-    template.replace("{now}", NOW)
-}
-
-/// The SQL of every operation, with [`NOW`] substituted once.
-#[derive(Debug)]
-struct Statements {
-    acquire: String,
-    extend: String,
-    get: String,
-    set: String,
-    set_if_not_exists: String,
-    list_insert: String,
-    list_trim: String,
-    list_refresh: String,
-    get_list: String,
-    queue_insert: String,
-    queue_trim: String,
-    dequeue: String,
-    depth: String,
-    sweep: Vec<String>,
-}
-
-impl Statements {
-    fn new() -> Self {
-        Self {
-            acquire: sql("WITH acquired AS (
-                INSERT INTO chat_state_locks AS l (key_prefix, thread_id, token, expires_at, updated_at)
-                VALUES ($2, $3, $4, {now} + $5::bigint * interval '1 millisecond', {now})
-                ON CONFLICT (key_prefix, thread_id) DO UPDATE
-                  SET token = EXCLUDED.token, expires_at = EXCLUDED.expires_at,
-                      updated_at = EXCLUDED.updated_at
-                  WHERE l.expires_at <= {now}
-                RETURNING 1
-              )
-              INSERT INTO chat_state_lock_fences AS f (key_prefix, thread_id, fence)
-              SELECT $2, $3, 1 FROM acquired
-              ON CONFLICT (key_prefix, thread_id) DO UPDATE SET fence = f.fence + 1
-              RETURNING fence"),
-            extend: sql("UPDATE chat_state_locks
-              SET expires_at = {now} + $5::bigint * interval '1 millisecond', updated_at = {now}
-              WHERE key_prefix = $2 AND thread_id = $3 AND token = $4 AND expires_at > {now}"),
-            get: sql("SELECT value, raw FROM chat_state_cache
-              WHERE key_prefix = $2 AND cache_key = $3
-                AND (expires_at IS NULL OR expires_at > {now})"),
-            set: sql("INSERT INTO chat_state_cache AS c
-                (key_prefix, cache_key, value, raw, expires_at, updated_at)
-              VALUES ($2, $3, $4, $5, {now} + $6::bigint * interval '1 millisecond', {now})
-              ON CONFLICT (key_prefix, cache_key) DO UPDATE
-                SET value = EXCLUDED.value, raw = EXCLUDED.raw,
-                    expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at"),
-            set_if_not_exists: sql("INSERT INTO chat_state_cache AS c
-                (key_prefix, cache_key, value, raw, expires_at, updated_at)
-              VALUES ($2, $3, $4, $5, {now} + $6::bigint * interval '1 millisecond', {now})
-              ON CONFLICT (key_prefix, cache_key) DO UPDATE
-                SET value = EXCLUDED.value, raw = EXCLUDED.raw,
-                    expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at
-                WHERE c.expires_at IS NOT NULL AND c.expires_at <= {now}
-              RETURNING 1"),
-            // An expired list restarts empty (and without expiry unless this append sets one).
-            list_insert: sql("WITH gone AS (
-                DELETE FROM chat_state_lists
-                WHERE key_prefix = $2 AND list_key = $3 AND expires_at <= {now}
-              )
-              INSERT INTO chat_state_lists (key_prefix, list_key, value, raw, expires_at)
-              VALUES ($2, $3, $4, $5, COALESCE(
-                {now} + $6::bigint * interval '1 millisecond',
-                (SELECT max(expires_at) FROM chat_state_lists
-                 WHERE key_prefix = $2 AND list_key = $3 AND expires_at > {now})))"),
-            // Two statements: a DELETE and an UPDATE of the same rows in one statement would
-            // race each other (PostgreSQL leaves their order unspecified).
-            list_trim: sql("DELETE FROM chat_state_lists
-              WHERE key_prefix = $2 AND list_key = $3 AND seq IN (
-                SELECT seq FROM chat_state_lists WHERE key_prefix = $2 AND list_key = $3
-                  AND (expires_at IS NULL OR expires_at > {now})
-                ORDER BY seq DESC OFFSET $4)"),
-            list_refresh: sql("UPDATE chat_state_lists
-              SET expires_at = {now} + $4::bigint * interval '1 millisecond'
-              WHERE key_prefix = $2 AND list_key = $3"),
-            get_list: sql("SELECT value, raw FROM chat_state_lists
-              WHERE key_prefix = $2 AND list_key = $3
-                AND (expires_at IS NULL OR expires_at > {now})
-              ORDER BY seq ASC"),
-            queue_insert: sql("WITH gone AS (
-                DELETE FROM chat_state_queues
-                WHERE key_prefix = $2 AND thread_id = $3 AND expires_at <= {now}
-              )
-              INSERT INTO chat_state_queues (key_prefix, thread_id, value, expires_at)
-              VALUES ($2, $3, $4, 'epoch'::timestamptz + $5::bigint * interval '1 millisecond')"),
-            queue_trim: sql("WITH trimmed AS (
-                DELETE FROM chat_state_queues
-                WHERE key_prefix = $2 AND thread_id = $3 AND seq IN (
-                  SELECT seq FROM chat_state_queues
-                  WHERE key_prefix = $2 AND thread_id = $3 AND expires_at > {now}
-                  ORDER BY seq DESC OFFSET $4)
-                RETURNING 1
-              )
-              SELECT (SELECT count(*) FROM chat_state_queues
-                      WHERE key_prefix = $2 AND thread_id = $3 AND expires_at > {now})
-                   - (SELECT count(*) FROM trimmed)"),
-            dequeue: sql("DELETE FROM chat_state_queues
-              WHERE key_prefix = $2 AND thread_id = $3 AND seq = (
-                SELECT seq FROM chat_state_queues
-                WHERE key_prefix = $2 AND thread_id = $3 AND expires_at > {now}
-                ORDER BY seq ASC LIMIT 1
-                FOR UPDATE SKIP LOCKED)
-              RETURNING value"),
-            depth: sql("SELECT count(*) FROM chat_state_queues
-              WHERE key_prefix = $2 AND thread_id = $3 AND expires_at > {now}"),
-            sweep: [
-                "chat_state_locks",
-                "chat_state_cache",
-                "chat_state_lists",
-                "chat_state_queues",
-            ]
-            .iter()
-            .map(|table| {
-                sql(&format!(
-                    "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
-                       SELECT ctid FROM {table}
-                       WHERE key_prefix = $2 AND expires_at <= {{now}} LIMIT $3))"
-                ))
-            })
-            .collect(),
-        }
-    }
-}
 
 #[derive(Debug)]
 struct Inner {
@@ -446,19 +321,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn acquire_lock(&self, request: &LockRequest<'_>) -> Result<Option<u64>, Error> {
-        let inner = &self.inner;
-        let fence: Option<i64> = inner
-            .run(
-                Operation::AcquireLock,
-                sqlx::query_scalar(&inner.sql.acquire)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(request.lock_id)
-                    .bind(request.token)
-                    .bind(ms(request.ttl))
-                    .fetch_optional(&inner.pool),
-            )
-            .await?;
+        let fence = orphan::acquire(&self.inner, request).await?;
         Ok(fence.map(|f| u64::try_from(f).unwrap_or(0)))
     }
 
@@ -467,14 +330,11 @@ impl Backend for PostgresBackend {
         inner
             .run(
                 Operation::ReleaseLock,
-                sqlx::query(
-                    "DELETE FROM chat_state_locks
-                     WHERE key_prefix = $1 AND thread_id = $2 AND token = $3",
-                )
-                .bind(&inner.prefix)
-                .bind(&lock.thread_id)
-                .bind(&lock.token)
-                .execute(&inner.pool),
+                sqlx::query(inner.sql.release)
+                    .bind(&inner.prefix)
+                    .bind(&lock.thread_id)
+                    .bind(&lock.token)
+                    .execute(&inner.pool),
             )
             .await
             .map(drop)
@@ -594,50 +454,22 @@ impl Backend for PostgresBackend {
         options: ListOptions,
     ) -> Result<(), Error> {
         let inner = &self.inner;
-        let op = Operation::AppendToList;
         let (text, raw) = encode(value);
-        let ttl = options.ttl.map(ms);
         inner
-            .run(op, async {
-                let mut tx = inner.pool.begin().await?;
-                sqlx::query(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(
-                       'chat_state_lists' || chr(31) || $1 || chr(31) || $2, 0))",
-                )
-                .bind(&inner.prefix)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(&inner.sql.list_insert)
+            .run(
+                Operation::AppendToList,
+                sqlx::query(inner.sql.list_append)
                     .bind(inner.now())
                     .bind(&inner.prefix)
                     .bind(key)
                     .bind(text)
                     .bind(raw)
-                    .bind(ttl)
-                    .execute(&mut *tx)
-                    .await?;
-                if let Some(max) = options.max_length {
-                    sqlx::query(&inner.sql.list_trim)
-                        .bind(inner.now())
-                        .bind(&inner.prefix)
-                        .bind(key)
-                        .bind(clamp_i64(max))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                if let Some(ttl) = ttl {
-                    sqlx::query(&inner.sql.list_refresh)
-                        .bind(inner.now())
-                        .bind(&inner.prefix)
-                        .bind(key)
-                        .bind(ttl)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await
-            })
+                    .bind(options.ttl.map(ms))
+                    .bind(options.max_length.map(clamp_i64))
+                    .execute(&inner.pool),
+            )
             .await
+            .map(drop)
     }
 
     async fn get_list(&self, key: &str) -> Result<Vec<Vec<u8>>, Error> {
@@ -674,34 +506,17 @@ impl Backend for PostgresBackend {
             .unwrap_or(i64::MAX)
             .min(MAX_STORED_MS);
         let depth: i64 = inner
-            .run(op, async {
-                let mut tx = inner.pool.begin().await?;
-                sqlx::query(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(
-                       'chat_state_queues' || chr(31) || $1 || chr(31) || $2, 0))",
-                )
-                .bind(&inner.prefix)
-                .bind(thread_id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(&inner.sql.queue_insert)
+            .run(
+                op,
+                sqlx::query_scalar(inner.sql.enqueue)
                     .bind(inner.now())
                     .bind(&inner.prefix)
                     .bind(thread_id)
                     .bind(&json)
                     .bind(expires)
-                    .execute(&mut *tx)
-                    .await?;
-                let depth: i64 = sqlx::query_scalar(&inner.sql.queue_trim)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(thread_id)
                     .bind(clamp_i64(max_size))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(depth)
-            })
+                    .fetch_one(&inner.pool),
+            )
             .await?;
         Ok(usize::try_from(depth).unwrap_or(0))
     }
@@ -748,5 +563,48 @@ impl Backend for PostgresBackend {
             )
             .await?;
         Ok(usize::try_from(depth).unwrap_or(0))
+    }
+
+    const ATOMIC_DISPATCH: bool = true;
+
+    async fn admit(
+        &self,
+        request: &chat_state_core::AdmitRequest<'_>,
+    ) -> Result<chat_state_core::AdmitOutcome, Error> {
+        Ok(dispatch::admit(&self.inner, request, None).await?.0)
+    }
+
+    async fn admit_and_read(
+        &self,
+        request: &chat_state_core::AdmitRequest<'_>,
+        read: &str,
+    ) -> Result<(chat_state_core::AdmitOutcome, Option<Vec<u8>>), Error> {
+        dispatch::admit(&self.inner, request, Some(read)).await
+    }
+
+    async fn release_or_next(
+        &self,
+        request: &LockRequest<'_>,
+    ) -> Result<chat_state_core::Handoff, Error> {
+        dispatch::release_or_next(&self.inner, request, None).await
+    }
+
+    async fn release_or_next_with(
+        &self,
+        request: &LockRequest<'_>,
+        lock: &Lock,
+        write: &chat_state_core::FencedSet<'_>,
+    ) -> Result<chat_state_core::Handoff, Error> {
+        dispatch::release_or_next(&self.inner, request, Some((lock, write))).await
+    }
+
+    async fn set_fenced(
+        &self,
+        lock: &Lock,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<chat_state_core::FencedWrite, Error> {
+        dispatch::set_fenced(&self.inner, lock, key, value, ttl).await
     }
 }

@@ -34,7 +34,7 @@ pub enum OpenFailure {
     /// The schema is missing or incomplete: in verify-only mode before anything is created,
     /// or after creation when an existing table has the wrong shape.
     SchemaMissing {
-        /// What is missing: `table`, `table.column`, or `schema version N`.
+        /// What is missing: `table`, `table.column`, `function()`, or `schema version N`.
         missing: Vec<String>,
     },
 }
@@ -84,7 +84,7 @@ impl OpenFailure {
 
 /// The kind of a sqlx error: connection trouble is retryable, a cancelled statement
 /// (`statement_timeout`) is a timeout, the rest is a backend error.
-fn kind_of(e: &sqlx::Error) -> ErrorKind {
+pub(crate) fn kind_of(e: &sqlx::Error) -> ErrorKind {
     match e {
         sqlx::Error::PoolTimedOut => ErrorKind::Timeout,
         sqlx::Error::Io(_)

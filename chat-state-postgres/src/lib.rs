@@ -3,6 +3,7 @@
 mod backend;
 mod error;
 mod schema;
+mod sql;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -142,6 +143,12 @@ impl PostgresBuilder {
                 PgPoolOptions::new()
                     .max_connections(self.max_connections)
                     .acquire_timeout(self.connect_timeout)
+                    // sqlx pings every connection it hands out (a round trip before each
+                    // statement) and again on its return (which stays). With one statement
+                    // per call, the first ping doubled the round trips; a connection that
+                    // broke while idle now fails its one call with a retryable error and is
+                    // dropped.
+                    .test_before_acquire(false)
                     .connect_lazy_with(options)
             }
         };

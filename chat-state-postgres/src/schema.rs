@@ -1,6 +1,7 @@
 //! The schema: the five tables of `@chat-adapter/state-pg` 4.41.0, verbatim, plus what this
 //! crate adds where TypeScript bots ignore it (a `raw` column for values that are not text,
-//! a per-lock fence table, and a version table), created and migrated in one transaction.
+//! a per-lock fence table, a version table, and, since version 2, the fence records of
+//! fenced writes and the dispatch functions), created and migrated in one transaction.
 
 use chat_state_core::{Error, Operation};
 use sqlx::PgPool;
@@ -8,7 +9,7 @@ use sqlx::PgPool;
 use crate::error::{OpenFailure, map};
 
 /// The newest schema version this crate knows.
-pub(crate) const LATEST_VERSION: i32 = 1;
+pub(crate) const LATEST_VERSION: i32 = 2;
 
 /// `@chat-adapter/state-pg` 4.41.0's `postgresSchemaStatements`, unchanged.
 pub(crate) const STATE_PG_DDL: &[&str] = &[
@@ -77,6 +78,10 @@ pub(crate) const V1_DDL: &[&str] = &[
   )",
 ];
 
+/// Version 2's additions: native dispatch (`crate::backend::dispatch`). TypeScript bots
+/// never read or write any of it.
+pub(crate) const V2_DDL: &[&str] = crate::backend::dispatch::DDL;
+
 /// The version table (one row).
 const VERSION_DDL: &str = "CREATE TABLE IF NOT EXISTS chat_state_schema_version (
     id smallint PRIMARY KEY CHECK (id = 1),
@@ -126,6 +131,10 @@ const REQUIRED: &[(&str, &[&str])] = &[
         "chat_state_lock_fences",
         &["key_prefix", "thread_id", "fence"],
     ),
+    (
+        "chat_state_fences",
+        &["key_prefix", "cache_key", "lock_id", "fence", "expires_at"],
+    ),
     ("chat_state_schema_version", &["id", "version"]),
 ];
 
@@ -145,7 +154,7 @@ pub enum SchemaMode {
 /// The full DDL of the current version, for applying by hand.
 pub(crate) fn schema_sql() -> String {
     let mut sql = String::new();
-    for s in STATE_PG_DDL.iter().chain(V1_DDL).chain([&VERSION_DDL]) {
+    for s in all_ddl() {
         sql.push_str(s);
         sql.push_str(";\n");
     }
@@ -154,6 +163,17 @@ pub(crate) fn schema_sql() -> String {
          ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version;\n"
     ));
     sql
+}
+
+/// Every statement of the current version, in order; each is idempotent (`IF NOT EXISTS`,
+/// `CREATE OR REPLACE`), so a migration from any earlier version runs all of them.
+fn all_ddl() -> impl Iterator<Item = &'static &'static str> {
+    STATE_PG_DDL
+        .iter()
+        .chain(V1_DDL)
+        .chain(V2_DDL)
+        .chain(crate::sql::DDL)
+        .chain([&VERSION_DDL])
 }
 
 const OP: Operation = Operation::Open;
@@ -193,6 +213,22 @@ async fn missing(conn: &mut sqlx::PgConnection) -> Result<Vec<String>, Error> {
             if !present.iter().any(|p| p == column) {
                 missing.push(format!("{table}.{column}"));
             }
+        }
+    }
+    let functions = crate::backend::dispatch::FUNCTIONS
+        .iter()
+        .chain(crate::sql::FUNCTIONS);
+    for function in functions {
+        let present: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc
+             WHERE proname = $1 AND pg_catalog.pg_function_is_visible(oid))",
+        )
+        .bind(*function)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| map(OP, e))?;
+        if !present {
+            missing.push(format!("{function}()"));
         }
     }
     Ok(missing)
@@ -236,7 +272,7 @@ pub(crate) async fn prepare(pool: &PgPool, mode: SchemaMode) -> Result<(), Error
             if !wrong.is_empty() {
                 return Err(OpenFailure::SchemaMissing { missing: wrong }.into_error());
             }
-            for s in STATE_PG_DDL.iter().chain(V1_DDL).chain([&VERSION_DDL]) {
+            for s in all_ddl() {
                 sqlx::query(s)
                     .execute(&mut *tx)
                     .await

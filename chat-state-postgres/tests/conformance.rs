@@ -58,13 +58,7 @@ mod manual_clock {
         .await
     }
 
-    conformance_tests!(
-        factory,
-        skip = [
-            lock_guard_heartbeat_keeps_lock,
-            dispatch_set_fenced_is_atomic
-        ]
-    );
+    conformance_tests!(factory, skip = [lock_guard_heartbeat_keeps_lock]);
 }
 
 mod real_time {
@@ -84,7 +78,6 @@ mod real_time {
             lock_extend_sets_expiry_to_now_plus_ttl,
             queue_entry_expires_at_boundary,
             validation_sub_millisecond_ttl_rounds_up,
-            dispatch_set_fenced_is_atomic,
         ]
     );
 }

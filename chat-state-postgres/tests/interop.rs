@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use chat_state_core::{Cache, Lists, Locks, QueueEntry, Queues, StateExt, Subscriptions};
+use chat_state_core::{
+    Admission, Admit, Cache, Dispatch, FencedSet, Handoff, Lists, Locks, QueueEntry, Queues,
+    StateExt, Subscriptions,
+};
 use chat_state_postgres::PostgresBackend;
 use serde_json::{Value, json};
 
@@ -81,6 +84,25 @@ async fn rust_and_state_pg_share_one_database() {
     assert_eq!(written["dedupe"], json!(true));
     assert_eq!(written["depth"], json!(1));
 
+    // Rust's native dispatch on what TypeScript wrote: TypeScript's dedupe key makes the
+    // message a duplicate, TypeScript's lock keeps the thread busy.
+    assert!(state.atomic_dispatch());
+    assert_eq!(
+        state
+            .admit(&Admit::new("ts-lock", "ts-dedupe"))
+            .await
+            .unwrap(),
+        Admission::Duplicate
+    );
+    assert_eq!(
+        state
+            .admit(&Admit::new("ts-lock", "rs-dedupe-2"))
+            .await
+            .unwrap(),
+        Admission::Dropped,
+        "TypeScript's lock excludes Rust's admit"
+    );
+
     // What TypeScript wrote, read by Rust.
     assert!(state.is_subscribed("ts-sub").await.unwrap());
     assert!(
@@ -143,6 +165,28 @@ async fn rust_and_state_pg_share_one_database() {
         1
     );
 
+    let Admission::Admitted {
+        lock: mut admitted, ..
+    } = state
+        .admit(&Admit::new("rs-thread", "rs-admitted"))
+        .await
+        .unwrap()
+    else {
+        panic!("rs-thread is free");
+    };
+    let write = FencedSet {
+        key: "rs-fenced",
+        value: br#"{"turns":1}"#,
+        ttl: None,
+    };
+    assert_eq!(
+        state
+            .release_or_next_with(&mut admitted, Duration::from_secs(30), write)
+            .await
+            .unwrap(),
+        Handoff::Released
+    );
+
     let checked = ts(&url, &prefix, "check");
     assert_eq!(checked["subscribed"], json!(true));
     assert_eq!(
@@ -159,6 +203,12 @@ async fn rust_and_state_pg_share_one_database() {
     assert_eq!(checked["list"], json!(["x", "y"]));
     assert_eq!(checked["depth"], json!(1));
     assert_eq!(checked["entry"], serde_json::to_value(&rs_entry).unwrap());
+    assert_eq!(
+        checked["admitDedupe"],
+        json!(false),
+        "Rust's admit claim is live for TypeScript"
+    );
+    assert_eq!(checked["fenced"], json!({"turns": 1}));
 
     // TypeScript force-released its lock: Rust can take it now, with a real fence.
     let taken = state

@@ -25,6 +25,10 @@ if (phase === "write") {
   out.list = await state.getList("rs-list");
   out.depth = await state.queueDepth("rs-queue");
   out.entry = await state.dequeue("rs-queue");
+  // Rust's native admit claimed its dedupe key as a TypeScript bot would, and its fenced
+  // write is a plain cache value.
+  out.admitDedupe = await state.setIfNotExists("rs-admitted", true, 60000);
+  out.fenced = await state.get("rs-fenced");
   // Hand ts-lock back for the Rust side to take.
   const ok = await state.forceReleaseLock("ts-lock");
   out.released = ok === undefined;

@@ -1,0 +1,676 @@
+//! Throughput of the PostgreSQL backend next to its anchors, in one run against one loopback
+//! PostgreSQL (a fresh cluster started here with `chat_state_test_support::postgres`, `fsync`
+//! off, removed at the end):
+//! - **raw**: a plain `sqlx::PgPool` of the same size running the same SQL text the adapter
+//!   sends (`src/sql.rs`, included here), with the same parameters, one call at a time per
+//!   task, i.e. the cost of the adapter itself;
+//! - **TS**: npm `@chat-adapter/state-pg` 4.41.0 under Node (`bench/bench.mjs`, pinned with
+//!   its `pg` client in `bench/package-lock.json`, installed by `npm ci` on the first run), on
+//!   a `pg.Pool` of the same size.
+//!
+//! Every side uses a pool of 10 connections (`CHAT_STATE_BENCH_POOL`): the default of both
+//! this crate's builder and `pg.Pool`, which is what state-pg creates from a URL.
+//!
+//! `cargo bench -p chat-state-postgres --bench throughput` (a few minutes). In each of 5
+//! rounds every cell (workload x concurrency 1 and 64) runs the three sides in a rotating
+//! order, each on freshly truncated tables; the table gives the median cycles per second of
+//! each side and the ratios.
+//!
+//! Workloads (one cycle each; ids are 10,000 Slack-style thread ids, each task walks its own
+//! slice; same formula in `bench.mjs`):
+//! - `lock`: acquire_lock + release_lock (30 s TTL);
+//! - `cache`: set of the ~225-byte thread state (`bench/thread-state.json`, 30-day TTL) + get;
+//! - `message`: what the Chat class does per incoming message: dedupe `set_if_not_exists`
+//!   (`dedupe:slack:m<n>`, 10 min), acquire_lock, append_to_list of the history entry (max 100,
+//!   7 days), release_lock.
+//!
+//! The TS adapter sends other statements for some of these (its acquire bumps no fence, its
+//! append is three statements outside a transaction whose trim counts expired rows too, its
+//! `pg` client sends every statement unnamed, so the server parses and plans it each time),
+//! which is part of what is compared. The raw side sends what *our* adapter sends.
+//!
+//! Environment:
+//! - `CHAT_STATE_BENCH_ROUNDS` (default 5), `CHAT_STATE_BENCH_SCALE` (default 1.0: multiplies
+//!   every iteration count), `CHAT_STATE_BENCH_ONLY=<workload>[,..]` (a subset),
+//!   `CHAT_STATE_BENCH_CONC=1,64` (the concurrencies), `CHAT_STATE_BENCH_POOL` (default 10:
+//!   connections per side);
+//! - `CHAT_STATE_BENCH_NODE`: the node binary (default: `<repo>/.tools/.../node` if the repo's
+//!   Node 22 is installed, else `node` from `PATH`); `CHAT_STATE_BENCH_SKIP=ts,raw` leaves
+//!   sides out;
+//! - `CHAT_STATE_CALLGRIND=<workload>` with `CHAT_STATE_CALLGRIND_CYCLES=<n>`,
+//!   `CHAT_STATE_CALLGRIND_CONC=<c>` (default 64) and `CHAT_STATE_CALLGRIND_SIDE=ours|raw`: no
+//!   table; on a current-thread runtime (so the connections' I/O runs on the measured thread
+//!   too) runs a warm-up and then `n` cycles at concurrency `c` inside `measured_cycles` (see
+//!   `bench/callgrind.sh`). The server runs outside valgrind.
+
+use std::future::Future;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chat_state_core::{ListOptions, StateAdapter};
+use chat_state_postgres::PostgresBackend;
+use chat_state_test_support::bench::{NodeBench, env_or, median};
+use chat_state_test_support::postgres::PgServer;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+// The adapter's own statements, so the raw side sends identical SQL.
+#[path = "../src/sql.rs"]
+#[allow(dead_code, unreachable_pub)] // the benchmark runs only some of them
+mod sql;
+use sql::Statements;
+
+const IDS: usize = 10_000;
+const PREFIX: &str = "chat-sdk";
+const LOCK_TTL: Duration = Duration::from_secs(30);
+const STATE_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+const DEDUPE_TTL: Duration = Duration::from_secs(600);
+const HISTORY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+const HISTORY_MAX: usize = 100;
+const HISTORY_ENTRY: &[u8] = br#"{"id":"m","text":"hello"}"#;
+/// Warm-up cycles before timing (connections, prepared statements; JIT on the Node side).
+const WARMUP: usize = 500;
+/// Connections per side (both this crate's and `pg.Pool`'s default).
+const DEFAULT_POOL: u32 = 10;
+/// What the adapter sends to the server as `statement_timeout` (its default, 5 s).
+const STATEMENT_TIMEOUT_MS: &str = "5000";
+const THREAD_STATE_JSON: &str = include_str!("../bench/thread-state.json");
+const TABLES: &str = "chat_state_subscriptions, chat_state_locks, chat_state_cache, \
+                      chat_state_lists, chat_state_queues, chat_state_lock_fences";
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Lock,
+    Cache,
+    Message,
+}
+
+impl Workload {
+    const ALL: [Workload; 3] = [Workload::Lock, Workload::Cache, Workload::Message];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Lock => "lock",
+            Workload::Cache => "cache",
+            Workload::Message => "message",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Workload::Lock => "lock cycle",
+            Workload::Cache => "cache set+get",
+            Workload::Message => "message cycle",
+        }
+    }
+
+    /// Timed cycles per run at concurrency 1 and 64 (before `CHAT_STATE_BENCH_SCALE`): about
+    /// a second on the slowest side.
+    fn iterations(self, c: usize) -> usize {
+        match (self, c > 1) {
+            (Workload::Message, false) => 1_000,
+            (Workload::Message, true) => 4_000,
+            (_, false) => 2_000,
+            (_, true) => 8_000,
+        }
+    }
+}
+
+/// Ids, keys and values, built once, shared by every task (the timed loop is calls only).
+struct Fixture {
+    ids: Vec<String>,
+    state_keys: Vec<String>,
+    history_keys: Vec<String>,
+    state_bytes: Vec<u8>,
+    history: ListOptions,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let ids: Vec<String> = (0..IDS)
+            .map(|i| format!("slack:C{i:07}:1700000000.{i:06}"))
+            .collect();
+        let json = THREAD_STATE_JSON.trim();
+        // What the TS side stores: JSON.stringify(JSON.parse(text)) is the text again.
+        serde_json::from_str::<serde_json::Value>(json).expect("thread-state.json");
+        Self {
+            state_keys: ids.iter().map(|id| format!("thread-state:{id}")).collect(),
+            history_keys: ids.iter().map(|id| format!("msg-history:{id}")).collect(),
+            ids,
+            state_bytes: json.as_bytes().to_vec(),
+            history: ListOptions::new().max_length(HISTORY_MAX).ttl(HISTORY_TTL),
+        }
+    }
+}
+
+/// Task `w` of `c`, iteration `i`: a scattered walk over the task's own slice of the ids
+/// (7919 is prime, so the walk visits every id of the slice). Same formula in `bench.mjs`.
+fn id_index(w: usize, c: usize, i: usize) -> usize {
+    let per = IDS / c;
+    w + c * ((i * 7919) % per)
+}
+
+/// One cycle through the adapter, as a user holds it (`Arc<dyn StateAdapter>`).
+async fn ours_cycle(
+    s: &dyn StateAdapter,
+    fx: &Fixture,
+    wl: Workload,
+    k: usize,
+    seq: &AtomicU64,
+) -> Result<(), Error> {
+    match wl {
+        Workload::Lock => {
+            let lock = s
+                .acquire_lock(&fx.ids[k], LOCK_TTL)
+                .await?
+                .ok_or("lock held")?;
+            s.release_lock(&lock).await?;
+        }
+        Workload::Cache => {
+            let key = &fx.state_keys[k];
+            s.set(key, &fx.state_bytes, Some(STATE_TTL)).await?;
+            s.get(key).await?.ok_or("cache miss")?;
+        }
+        Workload::Message => {
+            let n = seq.fetch_add(1, Ordering::Relaxed);
+            let fresh = s
+                .set_if_not_exists(&format!("dedupe:slack:m{n}"), b"true", Some(DEDUPE_TTL))
+                .await?;
+            if !fresh {
+                return Err("duplicate".into());
+            }
+            let lock = s
+                .acquire_lock(&fx.ids[k], LOCK_TTL)
+                .await?
+                .ok_or("lock held")?;
+            s.append_to_list(&fx.history_keys[k], HISTORY_ENTRY, fx.history)
+                .await?;
+            s.release_lock(&lock).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The raw side: the adapter's statements on a plain pool, bound as the adapter binds them
+/// (`$1` is the test clock, NULL here: the server's time).
+struct Raw {
+    pool: PgPool,
+    sql: Statements,
+}
+
+const NO_CLOCK: Option<i64> = None;
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).expect("ms")
+}
+
+impl Raw {
+    async fn lock(&self, id: &str) -> Result<String, Error> {
+        let token = chat_state_core::new_lock_token()?;
+        let fence: Option<i64> = sqlx::query_scalar(&self.sql.acquire)
+            .bind(NO_CLOCK)
+            .bind(PREFIX)
+            .bind(id)
+            .bind(&token)
+            .bind(ms(LOCK_TTL))
+            .fetch_optional(&self.pool)
+            .await?;
+        fence.ok_or("lock held")?;
+        Ok(token)
+    }
+
+    async fn unlock(&self, id: &str, token: &str) -> Result<(), Error> {
+        sqlx::query(self.sql.release)
+            .bind(PREFIX)
+            .bind(id)
+            .bind(token)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn append(&self, key: &str, value: &str) -> Result<(), Error> {
+        sqlx::query(self.sql.list_append)
+            .bind(NO_CLOCK)
+            .bind(PREFIX)
+            .bind(key)
+            .bind(value)
+            .bind(None::<&[u8]>)
+            .bind(Some(ms(HISTORY_TTL)))
+            .bind(Some(HISTORY_MAX as i64))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The same cycle's statements on the raw pool.
+async fn raw_cycle(
+    raw: &Raw,
+    fx: &Fixture,
+    wl: Workload,
+    k: usize,
+    seq: &AtomicU64,
+) -> Result<(), Error> {
+    match wl {
+        Workload::Lock => {
+            let token = raw.lock(&fx.ids[k]).await?;
+            raw.unlock(&fx.ids[k], &token).await?;
+        }
+        Workload::Cache => {
+            let key = &fx.state_keys[k];
+            let text = THREAD_STATE_JSON.trim();
+            sqlx::query(&raw.sql.set)
+                .bind(NO_CLOCK)
+                .bind(PREFIX)
+                .bind(key)
+                .bind(text)
+                .bind(None::<&[u8]>)
+                .bind(Some(ms(STATE_TTL)))
+                .execute(&raw.pool)
+                .await?;
+            let row: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(&raw.sql.get)
+                .bind(NO_CLOCK)
+                .bind(PREFIX)
+                .bind(key)
+                .fetch_optional(&raw.pool)
+                .await?;
+            row.ok_or("cache miss")?;
+        }
+        Workload::Message => {
+            let n = seq.fetch_add(1, Ordering::Relaxed);
+            let done = sqlx::query(&raw.sql.set_if_not_exists)
+                .bind(NO_CLOCK)
+                .bind(PREFIX)
+                .bind(format!("dedupe:slack:m{n}"))
+                .bind("true")
+                .bind(None::<&[u8]>)
+                .bind(Some(ms(DEDUPE_TTL)))
+                .execute(&raw.pool)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err("duplicate".into());
+            }
+            let id = &fx.ids[k];
+            let token = raw.lock(id).await?;
+            let entry = std::str::from_utf8(HISTORY_ENTRY)?;
+            raw.append(&fx.history_keys[k], entry).await?;
+            raw.unlock(id, &token).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `total` cycles split over `c` tasks; `f(k)` runs one cycle on id index `k`.
+async fn run<F, Fut>(c: usize, total: usize, f: Arc<F>)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..c)
+        .map(|w| {
+            let mine = total / c + usize::from(w < total % c);
+            let f = f.clone();
+            tokio::spawn(async move {
+                for i in 0..mine {
+                    f(id_index(w, c, i)).await.expect("cycle failed");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("benchmark task");
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Ours,
+    Raw,
+    Ts,
+}
+
+struct Bench {
+    rt: tokio::runtime::Runtime,
+    fx: Arc<Fixture>,
+    state: Arc<dyn StateAdapter>,
+    raw: Arc<Raw>,
+    url: String,
+    pool_size: u32,
+    node: Option<NodeBench>,
+}
+
+impl Bench {
+    /// Empty tables for the next run: every side starts from the same state.
+    fn truncate(&self) {
+        self.rt.block_on(async {
+            sqlx::query(&format!("TRUNCATE {TABLES}"))
+                .execute(&self.raw.pool)
+                .await
+                .expect("TRUNCATE")
+        });
+    }
+
+    /// Cycles per second of one side on freshly truncated tables.
+    fn sample(&self, side: Side, wl: Workload, c: usize, iters: usize) -> f64 {
+        self.truncate();
+        match side {
+            Side::Ours => {
+                let (state, fx) = (self.state.clone(), self.fx.clone());
+                let seq = Arc::new(AtomicU64::new(0));
+                let f = Arc::new(move |k| {
+                    let (state, fx, seq) = (state.clone(), fx.clone(), seq.clone());
+                    async move { ours_cycle(&*state, &fx, wl, k, &seq).await }
+                });
+                self.timed(c, iters, f)
+            }
+            Side::Raw => {
+                let (raw, fx) = (self.raw.clone(), self.fx.clone());
+                let seq = Arc::new(AtomicU64::new(0));
+                let f = Arc::new(move |k| {
+                    let (raw, fx, seq) = (raw.clone(), fx.clone(), seq.clone());
+                    async move { raw_cycle(&raw, &fx, wl, k, &seq).await }
+                });
+                self.timed(c, iters, f)
+            }
+            Side::Ts => run_node(
+                self.node.as_ref().expect("node"),
+                &self.url,
+                wl,
+                c,
+                iters,
+                self.pool_size,
+            )["perSec"]
+                .as_f64()
+                .expect("perSec"),
+        }
+    }
+
+    fn timed<F, Fut>(&self, c: usize, iters: usize, f: Arc<F>) -> f64
+    where
+        F: Fn(usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        self.rt.block_on(async {
+            run(c, WARMUP.min(iters), f.clone()).await;
+            let start = Instant::now();
+            run(c, iters, f).await;
+            iters as f64 / start.elapsed().as_secs_f64()
+        })
+    }
+}
+
+/// Runs one TypeScript run of `wl` against `url` (the side's `bench.mjs`).
+fn run_node(
+    node: &NodeBench,
+    url: &str,
+    wl: Workload,
+    c: usize,
+    iters: usize,
+    pool: u32,
+) -> serde_json::Value {
+    let args = [
+        "bench.mjs".to_owned(),
+        url.to_owned(),
+        wl.name().to_owned(),
+        c.to_string(),
+        iters.to_string(),
+        pool.to_string(),
+    ];
+    let line = node.last_line(&args);
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bench.mjs printed {line:?}: {e}"))
+}
+
+fn list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name)
+        .ok()
+        .map(|s| s.split(',').map(|w| w.trim().to_owned()).collect())
+}
+
+fn workload(name: &str) -> Workload {
+    Workload::ALL
+        .into_iter()
+        .find(|w| w.name() == name)
+        .unwrap_or_else(|| panic!("unknown workload {name:?}"))
+}
+
+/// Connects both Rust sides to `url` with `pool` connections each (the adapter creates the
+/// schema).
+async fn connect(url: &str, pool: u32) -> (Arc<dyn StateAdapter>, Arc<Raw>) {
+    let state: Arc<dyn StateAdapter> = Arc::new(
+        PostgresBackend::builder(url)
+            .key_prefix(PREFIX)
+            .max_connections(pool)
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    // The options the adapter gives its own pool (`test_before_acquire(false)` included: the
+    // default pings every connection before handing it out, a round trip per statement).
+    let options = PgConnectOptions::from_str(url)
+        .expect("url")
+        .options([("statement_timeout", STATEMENT_TIMEOUT_MS)]);
+    let raw = Arc::new(Raw {
+        pool: PgPoolOptions::new()
+            .max_connections(pool)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .expect("raw connect"),
+        sql: Statements::new(),
+    });
+    (state, raw)
+}
+
+/// The profile run: warm-up outside, `n` cycles inside [`measured_cycles`].
+fn callgrind(wl: &str) {
+    let wl = workload(wl);
+    let n: usize = env_or("CHAT_STATE_CALLGRIND_CYCLES", 4_000);
+    let c: usize = env_or("CHAT_STATE_CALLGRIND_CONC", 64);
+    let pool: u32 = env_or("CHAT_STATE_BENCH_POOL", DEFAULT_POOL);
+    let side = std::env::var("CHAT_STATE_CALLGRIND_SIDE").unwrap_or_else(|_| "ours".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = PgServer::start();
+    let fx = Arc::new(Fixture::new());
+    let (state, raw) = rt.block_on(connect(&server.url(), pool));
+    let seq = Arc::new(AtomicU64::new(0));
+    let ours = side == "ours";
+    let go = |total: usize| {
+        let (state, raw, fx, seq) = (state.clone(), raw.clone(), fx.clone(), seq.clone());
+        async move {
+            if ours {
+                let f = Arc::new(move |k| {
+                    let (state, fx, seq) = (state.clone(), fx.clone(), seq.clone());
+                    async move { ours_cycle(&*state, &fx, wl, k, &seq).await }
+                });
+                run(c, total, f).await;
+            } else {
+                let f = Arc::new(move |k| {
+                    let (raw, fx, seq) = (raw.clone(), fx.clone(), seq.clone());
+                    async move { raw_cycle(&raw, &fx, wl, k, &seq).await }
+                });
+                run(c, total, f).await;
+            }
+        }
+    };
+    rt.block_on(go(WARMUP));
+    measured_cycles(&rt, go(n));
+    println!("{side} {} c={c}: {n} cycles done", wl.name());
+    drop(server);
+}
+
+/// The cycles `bench/callgrind.sh` collects (`--toggle-collect=*measured_cycles*`).
+#[inline(never)]
+fn measured_cycles(rt: &tokio::runtime::Runtime, f: impl Future<Output = ()>) {
+    rt.block_on(f);
+}
+
+fn main() {
+    if let Ok(wl) = std::env::var("CHAT_STATE_CALLGRIND") {
+        callgrind(&wl);
+        return;
+    }
+    let rounds: usize = env_or("CHAT_STATE_BENCH_ROUNDS", 5).max(1);
+    let scale: f64 = env_or("CHAT_STATE_BENCH_SCALE", 1.0);
+    let pool_size: u32 = env_or("CHAT_STATE_BENCH_POOL", DEFAULT_POOL).max(1);
+    let only = list("CHAT_STATE_BENCH_ONLY");
+    let skip = list("CHAT_STATE_BENCH_SKIP").unwrap_or_default();
+    let concs: Vec<usize> = list("CHAT_STATE_BENCH_CONC")
+        .map(|v| {
+            v.iter()
+                .map(|c| c.parse().expect("CHAT_STATE_BENCH_CONC"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1, 64]);
+    let workloads: Vec<Workload> = match &only {
+        Some(o) => o.iter().map(|n| workload(n)).collect(),
+        None => Workload::ALL.to_vec(),
+    };
+    let cells: Vec<(Workload, usize)> = workloads
+        .iter()
+        .flat_map(|&w| concs.iter().map(move |&c| (w, c)))
+        .collect();
+    let iters = |w: Workload, c: usize| ((w.iterations(c) as f64 * scale) as usize).max(200);
+    let mut sides = vec![Side::Ours];
+    for (side, name) in [(Side::Raw, "raw"), (Side::Ts, "ts")] {
+        if !skip.iter().any(|s| s == name) {
+            sides.push(side);
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = PgServer::start();
+    let url = server.url();
+    let (state, raw) = rt.block_on(connect(&url, pool_size));
+    let node = sides.contains(&Side::Ts).then(|| {
+        NodeBench::prepare(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("bench"),
+            "@chat-adapter/state-pg",
+        )
+    });
+    let bench = Bench {
+        rt,
+        fx: Arc::new(Fixture::new()),
+        state,
+        raw,
+        url,
+        pool_size,
+        node,
+    };
+    let ts_info = bench
+        .node
+        .as_ref()
+        .map(|n| run_node(n, &bench.url, Workload::Lock, 1, 200, pool_size));
+    let server_version: String = bench.rt.block_on(async {
+        sqlx::query_scalar("SHOW server_version")
+            .fetch_one(&bench.raw.pool)
+            .await
+            .expect("server_version")
+    });
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let ts_desc = |sep: &str| {
+        ts_info.as_ref().map_or(String::new(), |i| {
+            format!(
+                "{sep}TS = `{}` + `{}` on node {}",
+                i["adapter"].as_str().unwrap_or("?"),
+                i["client"].as_str().unwrap_or("?"),
+                i["node"].as_str().unwrap_or("?")
+            )
+        })
+    };
+    eprintln!(
+        "PostgreSQL {server_version} on 127.0.0.1:{} (fsync off), {cores} cores, {rounds} rounds, \
+         scale {scale}, pool {pool_size} per side{}",
+        server.port,
+        ts_desc(", ")
+    );
+
+    // samples[cell][side] = one value per round.
+    let mut samples = vec![vec![Vec::new(); sides.len()]; cells.len()];
+    let started = Instant::now();
+    for round in 0..rounds {
+        for (n, &(wl, c)) in cells.iter().enumerate() {
+            let it = iters(wl, c);
+            // Rotate the order every round, so drift in background load favours no side.
+            let mut line = format!("round {}/{rounds} {:<8} c={c:<3}", round + 1, wl.name());
+            for j in 0..sides.len() {
+                let s = (j + round + n) % sides.len();
+                samples[n][s].push(bench.sample(sides[s], wl, c, it));
+            }
+            for (s, side) in sides.iter().enumerate() {
+                line += &format!("  {side:?} {:>8.0}/s", samples[n][s][round]);
+            }
+            eprintln!("{line}");
+        }
+    }
+
+    let med = |n: usize, side: Side| {
+        sides
+            .iter()
+            .position(|s| *s == side)
+            .map(|s| median(&samples[n][s]))
+    };
+    let cell_or = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("-".to_owned(), f);
+    println!();
+    println!(
+        "chat-state-postgres, PostgreSQL {server_version} on loopback (fsync off), {cores} cores, \
+         pool of {pool_size} per side, median of {rounds} interleaved rounds, cycles per second \
+         (run took {:.0} s){}",
+        started.elapsed().as_secs_f64(),
+        ts_desc("; "),
+    );
+    println!();
+    println!("| workload | conc | ours | raw sqlx | TS | ours/TS | ours/raw |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut results = Vec::new();
+    for (n, &(wl, c)) in cells.iter().enumerate() {
+        let o = med(n, Side::Ours).expect("ours");
+        let (r, t) = (med(n, Side::Raw), med(n, Side::Ts));
+        let num = |x: f64| format!("{x:.0}");
+        let ratio = |x: f64| format!("{:.2}x", o / x);
+        println!(
+            "| {} | {c} | {o:.0} | {} | {} | {} | {} |",
+            wl.label(),
+            cell_or(r, &num),
+            cell_or(t, &num),
+            cell_or(t, &ratio),
+            cell_or(r, &ratio),
+        );
+        results.push(((wl, c), t.map(|t| o / t), r.map(|r| o / r)));
+    }
+    println!();
+    let verdict = |x: f64, target: f64| if x >= target { "met" } else { "MISSED" };
+    for ((wl, c), vs_ts, vs_raw) in &results {
+        if *wl != Workload::Message {
+            continue;
+        }
+        if let (Some(r), 64) = (vs_ts, c) {
+            println!(
+                "target {} at concurrency 64: >= 2.00x TypeScript: {r:.2}x, {}",
+                wl.label(),
+                verdict(*r, 2.0)
+            );
+        }
+        if let Some(r) = vs_raw {
+            println!(
+                "target {} at concurrency {c}: >= 0.90x raw sqlx: {r:.2}x, {}",
+                wl.label(),
+                verdict(*r, 0.9)
+            );
+        }
+    }
+    bench.rt.block_on(bench.state.close()).expect("close");
+    drop(server);
+}
