@@ -15,6 +15,8 @@ use crate::error::{corrupt, map, timed_out};
 use crate::schema::{self, SchemaMode};
 use crate::{BACKEND, PostgresBuilder};
 
+mod admin;
+
 /// "Now" in every statement: the test clock's milliseconds when one is set (`$1`), else the
 /// server's `statement_timestamp()`, so every client on the database agrees on expiry.
 const NOW: &str =
