@@ -13,7 +13,7 @@ use chat_state::{ConnectOptions, connect_with};
 /// `chat-state conformance` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConformanceArgs {
-    /// Backend URL. Each case gets its own key prefix (SQLite, Redis) or a fresh store
+    /// Backend URL. Each case gets its own key prefix (SQLite, Redis, Postgres) or a fresh store
     /// (`memory://`), so the cases never see each other's data. Default: an embedded SQLite
     /// file in a fresh temporary directory.
     #[arg(long, env = "CHAT_STATE_URL")]
@@ -28,7 +28,7 @@ pub struct ConformanceArgs {
 
 /// Runs the conformance suite against `url`, each case on a fresh, isolated adapter.
 ///
-/// Durable backends (an SQLite file, Redis) also get the reopen hook, so the suite checks
+/// Durable backends (an SQLite file, Redis, Postgres) also get the reopen hook, so the suite checks
 /// that data survives a reconnect.
 pub async fn run(url: &str, filter: Option<&str>, trace: bool) -> Report {
     run_with_id(url, filter, trace, &super::run_id()).await
@@ -125,21 +125,13 @@ pub(crate) async fn command(args: ConformanceArgs, trace: bool) -> Result<bool, 
     let _ = probe.close().await;
     let run = super::run_id();
     let report = run_with_id(&url, args.filter.as_deref(), trace, &run).await;
-    // Leave nothing behind in a live Redis (fence counters never expire by design).
-    #[cfg(feature = "redis")]
-    if let Ok(chat_state::Target::Redis {
-        nodes,
-        cluster: false,
-        ..
-    }) = chat_state::Target::parse(&url)
-        && let [node] = nodes.as_slice()
-    {
-        // One prefix per case, numbered from 0 by the factory.
-        let prefixes = (0..=report.cases.len()).map(|n| format!("{}-{n}", run_prefix(&run)));
-        match redis_delete_prefixes(node, prefixes).await {
-            Ok(n) => eprintln!("removed {n} test keys ({}-*)", run_prefix(&run)),
-            Err(e) => eprintln!("warning: {e}"),
-        }
+    // Leave nothing behind in a live deployment (fence counters never expire by design).
+    // One prefix per case, numbered from 0 by the factory.
+    let prefixes = (0..=report.cases.len()).map(|n| format!("{}-{n}", run_prefix(&run)));
+    match delete_prefixes(&url, prefixes).await {
+        Ok(Some(n)) => eprintln!("removed {n} test keys ({}-*)", run_prefix(&run)),
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: {e}"),
     }
     if report.cases.is_empty() {
         return Err(format!("no conformance case matches {:?}", args.filter).into());
@@ -152,22 +144,60 @@ pub(crate) async fn command(args: ConformanceArgs, trace: bool) -> Result<bool, 
     Ok(report.failed() == 0)
 }
 
-/// Deletes the keys of each prefix in `prefixes` from a single-node Redis, through the
-/// backend's own `delete_all_keys`, so the run leaves no test keys (the fence counters, which
-/// never expire by design, would otherwise stay forever) in the operator's deployment.
-#[cfg(feature = "redis")]
-async fn redis_delete_prefixes(
+/// Deletes the data of each prefix in `prefixes` from a single-node Redis or a Postgres
+/// database, through the backend's own `delete_all_keys`, so the run leaves no test keys (the
+/// fence counters, which never expire by design, would otherwise stay forever) in the
+/// operator's deployment. `None` when the URL names no such backend (SQLite runs on the
+/// operator's file too, but its per-case prefixes are few rows; memory keeps nothing).
+#[allow(unused_variables, unused_mut, unreachable_code)] // what is deleted depends on the backend features
+async fn delete_prefixes(
     url: &str,
     prefixes: impl IntoIterator<Item = String>,
-) -> chat_state::Result<u64> {
+) -> chat_state::Result<Option<u64>> {
     let mut removed = 0;
-    for prefix in prefixes {
-        let state = chat_state::redis::RedisBackend::builder(url)
-            .key_prefix(prefix)
-            .connect()
-            .await?;
-        removed += state.backend().delete_all_keys().await?;
-        state.close().await?;
+    match chat_state::Target::parse(url)? {
+        #[cfg(feature = "redis")]
+        chat_state::Target::Redis {
+            nodes,
+            cluster: false,
+            ..
+        } if nodes.len() == 1 => {
+            for prefix in prefixes {
+                let state = chat_state::redis::RedisBackend::builder(nodes[0].as_str())
+                    .key_prefix(prefix)
+                    .connect()
+                    .await?;
+                removed += state.backend().delete_all_keys().await?;
+                state.close().await?;
+            }
+        }
+        #[cfg(feature = "postgres")]
+        chat_state::Target::Postgres {
+            url,
+            connect_timeout,
+            ..
+        } => {
+            let mut builder = chat_state::postgres::PostgresBackend::builder(url.as_str())
+                .sweep_interval(None)
+                .schema_mode(chat_state::postgres::SchemaMode::VerifyOnly);
+            if let Some(timeout) = connect_timeout {
+                builder = builder.connect_timeout(timeout);
+            }
+            let first = builder.connect().await?;
+            // One pool for every prefix: a connection per prefix would cost a handshake each.
+            let pool = first.backend().pool().clone();
+            for prefix in prefixes {
+                let state = chat_state::postgres::PostgresBackend::with_pool(pool.clone())
+                    .key_prefix(prefix)
+                    .sweep_interval(None)
+                    .schema_mode(chat_state::postgres::SchemaMode::VerifyOnly)
+                    .connect()
+                    .await?;
+                removed += state.backend().delete_all_keys().await?;
+            }
+            first.close().await?;
+        }
+        _ => return Ok(None),
     }
-    Ok(removed)
+    Ok(Some(removed))
 }

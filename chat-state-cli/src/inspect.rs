@@ -9,7 +9,8 @@ use chat_state::{LockInfo, lock_inspector};
 /// `chat-state inspect` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InspectArgs {
-    /// Backend URL (`sqlite://FILE?prefix=...`, `redis://HOST:PORT?prefix=...`).
+    /// Backend URL (`sqlite://FILE?prefix=...`, `redis://HOST:PORT?prefix=...`,
+    /// `postgres://USER:PASSWORD@HOST/DB?prefix=...`).
     #[arg(long, env = "CHAT_STATE_URL")]
     pub url: String,
     /// The thread id, lock id or key to look at. The namespaces are separate, so the same id

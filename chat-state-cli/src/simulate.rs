@@ -37,8 +37,8 @@ const HISTORY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// `chat-state simulate` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
-    /// Backend URL (`memory://`, `sqlite://FILE`, `redis://HOST:PORT`). Default: an embedded
-    /// SQLite file in a fresh temporary directory.
+    /// Backend URL (`memory://`, `sqlite://FILE`, `redis://HOST:PORT`, `postgres://...`).
+    /// Default: an embedded SQLite file in a fresh temporary directory.
     #[arg(long, env = "CHAT_STATE_URL")]
     pub url: Option<String>,
     /// Bot instances (tokio tasks) sharing the backend.

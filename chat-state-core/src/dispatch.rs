@@ -3,7 +3,7 @@
 //! keep a paused holder from writing over its successor's state.
 //!
 //! Every adapter has them. A backend that implements them natively (memory, SQLite, Redis,
-//! the Durable Object) runs each as one atomic step, in one round trip; any other backend
+//! Postgres, the Durable Object) runs each as one atomic step, in one round trip; any other backend
 //! gets the step-by-step versions in this module, built from the primitive operations:
 //! correct while every caller runs to completion, but not atomic (SEMANTICS.md, "Dispatch",
 //! says what that costs). [`Backend::ATOMIC_DISPATCH`](crate::Backend::ATOMIC_DISPATCH)

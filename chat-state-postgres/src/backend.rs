@@ -18,6 +18,8 @@ use crate::sql::Statements;
 use crate::{BACKEND, PostgresBuilder};
 
 // Children of this module, so they use its private helpers without widening them.
+#[path = "admin.rs"]
+mod admin;
 #[path = "dispatch.rs"]
 pub(crate) mod dispatch;
 #[path = "orphan.rs"]

@@ -111,10 +111,30 @@ pub(crate) fn kind_of(e: &sqlx::Error) -> ErrorKind {
     }
 }
 
+/// What to do about the errors a misconfigured deployment meets first.
+fn hint(e: &sqlx::Error) -> &'static str {
+    let code = match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()).unwrap_or_default(),
+        sqlx::Error::Tls(_) => {
+            return " (check `sslmode=`; for a private CA pass `sslrootcert=/path/ca.pem`)";
+        }
+        _ => return "",
+    };
+    match code.as_str() {
+        "28P01" | "28000" => " (check the user and password in the URL)",
+        "3D000" => " (create the database, or fix the database name in the URL's path)",
+        "42501" => {
+            " (the role lacks a privilege: grant it, or connect as the schema's owner; \
+             SchemaMode::VerifyOnly lists what is missing)"
+        }
+        _ => "",
+    }
+}
+
 /// A typed error for a sqlx failure during `op`, with the sqlx error as its source.
 pub(crate) fn map(op: Operation, e: sqlx::Error) -> Error {
     let kind = kind_of(&e);
-    Error::new(kind, format!("PostgreSQL: {e}"))
+    Error::new(kind, format!("PostgreSQL: {e}{}", hint(&e)))
         .context(BACKEND, op)
         .with_source(e)
 }

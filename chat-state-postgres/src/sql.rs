@@ -7,7 +7,7 @@
 const NOW: &str =
     "COALESCE('epoch'::timestamptz + $1::bigint * interval '1 millisecond', statement_timestamp())";
 
-fn sql(template: &str) -> String {
+pub(crate) fn sql(template: &str) -> String {
     template.replace("{now}", NOW)
 }
 

@@ -61,3 +61,34 @@ pub(crate) async fn redis_state(
     }
     builder.connect().await
 }
+
+/// `postgres://...?prefix=P&connect_timeout=S`.
+#[cfg(feature = "postgres")]
+pub(crate) async fn open_postgres(
+    url: &str,
+    prefix: Option<&str>,
+    connect_timeout: Option<std::time::Duration>,
+) -> Result<Arc<dyn StateAdapter>> {
+    Ok(Arc::new(
+        postgres_builder(url, prefix, connect_timeout)
+            .connect()
+            .await?,
+    ))
+}
+
+/// The Postgres builder for a parsed `postgres://` URL, also used for lock inspection.
+#[cfg(feature = "postgres")]
+pub(crate) fn postgres_builder(
+    url: &str,
+    prefix: Option<&str>,
+    connect_timeout: Option<std::time::Duration>,
+) -> chat_state_postgres::PostgresBuilder {
+    let mut builder = chat_state_postgres::PostgresBackend::builder(url);
+    if let Some(prefix) = prefix {
+        builder = builder.key_prefix(prefix);
+    }
+    if let Some(timeout) = connect_timeout {
+        builder = builder.connect_timeout(timeout);
+    }
+    builder
+}

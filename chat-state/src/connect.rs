@@ -1,6 +1,7 @@
 //! Connect-by-URL: the backend is chosen by the URL's scheme, among those compiled in.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chat_state_core::{Error, ErrorKind, Operation, Result, StateAdapter};
 
@@ -25,6 +26,10 @@ pub fn compiled_schemes() -> &'static [&'static str] {
         "rediss://",
         #[cfg(all(feature = "redis-cluster", not(target_arch = "wasm32")))]
         "redis+cluster://",
+        #[cfg(all(feature = "postgres", not(target_arch = "wasm32")))]
+        "postgres://",
+        #[cfg(all(feature = "postgres", not(target_arch = "wasm32")))]
+        "postgresql://",
     ]
 }
 
@@ -37,7 +42,7 @@ pub struct ConnectOptions {
     /// records them. Native targets only (ignored on wasm32, where there is no monotonic
     /// clock to time calls with).
     pub trace: bool,
-    /// Key prefix for backends that share storage (SQLite, Redis); overrides the URL's
+    /// Key prefix for backends that share storage (SQLite, Redis, Postgres); overrides the URL's
     /// `prefix=` parameter. Ignored by `memory://`, whose every connection is private anyway.
     pub prefix: Option<String>,
 }
@@ -99,6 +104,20 @@ pub enum Target {
         /// The `?prefix=` parameter, percent-decoded.
         prefix: Option<String>,
     },
+    /// `postgres://[user[:password]@][host][:port][/database][?params]` (or `postgresql://`),
+    /// with libpq's parameters.
+    #[non_exhaustive]
+    Postgres {
+        /// The URL handed to sqlx, without our own parameters (`prefix=`, `connect_timeout=`);
+        /// user and password stay percent-encoded, as sqlx expects.
+        url: String,
+        /// The `?prefix=` parameter, percent-decoded (the rows' `key_prefix`).
+        prefix: Option<String>,
+        /// libpq's `?connect_timeout=` (seconds): how long getting a connection may take.
+        connect_timeout: Option<Duration>,
+        /// The `sslmode=` parameter (libpq's default is `prefer`).
+        ssl_mode: Option<String>,
+    },
 }
 
 impl Target {
@@ -112,6 +131,7 @@ impl Target {
                 "rediss://"
             }
             Target::Redis { .. } => "redis://",
+            Target::Postgres { .. } => "postgres://",
         }
     }
 
@@ -121,6 +141,7 @@ impl Target {
             Target::Memory => false,
             Target::Sqlite { .. } => true,
             Target::Redis { .. } => true,
+            Target::Postgres { .. } => true,
         }
     }
 
@@ -172,6 +193,7 @@ impl Target {
                     prefix: query.prefix,
                 })
             }
+            "postgres" | "postgresql" => parse_postgres(url, parsed),
             other => Err(invalid(format!(
                 "{url:?}: unknown URL scheme `{other}://`; this build understands {}",
                 schemes_list()
@@ -397,6 +419,111 @@ fn check_redis_node(shown: &str, url: &url::Url, cluster: bool) -> Result<()> {
     }
 }
 
+/// libpq parameters sqlx understands, passed through to it as written.
+const POSTGRES_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+    "statement-cache-capacity",
+];
+
+/// libpq's `sslmode` values; `allow` connects without TLS (as sqlx does).
+const POSTGRES_SSL_MODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// The `sslmode`s that need TLS, so the `postgres-tls` feature.
+fn ssl_mode_needs_tls(mode: Option<&str>) -> bool {
+    matches!(mode, Some("require" | "verify-ca" | "verify-full"))
+}
+
+/// `postgres://` / `postgresql://`: libpq's URL form. sqlx would ignore an unknown parameter
+/// with only a log line (a typo in `sslmode` would silently connect without TLS), so every
+/// parameter is checked here.
+fn parse_postgres(shown: &str, mut url: url::Url) -> Result<Target> {
+    if let Some(fragment) = url.fragment() {
+        return Err(invalid(format!(
+            "{shown:?}: a PostgreSQL URL has no `#{fragment}`"
+        )));
+    }
+    if url.host_str().is_some_and(|h| h.contains(',')) {
+        return Err(invalid(format!(
+            "{shown:?}: several hosts (libpq's failover list) are not supported; name one \
+             server, or a proxy in front of them"
+        )));
+    }
+    decode(shown, "user name", url.username())?;
+    if let Some(password) = url.password() {
+        decode(shown, "password", password)?;
+    }
+    decode(shown, "database name", url.path().trim_start_matches('/'))?;
+    let query = Query::of(shown, &url)?;
+    let mut connect_timeout = None;
+    let mut ssl_mode = None;
+    let mut passthrough = Vec::new();
+    for (key, value) in query.passthrough {
+        match key.as_str() {
+            "connect_timeout" => {
+                let seconds: u64 = value.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    invalid(format!(
+                        "{shown:?}: `connect_timeout=` is a whole number of seconds above 0, \
+                         not {value:?}"
+                    ))
+                })?;
+                connect_timeout = Some(Duration::from_secs(seconds));
+            }
+            "sslmode" | "ssl-mode" => {
+                if !POSTGRES_SSL_MODES.contains(&value.as_str()) {
+                    return Err(invalid(format!(
+                        "{shown:?}: `sslmode={value}` is not one of {}",
+                        POSTGRES_SSL_MODES.join(", ")
+                    )));
+                }
+                ssl_mode = Some(value.clone());
+                passthrough.push((key, value));
+            }
+            k if POSTGRES_PARAMETERS.contains(&k) || k.starts_with("options[") => {
+                passthrough.push((key, value))
+            }
+            other => {
+                return Err(invalid(format!(
+                    "{shown:?}: unknown parameter `{other}`; postgres:// accepts `prefix=`, \
+                     `connect_timeout=` and {}",
+                    POSTGRES_PARAMETERS.join(", ")
+                )));
+            }
+        }
+    }
+    let query = Query {
+        prefix: query.prefix,
+        passthrough,
+    };
+    // sqlx reads only `postgres://` and `postgresql://`; normalise the case it was given in.
+    if url.scheme() != "postgres" && url.set_scheme("postgres").is_err() {
+        return Err(invalid(format!("{shown:?}: cannot use this URL's scheme")));
+    }
+    Ok(Target::Postgres {
+        url: query.node_url(url),
+        prefix: query.prefix,
+        connect_timeout,
+        ssl_mode,
+    })
+}
+
 fn schemes_list() -> String {
     let schemes = compiled_schemes();
     if schemes.is_empty() {
@@ -431,12 +558,17 @@ fn disabled(target: &Target, feature: &str) -> Error {
 /// | `redis://[user:password@]host:6379/0`, `redis://[::1]:6379`, `redis+unix:///path.sock` | Redis (`redis`) |
 /// | `rediss://host:6380` | Redis over TLS (`redis-tls`), system roots or `SSL_CERT_FILE` |
 /// | `redis+cluster://h1:6379,h2:6379` | Redis Cluster (`redis-cluster`) |
+/// | `postgres://[user:password@]host:5432/db` (or `postgresql://`) | PostgreSQL (`postgres`) |
+/// | `postgres://host/db?sslmode=verify-full&sslrootcert=ca.pem` | PostgreSQL over TLS (`postgres-tls`) |
 ///
 /// URLs are parsed as URLs: percent-encoded parts are decoded (`sqlite:///srv/my%20bot/state.db`
 /// is the file `/srv/my bot/state.db`; a password with `@` is written `p%40ss`), IPv6 hosts
-/// go in brackets. `?prefix=NAME` isolates keys of SQLite and Redis backends (several bots,
-/// or a test per prefix, on one file or server); other query parameters go to the redis
-/// client (e.g. `protocol=resp3`) and are refused elsewhere. A URL that does not parse, an
+/// go in brackets. `?prefix=NAME` isolates keys of SQLite, Redis and Postgres backends
+/// (several bots, or a test per prefix, on one file or server); other query parameters go to
+/// the redis client (e.g. `protocol=resp3`); for Postgres, libpq's `sslmode`, `sslrootcert`,
+/// `sslcert`, `sslkey`, `host`, `port`, `dbname`, `user`, `password`, `application_name`,
+/// `options` go to sqlx and `connect_timeout` (seconds) bounds getting a connection; any other
+/// parameter is refused. A URL that does not parse, an
 /// unknown scheme, or one whose feature is off, is an [`ErrorKind::InvalidInput`] error
 /// that says what is wrong, listing the schemes this build understands where that helps.
 ///
@@ -461,9 +593,9 @@ pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Arc<dyn
     if let Some(p) = &options.prefix {
         match &mut target {
             Target::Memory => {}
-            Target::Sqlite { prefix, .. } | Target::Redis { prefix, .. } => {
-                *prefix = Some(p.clone())
-            }
+            Target::Sqlite { prefix, .. }
+            | Target::Redis { prefix, .. }
+            | Target::Postgres { prefix, .. } => *prefix = Some(p.clone()),
         }
     }
     let adapter = open(target).await?;
@@ -515,6 +647,33 @@ async fn open(target: Target) -> Result<Arc<dyn StateAdapter>> {
                 },
                 feature,
             ))
+        }
+        Target::Postgres {
+            url,
+            prefix,
+            connect_timeout,
+            ssl_mode,
+        } => {
+            let tls = ssl_mode_needs_tls(ssl_mode.as_deref());
+            #[cfg(all(feature = "postgres", not(target_arch = "wasm32")))]
+            if !tls || cfg!(feature = "postgres-tls") {
+                return crate::backends::open_postgres(&url, prefix.as_deref(), connect_timeout)
+                    .await;
+            }
+            if tls && cfg!(feature = "postgres") {
+                return Err(invalid(format!(
+                    "postgres:// with `sslmode={}` needs the `postgres-tls` cargo feature of \
+                     chat-state, which this build lacks",
+                    ssl_mode.unwrap_or_default()
+                )));
+            }
+            let target = Target::Postgres {
+                url,
+                prefix,
+                connect_timeout,
+                ssl_mode,
+            };
+            Err(disabled(&target, "postgres"))
         }
     }
 }
@@ -571,6 +730,66 @@ mod tests {
             Target::parse("redis+unix:///run/redis.sock?db=1").ok(),
             redis(&["redis+unix:///run/redis.sock?db=1"], false, None)
         );
+    }
+
+    fn postgres(
+        url: &str,
+        prefix: Option<&str>,
+        timeout: Option<u64>,
+        ssl: Option<&str>,
+    ) -> Option<Target> {
+        Some(Target::Postgres {
+            url: url.into(),
+            prefix: prefix.map(Into::into),
+            connect_timeout: timeout.map(Duration::from_secs),
+            ssl_mode: ssl.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn postgres_urls_keep_libpq_parameters_and_take_ours_out() {
+        assert_eq!(
+            Target::parse("postgres://bot:p%40ss@db:5433/bots?prefix=b%201").ok(),
+            postgres(
+                "postgres://bot:p%40ss@db:5433/bots",
+                Some("b 1"),
+                None,
+                None
+            )
+        );
+        assert_eq!(
+            Target::parse(
+                "PostgreSQL://h/d?sslmode=verify-full&sslrootcert=/ca.pem&connect_timeout=3"
+            )
+            .ok(),
+            postgres(
+                "postgres://h/d?sslmode=verify-full&sslrootcert=%2Fca.pem",
+                None,
+                Some(3),
+                Some("verify-full")
+            )
+        );
+        assert_eq!(
+            Target::parse("postgres:///bots?host=/run/postgresql&application_name=bot").ok(),
+            postgres(
+                "postgres:///bots?host=%2Frun%2Fpostgresql&application_name=bot",
+                None,
+                None,
+                None
+            )
+        );
+        assert_eq!(
+            Target::parse("postgres://[::1]:5432/db?options=-c%20search_path%3Dbots").ok(),
+            postgres(
+                "postgres://[::1]:5432/db?options=-c+search_path%3Dbots",
+                None,
+                None,
+                None
+            )
+        );
+        let target = Target::parse("postgresql://h/d").ok();
+        assert_eq!(target.as_ref().map(Target::scheme), Some("postgres://"));
+        assert_eq!(target.map(|t| t.is_shared()), Some(true));
     }
 
     #[test]
@@ -699,6 +918,28 @@ mod tests {
             ("rediss://h:1/#insecure", "SSL_CERT_FILE"),
             ("redis://:%FF@h:1", "password is not UTF-8"),
             ("redis+unix://", "no socket path"),
+            (
+                "postgres://h/d?sslmode=required",
+                "not one of disable, allow",
+            ),
+            (
+                "postgres://h/d?ssl_mode=require",
+                "unknown parameter `ssl_mode`",
+            ),
+            (
+                "postgres://h/d?connect_timeout=0",
+                "whole number of seconds",
+            ),
+            (
+                "postgres://h/d?connect_timeout=2.5",
+                "whole number of seconds",
+            ),
+            ("postgres://h/d#x", "no `#x`"),
+            ("postgres://a,b/d", "several hosts"),
+            ("postgres://:%FF@h/d", "password is not UTF-8"),
+            ("postgres://h/d%FF", "database name is not UTF-8"),
+            ("postgres://h/d?prefix=", "needs a value"),
+            ("postgres://h:70000/d", "invalid port number"),
         ] {
             let err = Target::parse(url).err().map(|e| (e.kind(), e.to_string()));
             let Some((kind, text)) = err else {
@@ -722,6 +963,25 @@ mod tests {
         for scheme in compiled_schemes() {
             assert!(text.contains(scheme), "{text}");
         }
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn postgres_without_the_feature_names_it() {
+        let err = connect("postgres://127.0.0.1:1/d").await.err();
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("`postgres` cargo feature"), "{text}");
+    }
+
+    #[cfg(all(feature = "postgres", not(feature = "postgres-tls")))]
+    #[tokio::test]
+    async fn postgres_tls_without_the_feature_names_it() {
+        let err = connect("postgres://127.0.0.1:1/d?sslmode=require")
+            .await
+            .err();
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("`postgres-tls` cargo feature"), "{text}");
+        assert!(text.contains("sslmode=require"), "{text}");
     }
 
     #[cfg(all(feature = "redis", not(feature = "redis-tls")))]

@@ -14,7 +14,9 @@ pub use chat_state_core::{InspectLocks, LockInfo};
 /// backend cannot show lock holders.
 ///
 /// Supported: `sqlite://` (opened verify-only with cleanup off, so inspecting never creates,
-/// migrates or writes the file) and `redis://` / `redis+cluster://`. `memory://` never can,
+/// migrates or writes the file), `redis://` / `redis+cluster://`, and `postgres://` (opened
+/// verify-only with the sweep off, so inspecting never creates tables or deletes rows; the
+/// fence is not shown, see `chat_state_postgres`'s `lock_info`). `memory://` never can,
 /// since every connection is a fresh private store.
 pub async fn lock_inspector(url: &str) -> Result<Arc<dyn InspectLocks>> {
     use crate::connect::Target;
@@ -37,6 +39,21 @@ pub async fn lock_inspector(url: &str) -> Result<Arc<dyn InspectLocks>> {
     } = &target
     {
         let state = crate::backends::redis_state(nodes, *cluster, prefix.as_deref()).await?;
+        return Ok(Arc::new(state));
+    }
+    #[cfg(all(feature = "postgres", not(target_arch = "wasm32")))]
+    if let Target::Postgres {
+        url,
+        prefix,
+        connect_timeout,
+        ..
+    } = &target
+    {
+        let state = crate::backends::postgres_builder(url, prefix.as_deref(), *connect_timeout)
+            .schema_mode(chat_state_postgres::SchemaMode::VerifyOnly)
+            .sweep_interval(None)
+            .connect()
+            .await?;
         return Ok(Arc::new(state));
     }
     Err(Error::new(

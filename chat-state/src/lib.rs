@@ -15,6 +15,11 @@ compile_error!(
      redis client opens TCP sockets, which wasm32 Workers cannot). On Workers use \
      `durable-object`."
 );
+#[cfg(all(target_arch = "wasm32", feature = "postgres"))]
+compile_error!(
+    "chat-state: feature `postgres` / `postgres-tls` needs a native target (sqlx opens TCP \
+     sockets, which wasm32 Workers cannot). On Workers use `durable-object`."
+);
 
 /// The core traits, types, errors and helpers, re-exported so one dependency is enough.
 pub use chat_state_core as core;
@@ -46,6 +51,12 @@ pub use chat_state_sqlite::{SqliteBackend, SqliteState};
 pub use chat_state_redis as redis;
 #[cfg(all(feature = "redis", not(target_arch = "wasm32")))]
 pub use chat_state_redis::{RedisBackend, RedisState};
+
+/// The PostgreSQL backend (feature `postgres`; TLS with `postgres-tls`).
+#[cfg(all(feature = "postgres", not(target_arch = "wasm32")))]
+pub use chat_state_postgres as postgres;
+#[cfg(all(feature = "postgres", not(target_arch = "wasm32")))]
+pub use chat_state_postgres::{PostgresBackend, PostgresState};
 
 /// The Cloudflare Durable Object backend (feature `durable-object`).
 #[cfg(feature = "durable-object")]

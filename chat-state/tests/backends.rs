@@ -209,3 +209,157 @@ mod redis {
         );
     }
 }
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use chat_state_test_support::free_port;
+    use chat_state_test_support::postgres::{PgServer, shared, unique_prefix};
+
+    /// A fresh database on the shared server, so a test that counts tables sees only its own.
+    fn fresh_database(server: &PgServer) -> String {
+        let name = format!("facade_{}", unique_prefix().to_lowercase());
+        server.psql("postgres", &format!("CREATE DATABASE {name}"));
+        name
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prefixes_isolate_on_one_server() {
+        let server = shared();
+        let database = fresh_database(server);
+        assert_prefix_isolation(&server.url_for(&database)).await;
+        // `postgresql://` is the same backend, and sees the same rows.
+        let url = server
+            .url_for(&database)
+            .replacen("postgres://", "postgresql://", 1);
+        let state = connect(&format!("{url}?prefix=facade-a"))
+            .await
+            .expect("postgresql:// connects");
+        assert_eq!(state.backend_name(), "postgres");
+        assert!(state.is_subscribed("t1").await.expect("read"));
+        state.close().await.expect("close");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn percent_encoded_password_reaches_the_server_decoded() {
+        let server = shared();
+        let database = fresh_database(server);
+        let role = format!("bot_{}", unique_prefix().to_lowercase());
+        server.psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {role} LOGIN PASSWORD 'p@ss:w/rd'; \
+                 GRANT ALL ON DATABASE {database} TO {role}; \
+                 ALTER DATABASE {database} OWNER TO {role}"
+            ),
+        );
+        let port = server.port;
+        let url =
+            format!("postgres://{role}:p%40ss%3Aw%2Frd@127.0.0.1:{port}/{database}?prefix=pw");
+        let state = connect(&url)
+            .await
+            .expect("the decoded password is accepted");
+        state.subscribe("t").await.expect("subscribe");
+        assert!(state.is_subscribed("t").await.expect("read"));
+        state.close().await.expect("close");
+        let err = connect(&format!(
+            "postgres://{role}:wrong@127.0.0.1:{port}/{database}"
+        ))
+        .await
+        .err()
+        .expect("a wrong password is refused");
+        assert_eq!(err.backend(), "postgres", "{err}");
+        assert_ne!(
+            err.kind(),
+            ErrorKind::InvalidInput,
+            "the URL is valid: {err}"
+        );
+        assert!(
+            err.to_string().contains("check the user and password"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_database_is_a_typed_error_naming_it() {
+        let server = shared();
+        let err = connect(&server.url_for("no_such_database"))
+            .await
+            .err()
+            .expect("no such database");
+        assert_eq!(err.backend(), "postgres", "{err}");
+        let text = err.to_string();
+        assert!(text.contains("no_such_database"), "{err}");
+        assert!(text.contains("create the database"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lock_inspector_reads_the_holder_per_prefix_and_creates_nothing() {
+        let server = shared();
+        let database = fresh_database(server);
+        let base = server.url_for(&database);
+        // Verify-only: an empty database is refused, and still has no tables afterwards.
+        let err = chat_state::lock_inspector(&format!("{base}?prefix=bot1"))
+            .await
+            .err()
+            .expect("an empty database has nothing to inspect");
+        assert!(err.to_string().contains("chat_state_locks"), "{err}");
+        let tables = "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'chat_state%'";
+        assert_eq!(server.psql(&database, tables), "0");
+
+        let url = format!("{base}?prefix=bot1");
+        let state = connect(&url).await.expect("connects");
+        let before = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis(),
+        )
+        .expect("ms fit");
+        let lock = state
+            .acquire_lock("slack:C1:t1", Duration::from_secs(60))
+            .await
+            .expect("acquire")
+            .expect("free");
+        let reader = chat_state::lock_inspector(&url).await.expect("reader");
+        let info = reader
+            .lock_info("slack:C1:t1")
+            .await
+            .expect("read")
+            .expect("held");
+        assert_eq!(info.token, lock.token);
+        assert!(
+            info.expires_at >= before + 59_000 && info.expires_at <= before + 61_000,
+            "expires {} ms after the acquire began",
+            info.expires_at.saturating_sub(before)
+        );
+        let other = chat_state::lock_inspector(&format!("{base}?prefix=bot2"))
+            .await
+            .expect("reader");
+        assert_eq!(other.lock_info("slack:C1:t1").await.expect("read"), None);
+        state.release_lock(&lock).await.expect("release");
+        assert_eq!(reader.lock_info("slack:C1:t1").await.expect("read"), None);
+        state.close().await.expect("close");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_server_is_a_typed_error_within_connect_timeout() {
+        let port = free_port();
+        let started = std::time::Instant::now();
+        let err = connect(&format!(
+            "postgres://u:p@127.0.0.1:{port}/d?connect_timeout=2"
+        ))
+        .await
+        .err()
+        .expect("nothing listens there");
+        assert!(
+            matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

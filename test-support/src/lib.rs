@@ -399,7 +399,7 @@ fn run_ok(command: &mut Command, what: &str) {
 
 /// `ca.crt`/`ca.key` (a self-signed CA), and `server.crt`/`server.key` signed by it for
 /// `IP:127.0.0.1` and `DNS:localhost`, all valid for a day, in `dir`.
-fn make_certs(dir: &Path) {
+pub(crate) fn make_certs(dir: &Path) {
     let ca = [
         "req",
         "-x509",

@@ -71,6 +71,8 @@ fn pg_command(bin: &str) -> Command {
 /// One PostgreSQL server process.
 pub struct PgServer {
     dir: tempfile::TempDir,
+    /// Whether it accepts TLS ([`start_tls`](Self::start_tls)).
+    tls: bool,
     /// The loopback port it listens on.
     pub port: u16,
 }
@@ -78,6 +80,17 @@ pub struct PgServer {
 impl PgServer {
     /// Initializes and starts a fresh cluster (password auth over TCP).
     pub fn start() -> Self {
+        Self::init(false)
+    }
+
+    /// [`start`](Self::start), also accepting TLS (`ssl=on`) with a certificate for
+    /// `127.0.0.1` and `localhost` signed by [`ca_cert`](Self::ca_cert); plain connections
+    /// are still accepted, so `sslmode=disable` works too.
+    pub fn start_tls() -> Self {
+        Self::init(true)
+    }
+
+    fn init(tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("chat-state-pg")
             .tempdir()
@@ -120,8 +133,28 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            let certs = dir.path().join("certs");
+            std::fs::create_dir(&certs).expect("create the certificate directory");
+            crate::make_certs(&certs);
+            // PostgreSQL refuses a key that others can read, or that it does not own.
+            std::fs::set_permissions(
+                certs.join("server.key"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("chmod server.key");
+            if is_root() {
+                let status = Command::new("chown")
+                    .args(["-R", OS_USER])
+                    .arg(&certs)
+                    .status()
+                    .expect("chown");
+                assert!(status.success(), "chown of the certificates failed");
+            }
+        }
         let server = Self {
             dir,
+            tls,
             port: free_port(),
         };
         server.pg_ctl_start();
@@ -134,11 +167,19 @@ impl PgServer {
 
     /// `pg_ctl start` on the same data directory and port (after a stop or a kill).
     pub fn pg_ctl_start(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            let certs = self.dir.path().join("certs");
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                certs.join("server.crt").display(),
+                certs.join("server.key").display()
+            ));
+        }
         let out = pg_command("pg_ctl")
             .arg("-D")
             .arg(self.data())
@@ -182,6 +223,12 @@ impl PgServer {
             .spawn();
     }
 
+    /// The CA certificate (PEM) that signed the server's certificate, for `sslrootcert=`
+    /// (only after [`start_tls`](Self::start_tls)).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("certs").join("ca.crt")
+    }
+
     /// The postmaster's pid.
     pub fn pid(&self) -> i32 {
         let text = std::fs::read_to_string(self.data().join("postmaster.pid")).expect("pid file");
@@ -204,6 +251,33 @@ impl PgServer {
     /// A URL for the default database.
     pub fn url(&self) -> String {
         self.url_for("postgres")
+    }
+
+    /// Runs `sql` with `psql` as the superuser over the server's Unix socket (trusted, so no
+    /// password) in `database`; returns its unaligned, tuples-only output. Panics if psql
+    /// fails.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = pg_command("psql")
+            .arg("-h")
+            .arg(self.dir.path())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// `pg_ctl stop -m immediate`.
