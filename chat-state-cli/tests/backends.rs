@@ -314,6 +314,7 @@ mod postgres {
             &database,
             "SELECT (SELECT count(*) FROM chat_state_locks) \
                   + (SELECT count(*) FROM chat_state_lock_fences) \
+                  + (SELECT count(*) FROM chat_state_fences) \
                   + (SELECT count(*) FROM chat_state_cache) \
                   + (SELECT count(*) FROM chat_state_subscriptions) \
                   + (SELECT count(*) FROM chat_state_lists) \

@@ -34,7 +34,8 @@ pub enum OpenFailure {
     /// The schema is missing or incomplete: in verify-only mode before anything is created,
     /// or after creation when an existing table has the wrong shape.
     SchemaMissing {
-        /// What is missing: `table`, `table.column`, `function()`, or `schema version N`.
+        /// What is missing: `table`, `table.column`, `function()`, `schema version N`, or
+        /// `privilege P on table` (also `on sequence S`, `on function()`).
         missing: Vec<String>,
     },
 }
@@ -54,8 +55,8 @@ impl fmt::Display for OpenFailure {
             OpenFailure::SchemaMissing { missing } => write!(
                 f,
                 "the chat-state schema is incomplete; missing: {}. Run the migrations once \
-                 with SchemaMode::Create (or apply PostgresBackend::schema_sql()), or fix the \
-                 tables' shape",
+                 with SchemaMode::Create (or apply PostgresBackend::schema_sql()), fix the \
+                 tables' shape, or GRANT the privileges listed to this role",
                 missing.join(", ")
             ),
         }

@@ -138,6 +138,38 @@ const REQUIRED: &[(&str, &[&str])] = &[
     ("chat_state_schema_version", &["id", "version"]),
 ];
 
+/// The table privileges the adapter's statements need, per table: a least-privilege role
+/// must hold these (PL/pgSQL functions run with the caller's rights, so they need them too;
+/// `SELECT … FOR UPDATE` needs `UPDATE`).
+const PRIVILEGES: &[(&str, &[&str])] = &[
+    ("chat_state_subscriptions", &["SELECT", "INSERT", "DELETE"]),
+    (
+        "chat_state_locks",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    (
+        "chat_state_cache",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    (
+        "chat_state_lists",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    (
+        "chat_state_queues",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    ("chat_state_lock_fences", &["SELECT", "INSERT", "UPDATE"]),
+    (
+        "chat_state_fences",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    ("chat_state_schema_version", &["SELECT"]),
+];
+
+/// Tables whose `seq` column draws from a sequence, which inserting needs `USAGE` of.
+const SEQUENCED: &[&str] = &["chat_state_lists", "chat_state_queues"];
+
 /// How [`PostgresBuilder::connect`](crate::PostgresBuilder::connect) treats the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -193,7 +225,8 @@ async fn stored_version(conn: &mut sqlx::PgConnection) -> Result<Option<i32>, Er
         .map_err(|e| map(OP, e))
 }
 
-/// What of [`REQUIRED`] is missing in the connection's search path.
+/// What of [`REQUIRED`] is missing in the connection's search path, and which of the
+/// privileges of [`PRIVILEGES`] (and on the sequences and functions) the role lacks.
 async fn missing(conn: &mut sqlx::PgConnection) -> Result<Vec<String>, Error> {
     let mut missing = Vec::new();
     for (table, columns) in REQUIRED {
@@ -215,20 +248,55 @@ async fn missing(conn: &mut sqlx::PgConnection) -> Result<Vec<String>, Error> {
             }
         }
     }
+    for (table, privileges) in PRIVILEGES {
+        if missing.iter().any(|m| m == table) {
+            continue;
+        }
+        let lacking: Vec<String> = sqlx::query_scalar(
+            "SELECT p FROM unnest($2::text[]) AS p
+             WHERE NOT pg_catalog.has_table_privilege(to_regclass($1), p)",
+        )
+        .bind(*table)
+        .bind(*privileges)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| map(OP, e))?;
+        missing.extend(lacking.iter().map(|p| format!("privilege {p} on {table}")));
+    }
+    for table in SEQUENCED {
+        if missing.iter().any(|m| m == table) {
+            continue;
+        }
+        let sequence: Option<(String, bool)> = sqlx::query_as(
+            "SELECT s::text, pg_catalog.has_sequence_privilege(s, 'USAGE')
+             FROM pg_catalog.pg_get_serial_sequence($1, 'seq') AS s WHERE s IS NOT NULL",
+        )
+        .bind(*table)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| map(OP, e))?;
+        if let Some((sequence, false)) = sequence {
+            missing.push(format!("privilege USAGE on sequence {sequence}"));
+        }
+    }
     let functions = crate::backend::dispatch::FUNCTIONS
         .iter()
         .chain(crate::sql::FUNCTIONS);
     for function in functions {
-        let present: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc
-             WHERE proname = $1 AND pg_catalog.pg_function_is_visible(oid))",
+        // `None`: no such function; `Some(false)`: present but not executable by this role.
+        let executable: Option<bool> = sqlx::query_scalar(
+            "SELECT bool_or(pg_catalog.has_function_privilege(oid, 'EXECUTE'))
+             FROM pg_catalog.pg_proc
+             WHERE proname = $1 AND pg_catalog.pg_function_is_visible(oid)",
         )
         .bind(*function)
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| map(OP, e))?;
-        if !present {
-            missing.push(format!("{function}()"));
+        match executable {
+            None => missing.push(format!("{function}()")),
+            Some(false) => missing.push(format!("privilege EXECUTE on {function}()")),
+            Some(true) => {}
         }
     }
     Ok(missing)

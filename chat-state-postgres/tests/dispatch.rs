@@ -59,6 +59,8 @@ async fn version_1_database() -> String {
         "DROP FUNCTION chat_state_admit",
         "DROP FUNCTION chat_state_release_or_next",
         "DROP FUNCTION chat_state_set_fenced",
+        "DROP FUNCTION chat_state_list_append",
+        "DROP FUNCTION chat_state_enqueue",
         "DROP TABLE chat_state_fences",
         "UPDATE chat_state_schema_version SET version = 1",
     ] {

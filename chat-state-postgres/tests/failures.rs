@@ -122,6 +122,164 @@ async fn verify_only_on_an_empty_database_names_every_table() {
         .expect("verify after create");
 }
 
+/// A least-privilege role in verify-only mode: every privilege it lacks is named, nothing is
+/// written; once granted exactly what the error listed, every kind of operation works (so the
+/// list is also enough).
+#[tokio::test]
+async fn verify_only_names_each_missing_privilege_and_the_grants_suffice() {
+    let server = support::shared();
+    let url = fresh_database().await;
+    let database = url.rsplit('/').next().expect("database name").to_owned();
+    let owner = PostgresBackend::builder(&url)
+        .connect()
+        .await
+        .expect("create");
+    chat_state_core::StateAdapter::close(&owner).await.unwrap();
+    let role = format!("r_{}", support::unique_prefix().to_lowercase());
+    server.psql(
+        &database,
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'pw'; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; \
+             GRANT INSERT, UPDATE ON chat_state_locks, chat_state_lock_fences TO {role}; \
+             REVOKE EXECUTE ON FUNCTION chat_state_admit FROM PUBLIC"
+        ),
+    );
+    let role_url = format!("postgres://{role}:pw@127.0.0.1:{}/{database}", server.port);
+    let verify = || {
+        PostgresBackend::builder(&role_url)
+            .schema_mode(SchemaMode::VerifyOnly)
+            .sweep_interval(None)
+            .connect()
+    };
+    let err = verify().await.expect_err("privileges are missing");
+    let Some(OpenFailure::SchemaMissing { missing }) = open_failure(&err) else {
+        panic!("not SchemaMissing: {err}");
+    };
+    let listed: Vec<&str> = missing.iter().map(String::as_str).collect();
+    for expected in [
+        "privilege INSERT on chat_state_subscriptions",
+        "privilege DELETE on chat_state_subscriptions",
+        "privilege DELETE on chat_state_locks",
+        "privilege INSERT on chat_state_cache",
+        "privilege UPDATE on chat_state_queues",
+        "privilege DELETE on chat_state_fences",
+        "privilege USAGE on sequence public.chat_state_lists_seq_seq",
+        "privilege USAGE on sequence public.chat_state_queues_seq_seq",
+        "privilege EXECUTE on chat_state_admit()",
+    ] {
+        assert!(listed.contains(&expected), "{expected} not in {listed:?}");
+    }
+    for granted in [
+        "privilege SELECT on chat_state_cache",
+        "privilege INSERT on chat_state_locks",
+        "privilege UPDATE on chat_state_lock_fences",
+    ] {
+        assert!(
+            !listed.contains(&granted),
+            "{granted} is granted: {listed:?}"
+        );
+    }
+    assert!(
+        err.to_string().contains("GRANT the privileges listed"),
+        "{err}"
+    );
+    let rows = "SELECT count(*) FROM chat_state_locks";
+    assert_eq!(server.psql(&database, rows), "0", "nothing written");
+
+    // Grant exactly what was listed; then every operation, dispatch included, must work.
+    let mut grants = Vec::new();
+    for item in missing {
+        let Some(rest) = item.strip_prefix("privilege ") else {
+            panic!("only privileges are missing: {item}");
+        };
+        let (privilege, object) = rest.split_once(" on ").expect("`P on X`");
+        let object = match object.strip_suffix("()") {
+            Some(function) => format!("FUNCTION {function}"),
+            None => object.to_owned(),
+        };
+        grants.push(format!("GRANT {privilege} ON {object} TO {role}"));
+    }
+    server.psql(&database, &grants.join("; "));
+    let state = verify().await.expect("every privilege is granted");
+    exercise_every_table(&state).await;
+    chat_state_core::StateAdapter::close(&state).await.unwrap();
+}
+
+/// One call of each kind that touches the tables (the dispatch ones through their functions).
+async fn exercise_every_table(state: &chat_state_postgres::PostgresState) {
+    use chat_state_core::{Admission, Admit, Dispatch, Lists, Locks, Queues, Subscriptions};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    let ttl = Some(Duration::from_secs(60));
+    state.subscribe("t").await.expect("subscribe");
+    assert!(state.is_subscribed("t").await.expect("is_subscribed"));
+    state.unsubscribe("t").await.expect("unsubscribe");
+    state.set("k", b"1", ttl).await.expect("set");
+    assert!(
+        !state
+            .set_if_not_exists("k", b"2", ttl)
+            .await
+            .expect("set_if_not_exists")
+    );
+    state.delete("k").await.expect("delete");
+    state
+        .append_to_list(
+            "l",
+            b"1",
+            chat_state_core::ListOptions::new()
+                .max_length(5)
+                .ttl(Duration::from_secs(60)),
+        )
+        .await
+        .expect("append");
+    assert_eq!(state.get_list("l").await.expect("get_list").len(), 1);
+    let lock = state
+        .acquire_lock("t", Duration::from_secs(60))
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert!(
+        state
+            .extend_lock(&lock, Duration::from_secs(60))
+            .await
+            .expect("extend")
+    );
+    let entry = chat_state_core::QueueEntry::new(
+        serde_json::json!({"id": "m"}),
+        u64::try_from(now).expect("ms fit"),
+        Duration::from_secs(3600),
+    );
+    state.enqueue("t", entry, 10).await.expect("enqueue");
+    assert_eq!(state.queue_depth("t").await.expect("depth"), 1);
+    assert!(state.dequeue("t").await.expect("dequeue").is_some());
+    assert!(matches!(
+        state
+            .set_fenced(&lock, "s", b"1", ttl)
+            .await
+            .expect("set_fenced"),
+        chat_state_core::FencedWrite::Stored
+    ));
+    let mut lock = lock;
+    let handoff = state
+        .release_or_next(&mut lock, Duration::from_secs(60))
+        .await
+        .expect("release_or_next");
+    assert!(
+        matches!(handoff, chat_state_core::Handoff::Released),
+        "{handoff:?}"
+    );
+    let admitted = state.admit(&Admit::new("t", "m1")).await.expect("admit");
+    let Admission::Admitted { lock, .. } = admitted else {
+        panic!("not admitted: {admitted:?}");
+    };
+    state.release_lock(&lock).await.expect("release");
+    state.force_release_lock("t").await.expect("force_release");
+    state.backend().sweep_expired().await.expect("sweep");
+}
+
 #[tokio::test]
 async fn wrong_table_shape_is_refused() {
     let url = fresh_database().await;
