@@ -2,7 +2,6 @@
 //! migration of a version-1 database, the round trips each operation costs on the wire, and
 //! the release of a lock taken by an acquire (or admit) whose caller had timed out.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -389,34 +388,51 @@ async fn wait_until_free(
     }
 }
 
-/// The caller of an acquire times out while the statement waits on the server; the
-/// statement then takes the lock for a token only the adapter knows, and the adapter
-/// releases it, long before the TTL.
-#[tokio::test]
-async fn a_timed_out_acquire_releases_the_lock_it_took_later() {
+/// A state whose calls time out after 300 ms, with lock `t` taken once and released (so
+/// its fence row exists; the lock returned is that first one), and a connection holding
+/// the fence row: the next acquisition of `t` is sent and then blocks on the server.
+async fn blocked_acquisition() -> (PostgresState, chat_state_core::Lock, PgConnection) {
     let url = support::shared().url();
     let prefix = support::unique_prefix();
     let state = own_pool_state(&url, &prefix, Duration::from_millis(300)).await;
     let first = state.acquire_lock("t", LONG).await.unwrap().expect("free");
     state.release_lock(&first).await.unwrap();
+    let blocker = block_fence_row(&url, &prefix, "t").await;
+    (state, first, blocker)
+}
 
-    let mut blocker = block_fence_row(&url, &prefix, "t").await;
-    let err = state
-        .acquire_lock("t", LONG)
-        .await
-        .expect_err("blocked on the server");
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    // Still blocked after its caller gave up; then it runs and takes the lock.
+/// After the caller timed out: lets the blocked statement run (after a pause, so it is
+/// still blocked once its caller gave up), waits until `t` is free again, and checks that
+/// the statement did take the lock (the next fence is `first`'s plus 2) before the adapter
+/// released it. Returns how long the lock took to come free.
+async fn unblock_and_expect_released(
+    state: &PostgresState,
+    first: &chat_state_core::Lock,
+    mut blocker: PgConnection,
+) -> Duration {
     tokio::time::sleep(Duration::from_millis(200)).await;
     sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
-
-    let (lock, waited) = wait_until_free(&state, "t", Duration::from_secs(10)).await;
-    // The timed-out statement did take the lock (fence 2) before it was released.
+    let (lock, waited) = wait_until_free(state, "t", Duration::from_secs(10)).await;
     assert_eq!(
         lock.fence,
         first.fence + 2,
         "fences: {first:?} then {lock:?}"
     );
+    waited
+}
+
+/// The caller of an acquire times out while the statement waits on the server; the
+/// statement then takes the lock for a token only the adapter knows, and the adapter
+/// releases it, long before the TTL.
+#[tokio::test]
+async fn a_timed_out_acquire_releases_the_lock_it_took_later() {
+    let (state, first, blocker) = blocked_acquisition().await;
+    let err = state
+        .acquire_lock("t", LONG)
+        .await
+        .expect_err("blocked on the server");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let waited = unblock_and_expect_released(&state, &first, blocker).await;
     assert!(waited < Duration::from_secs(10), "{waited:?}");
 }
 
@@ -424,28 +440,14 @@ async fn a_timed_out_acquire_releases_the_lock_it_took_later() {
 /// (a redelivery is a duplicate, SEMANTICS.md), the lock comes free.
 #[tokio::test]
 async fn a_timed_out_admit_releases_the_lock_it_took_later() {
-    let url = support::shared().url();
-    let prefix = support::unique_prefix();
-    let state = own_pool_state(&url, &prefix, Duration::from_millis(300)).await;
-    let first = state.acquire_lock("t", LONG).await.unwrap().expect("free");
-    state.release_lock(&first).await.unwrap();
-
-    let mut blocker = block_fence_row(&url, &prefix, "t").await;
+    let (state, first, blocker) = blocked_acquisition().await;
     let message = Admit::new("t", "dedupe:m").lock_ttl(LONG);
     let err = state
         .admit(&message)
         .await
         .expect_err("blocked on the server");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
-
-    let (lock, _) = wait_until_free(&state, "t", Duration::from_secs(10)).await;
-    assert_eq!(
-        lock.fence,
-        first.fence + 2,
-        "fences: {first:?} then {lock:?}"
-    );
+    unblock_and_expect_released(&state, &first, blocker).await;
     assert_eq!(state.admit(&message).await.unwrap(), Admission::Duplicate);
 }
 
@@ -481,28 +483,6 @@ async fn the_cleanup_leaves_another_holders_lock_alone() {
     );
 }
 
-fn server_pids(server: &support::PgServer) -> Vec<String> {
-    let main = server.pid().to_string();
-    let out = Command::new("ps")
-        .args(["-o", "pid=", "--ppid", &main])
-        .output()
-        .expect("ps");
-    let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    pids.push(main);
-    pids
-}
-
-fn signal(pids: &[String], sig: &str) {
-    Command::new("kill")
-        .arg(sig)
-        .args(pids)
-        .status()
-        .expect("kill");
-}
-
 /// The server is stopped (SIGSTOP) with the acquire in its socket buffer: the caller times
 /// out, the server runs the acquire when it resumes, and the adapter releases the lock.
 #[tokio::test]
@@ -514,10 +494,10 @@ async fn an_acquire_sent_to_a_stopped_server_releases_its_lock_after_the_server_
     let first = state.acquire_lock("t", LONG).await.unwrap().expect("free");
     state.release_lock(&first).await.unwrap();
 
-    let pids = server_pids(&server);
-    signal(&pids, "-STOP");
+    let pids = server.process_ids();
+    support::signal(&pids, "-STOP");
     let result = state.acquire_lock("t", LONG).await;
-    signal(&pids, "-CONT");
+    support::signal(&pids, "-CONT");
     let err = result.expect_err("stopped server");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
 

@@ -1,7 +1,6 @@
 //! Bad input at connect, schema checks, the sweep, and a server that goes away (stopped,
 //! SIGSTOPped, killed with SIGKILL) under a live adapter.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chat_state_core::{Cache, ErrorKind, ManualClock};
@@ -357,29 +356,6 @@ async fn sweep_deletes_expired_rows_only_for_its_prefix() {
     );
 }
 
-/// The pids of a server's processes (postmaster and its children).
-fn server_pids(server: &support::PgServer) -> Vec<String> {
-    let main = server.pid().to_string();
-    let out = Command::new("ps")
-        .args(["-o", "pid=", "--ppid", &main])
-        .output()
-        .expect("ps");
-    let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    pids.push(main);
-    pids
-}
-
-fn signal(pids: &[String], sig: &str) {
-    Command::new("kill")
-        .arg(sig)
-        .args(pids)
-        .status()
-        .expect("kill");
-}
-
 #[tokio::test]
 async fn a_stopped_server_gives_retryable_errors_and_the_adapter_recovers() {
     let server = support::PgServer::start();
@@ -422,12 +398,12 @@ async fn a_sigstopped_server_gives_timeouts_not_hangs() {
         .await
         .expect("connect");
     state.set("k", b"v", None).await.expect("set");
-    let pids = server_pids(&server);
-    signal(&pids, "-STOP");
+    let pids = server.process_ids();
+    support::signal(&pids, "-STOP");
     let started = Instant::now();
     let result = state.get("k").await;
     let elapsed = started.elapsed();
-    signal(&pids, "-CONT");
+    support::signal(&pids, "-CONT");
     let err = result.expect_err("stopped server");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
@@ -455,7 +431,7 @@ async fn kill_9_mid_stream_loses_no_acknowledged_write() {
     let mut killed = false;
     for i in 0..400 {
         if i == 200 {
-            signal(&server_pids(&server), "-KILL");
+            support::signal(&server.process_ids(), "-KILL");
             killed = true;
         }
         if state.set(&format!("k{i}"), b"v", None).await.is_ok() {

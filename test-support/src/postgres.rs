@@ -240,6 +240,22 @@ impl PgServer {
             .expect("pid")
     }
 
+    /// The pids of the server's processes: the postmaster and its children (the backends
+    /// serving connections), so a signal reaches the process running a statement.
+    pub fn process_ids(&self) -> Vec<String> {
+        let main = self.pid().to_string();
+        let out = Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &main])
+            .output()
+            .expect("ps");
+        let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        pids.push(main);
+        pids
+    }
+
     /// A URL for `database` as the superuser.
     pub fn url_for(&self, database: &str) -> String {
         format!(
@@ -310,4 +326,13 @@ pub fn unique_prefix() -> String {
         "t{}",
         &chat_state_core::new_lock_token().expect("random prefix")[..16]
     )
+}
+
+/// Sends `sig` (e.g. `-STOP`, `-CONT`, `-KILL`) to `pids` (from [`PgServer::process_ids`]).
+pub fn signal(pids: &[String], sig: &str) {
+    Command::new("kill")
+        .arg(sig)
+        .args(pids)
+        .status()
+        .expect("kill");
 }
