@@ -63,6 +63,18 @@ fn clamp_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A queue entry as stored: its upstream JSON (`{enqueuedAt, expiresAt, message}`, what
+/// TypeScript bots read) and its expiry in milliseconds, clamped to what `timestamptz` holds.
+fn stored_entry(op: Operation, entry: &QueueEntry) -> Result<(String, i64), Error> {
+    let json = serde_json::to_string(entry).map_err(|e| {
+        Error::invalid_input(format!("queue entry is not serializable: {e}")).context(BACKEND, op)
+    })?;
+    let expires = i64::try_from(entry.expires_at)
+        .unwrap_or(i64::MAX)
+        .min(MAX_STORED_MS);
+    Ok((json, expires))
+}
+
 /// Text if the bytes are NUL-free UTF-8 (what TypeScript bots read), else `''` plus the bytes.
 fn encode(value: &[u8]) -> (&str, Option<&[u8]>) {
     match std::str::from_utf8(value) {
@@ -500,13 +512,7 @@ impl Backend for PostgresBackend {
     ) -> Result<usize, Error> {
         let inner = &self.inner;
         let op = Operation::Enqueue;
-        let json = serde_json::to_string(&entry).map_err(|e| {
-            Error::invalid_input(format!("queue entry is not serializable: {e}"))
-                .context(BACKEND, op)
-        })?;
-        let expires = i64::try_from(entry.expires_at)
-            .unwrap_or(i64::MAX)
-            .min(MAX_STORED_MS);
+        let (json, expires) = stored_entry(op, &entry)?;
         let depth: i64 = inner
             .run(
                 op,

@@ -31,7 +31,7 @@ use chat_state_core::{
     Operation, QueueEntry, WhenBusy,
 };
 
-use super::{Inner, MAX_STORED_MS, clamp_i64, decode, encode, ms, orphan};
+use super::{Inner, clamp_i64, decode, encode, ms, orphan, stored_entry};
 use crate::BACKEND;
 use crate::error::corrupt;
 
@@ -249,13 +249,7 @@ pub(super) async fn admit(
     let (entry, entry_expires, max_size) = match request.when_busy {
         WhenBusy::Drop => (None, None, None),
         WhenBusy::Queue { entry, max_size } => {
-            let json = serde_json::to_string(entry).map_err(|e| {
-                Error::invalid_input(format!("queue entry is not serializable: {e}"))
-                    .context(BACKEND, op)
-            })?;
-            let expires = i64::try_from(entry.expires_at)
-                .unwrap_or(i64::MAX)
-                .min(MAX_STORED_MS);
+            let (json, expires) = stored_entry(op, entry)?;
             (Some(json), Some(expires), Some(clamp_i64(*max_size)))
         }
     };
