@@ -41,10 +41,9 @@ use std::time::{Duration, Instant};
 
 use chat_state_core::{StateAdapter, StateExt};
 use chat_state_memory::MemoryState;
-use chat_state_test_support::bench::{NodeBench, env_or, median};
+use chat_state_test_support::bench::{IDS, NodeBench, env_or, id_index, median};
 use serde::{Deserialize, Serialize};
 
-const IDS: usize = 10_000;
 /// Ids the contended-lock workload fights over.
 const HOT: usize = 8;
 /// The Chat SDK's `DEFAULT_LOCK_TTL_MS` and `THREAD_STATE_TTL_MS`.
@@ -162,13 +161,6 @@ impl Fixture {
             state_bytes: json.as_bytes().to_vec(),
         }
     }
-}
-
-/// Task `w` of `c`, iteration `i`: a scattered walk over the task's own slice of the ids
-/// (7919 is prime, so the walk visits every id of the slice). Same formula in `bench.mjs`.
-fn id_index(w: usize, c: usize, i: usize) -> usize {
-    let per = IDS / c;
-    w + c * ((i * 7919) % per)
 }
 
 /// Prepares a fresh adapter for `workload`: a bot's threads, subscribed and with state.

@@ -16,41 +16,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-SMALL="${SMALL:-1000}"
-BIG="${BIG:-3000}"
-CONC="${CONC:-64}"
-WORKLOADS="${WORKLOADS:-message}"
-PROFILE="${PROFILE:-0}"
-out="${CALLGRIND_DIR:-${CARGO_TARGET_DIR:-$repo/target}/callgrind-postgres}"
-mkdir -p "$out"
+export SMALL="${SMALL:-1000}" BIG="${BIG:-3000}" CONC="${CONC:-64}"
+export WORKLOADS="${WORKLOADS:-message}" PROFILE="${PROFILE:-0}"
 
 cd "$repo"
 source test-support/scripts/callgrind-lib.sh
-exe="$(bench_exe chat-state-postgres)"
-
-ir() { # workload side cycles -> collected Ir
-  CHAT_STATE_CALLGRIND="$1" CHAT_STATE_CALLGRIND_SIDE="$2" CHAT_STATE_CALLGRIND_CONC="$CONC" \
-    CHAT_STATE_CALLGRIND_CYCLES="$3" \
-    callgrind_ir "$out/$1-$2-c$CONC-$3.out" "$exe" --toggle-collect='*measured_cycles*'
-}
-
-for wl in $WORKLOADS; do
-  for side in ours raw; do
-    small="$(ir "$wl" "$side" "$SMALL")"
-    big="$(ir "$wl" "$side" "$BIG")"
-    per=$(( (big - small) / (BIG - SMALL) ))
-    printf '%-13s %-4s c=%-3s %7d instructions per cycle  (Ir %d at %d cycles, %d at %d)\n' \
-      "$wl" "$side" "$CONC" "$per" "$small" "$SMALL" "$big" "$BIG"
-  done
-done
-
-if [ "$PROFILE" != 0 ]; then
-  for wl in $WORKLOADS; do
-    for side in ours raw; do
-      echo
-      echo "== $wl, $side, concurrency $CONC =="
-      python3 "$repo/test-support/scripts/callgrind-top.py" \
-        "$out/$wl-$side-c$CONC-$SMALL.out" "$SMALL" "$out/$wl-$side-c$CONC-$BIG.out" "$BIG" "${TOP:-25}"
-    done
-  done
-fi
+ours_and_raw_per_cycle chat-state-postgres \
+  "${CALLGRIND_DIR:-${CARGO_TARGET_DIR:-$repo/target}/callgrind-postgres}"

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use chat_state_core::{ListOptions, StateAdapter};
 use chat_state_postgres::PostgresBackend;
-use chat_state_test_support::bench::{NodeBench, env_or, median};
+use chat_state_test_support::bench::{IDS, NodeBench, env_list, env_or, median, run_cycles};
 use chat_state_test_support::postgres::PgServer;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -63,7 +63,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 mod sql;
 use sql::Statements;
 
-const IDS: usize = 10_000;
 const PREFIX: &str = "chat-sdk";
 const LOCK_TTL: Duration = Duration::from_secs(30);
 const STATE_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -146,13 +145,6 @@ impl Fixture {
             history: ListOptions::new().max_length(HISTORY_MAX).ttl(HISTORY_TTL),
         }
     }
-}
-
-/// Task `w` of `c`, iteration `i`: a scattered walk over the task's own slice of the ids
-/// (7919 is prime, so the walk visits every id of the slice). Same formula in `bench.mjs`.
-fn id_index(w: usize, c: usize, i: usize) -> usize {
-    let per = IDS / c;
-    w + c * ((i * 7919) % per)
 }
 
 /// One cycle through the adapter, as a user holds it (`Arc<dyn StateAdapter>`).
@@ -306,28 +298,6 @@ async fn raw_cycle(
     Ok(())
 }
 
-/// `total` cycles split over `c` tasks; `f(k)` runs one cycle on id index `k`.
-async fn run<F, Fut>(c: usize, total: usize, f: Arc<F>)
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), Error>> + Send + 'static,
-{
-    let tasks: Vec<_> = (0..c)
-        .map(|w| {
-            let mine = total / c + usize::from(w < total % c);
-            let f = f.clone();
-            tokio::spawn(async move {
-                for i in 0..mine {
-                    f(id_index(w, c, i)).await.expect("cycle failed");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("benchmark task");
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Ours,
@@ -397,9 +367,9 @@ impl Bench {
         Fut: Future<Output = Result<(), Error>> + Send + 'static,
     {
         self.rt.block_on(async {
-            run(c, WARMUP.min(iters), f.clone()).await;
+            run_cycles(c, WARMUP.min(iters), f.clone()).await;
             let start = Instant::now();
-            run(c, iters, f).await;
+            run_cycles(c, iters, f).await;
             iters as f64 / start.elapsed().as_secs_f64()
         })
     }
@@ -424,12 +394,6 @@ fn run_node(
     ];
     let line = node.last_line(&args);
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("bench.mjs printed {line:?}: {e}"))
-}
-
-fn list(name: &str) -> Option<Vec<String>> {
-    std::env::var(name)
-        .ok()
-        .map(|s| s.split(',').map(|w| w.trim().to_owned()).collect())
 }
 
 fn workload(name: &str) -> Workload {
@@ -492,13 +456,13 @@ fn callgrind(wl: &str) {
                     let (state, fx, seq) = (state.clone(), fx.clone(), seq.clone());
                     async move { ours_cycle(&*state, &fx, wl, k, &seq).await }
                 });
-                run(c, total, f).await;
+                run_cycles(c, total, f).await;
             } else {
                 let f = Arc::new(move |k| {
                     let (raw, fx, seq) = (raw.clone(), fx.clone(), seq.clone());
                     async move { raw_cycle(&raw, &fx, wl, k, &seq).await }
                 });
-                run(c, total, f).await;
+                run_cycles(c, total, f).await;
             }
         }
     };
@@ -522,9 +486,9 @@ fn main() {
     let rounds: usize = env_or("CHAT_STATE_BENCH_ROUNDS", 5).max(1);
     let scale: f64 = env_or("CHAT_STATE_BENCH_SCALE", 1.0);
     let pool_size: u32 = env_or("CHAT_STATE_BENCH_POOL", DEFAULT_POOL).max(1);
-    let only = list("CHAT_STATE_BENCH_ONLY");
-    let skip = list("CHAT_STATE_BENCH_SKIP").unwrap_or_default();
-    let concs: Vec<usize> = list("CHAT_STATE_BENCH_CONC")
+    let only = env_list("CHAT_STATE_BENCH_ONLY");
+    let skip = env_list("CHAT_STATE_BENCH_SKIP").unwrap_or_default();
+    let concs: Vec<usize> = env_list("CHAT_STATE_BENCH_CONC")
         .map(|v| {
             v.iter()
                 .map(|c| c.parse().expect("CHAT_STATE_BENCH_CONC"))

@@ -1,8 +1,11 @@
-//! What the benchmarks share: the Node.js side that runs the TypeScript adapters, medians,
-//! and settings from the environment.
+//! What the benchmarks share: the Node.js side that runs the TypeScript adapters, the
+//! concurrent cycle driver and the id walk of the throughput benches, medians, and settings
+//! from the environment.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use crate::node_binary;
 
@@ -90,4 +93,47 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// How many thread ids the throughput benches walk (10,000 Slack-style ids; the TypeScript
+/// sides' `bench.mjs` use the same number).
+pub const IDS: usize = 10_000;
+
+/// Task `w` of `c`, iteration `i`: a scattered walk over the task's own slice of the [`IDS`]
+/// ids (7919 is prime, so the walk visits every id of the slice). Same formula in the
+/// `bench.mjs` scripts.
+pub fn id_index(w: usize, c: usize, i: usize) -> usize {
+    let per = IDS / c;
+    w + c * ((i * 7919) % per)
+}
+
+/// `total` cycles split over `c` tasks; `f(k)` runs one cycle on id index `k` (from
+/// [`id_index`]). Panics if a cycle fails: a benchmark of failing calls measures nothing.
+pub async fn run_cycles<F, Fut, E>(c: usize, total: usize, f: Arc<F>)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Debug + 'static,
+{
+    let tasks: Vec<_> = (0..c)
+        .map(|w| {
+            let mine = total / c + usize::from(w < total % c);
+            let f = f.clone();
+            tokio::spawn(async move {
+                for i in 0..mine {
+                    f(id_index(w, c, i)).await.expect("cycle failed");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("benchmark task");
+    }
+}
+
+/// The environment variable `name` as a comma-separated list (items trimmed), if set.
+pub fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name)
+        .ok()
+        .map(|s| s.split(',').map(|w| w.trim().to_owned()).collect())
 }
