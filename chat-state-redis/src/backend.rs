@@ -440,8 +440,8 @@ const ORPHAN_GRACE: Duration = Duration::from_millis(100);
 /// Pause between the cleanup's attempts while Redis cannot be reached.
 const ORPHAN_RETRY: Duration = Duration::from_millis(100);
 
-/// Awaits `call` for at most `timeout`; on timeout, runs `on_timeout` (which replaces the
-/// connection) before returning the timeout error.
+/// Awaits `call` for at most `timeout`; on a timeout (this one's, or one the client itself
+/// reports), runs `on_timeout` (which replaces the connection) before returning the error.
 async fn bounded<T>(
     op: Operation,
     timeout: Duration,
@@ -450,6 +450,12 @@ async fn bounded<T>(
 ) -> Result<T> {
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(v)) => Ok(v),
+        // A timer inside the client (an application's own connection may arm one) is the
+        // same news as ours: this connection stopped answering.
+        Ok(Err(e)) if e.is_timeout() => {
+            on_timeout();
+            Err(error::from_redis(op, e))
+        }
         Ok(Err(e)) => Err(error::from_redis(op, e)),
         Err(_) => {
             on_timeout();

@@ -236,7 +236,11 @@ impl RedisBuilder {
                 let client =
                     redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
                         .connection_timeout(attempt)
-                        .response_timeout(self.command_timeout)
+                        // No response timeout, as for a single node: the adapter's command
+                        // timeout must be the timer that fires, because only it replaces a
+                        // connection that went silent. With both at one second the client's
+                        // own timer won half the races, and its reconnect took longer than
+                        // the replacement does.
                         .tcp_settings(self.tcp.settings())
                         .build()
                         .map_err(|e| {
