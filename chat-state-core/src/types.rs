@@ -61,6 +61,18 @@ impl QueueEntry {
     pub fn is_expired_at(&self, now_ms: u64) -> bool {
         self.expires_at <= now_ms
     }
+
+    /// The entry as stored by every backend that keeps it as text: the upstream JSON
+    /// `{"enqueuedAt":…,"expiresAt":…,"message":…}`, which TypeScript bots read too.
+    ///
+    /// An invalid-input error only if `message` cannot be written as JSON (a `Value` built by
+    /// serde_json always can); backends add their name and the operation with
+    /// [`Error::context`](crate::Error::context).
+    pub fn to_json(&self) -> crate::Result<String> {
+        serde_json::to_string(self).map_err(|e| {
+            crate::Error::invalid_input(format!("queue entry is not serializable as JSON: {e}"))
+        })
+    }
 }
 
 /// Options for [`Lists::append_to_list`](crate::Lists::append_to_list).

@@ -247,9 +247,7 @@ impl DurableObjectBackend {
         let (entry, max_size, bytes) = match request.when_busy {
             WhenBusy::Drop => (JsValue::NULL, JsValue::NULL, 0),
             WhenBusy::Queue { entry, max_size } => {
-                let text = serde_json::to_string(entry).map_err(|e| {
-                    Error::invalid_input(format!("cannot encode the queue entry: {e}"))
-                })?;
+                let text = entry.to_json()?;
                 let len = text.len();
                 (str_js(&text), JsValue::from_f64(*max_size as f64), len)
             }
@@ -552,8 +550,7 @@ impl Backend for DurableObjectBackend {
     }
 
     async fn enqueue(&self, thread_id: &str, entry: QueueEntry, max_size: usize) -> Result<usize> {
-        let text = serde_json::to_string(&entry)
-            .map_err(|e| Error::invalid_input(format!("cannot encode the queue entry: {e}")))?;
+        let text = entry.to_json()?;
         let args = vec![
             str_js(thread_id),
             str_js(&text),

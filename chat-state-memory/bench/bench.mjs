@@ -35,7 +35,7 @@ if (!WORKLOADS.includes(workload) || !(concurrency >= 1) || !(iterations >= 1)) 
 const pad = (n, w) => String(n).padStart(w, "0");
 const ids = Array.from({ length: IDS }, (_, i) => `slack:C${pad(i, 7)}:1700000000.${pad(i, 6)}`);
 const stateKeys = ids.map((id) => `thread-state:${id}`);
-const stateJson = readFileSync(new URL("./thread-state.json", import.meta.url), "utf8").trim();
+const stateJson = readFileSync(new URL("../../test-support/bench/thread-state.json", import.meta.url), "utf8").trim();
 const adapterVersion = JSON.parse(
   readFileSync(
     new URL("./node_modules/@chat-adapter/state-memory/package.json", import.meta.url),

@@ -4,10 +4,10 @@
 //! `cargo bench -p chat-state-memory` (about a minute). For every workload at concurrency 1
 //! and 64 it runs, in each of 5 rounds, the Rust adapter and then (alternating the order
 //! every round) `node bench/bench.mjs <workload> <concurrency> <iterations>` on the same
-//! 10,000 thread ids and the same ~225-byte thread state (`bench/thread-state.json`), and
-//! prints the median cycles per second of each side and their ratio Rust / TypeScript as a
-//! markdown table. The first run installs the Node side with `npm ci` into
-//! `bench/node_modules`.
+//! 10,000 thread ids and the same ~225-byte thread state
+//! (`test-support/bench/thread-state.json`), and prints the median cycles per second of each
+//! side and their ratio Rust / TypeScript as a markdown table. The first run installs the
+//! Node side with `npm ci` into `bench/node_modules`.
 //!
 //! The Rust side is what a user holds: `Arc<dyn StateAdapter>` from `MemoryState::default()`,
 //! driven by tokio tasks on a multi-thread runtime with 2 workers. Concurrency 64 is 64 tasks
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use chat_state_core::{StateAdapter, StateExt};
 use chat_state_memory::MemoryState;
-use chat_state_test_support::bench::{IDS, NodeBench, env_or, id_index, median};
+use chat_state_test_support::bench::{IDS, NodeBench, THREAD_STATE_JSON, env_or, id_index, median};
 use serde::{Deserialize, Serialize};
 
 /// Ids the contended-lock workload fights over.
@@ -51,7 +51,6 @@ const LOCK_TTL: Duration = Duration::from_secs(30);
 const STATE_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// Warm-up cycles before timing (map growth, caches; JIT on the Node side).
 const WARMUP: usize = 20_000;
-const THREAD_STATE_JSON: &str = include_str!("../bench/thread-state.json");
 
 /// A bot's per-thread state as a user would type it: ~225 bytes of JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]

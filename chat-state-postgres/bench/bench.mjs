@@ -53,7 +53,7 @@ const stateKeys = ids.map((id) => `thread-state:${id}`);
 const historyKeys = ids.map((id) => `msg-history:${id}`);
 // The adapter JSON.stringifies what it is given: objects, so that it stores exactly the bytes
 // the Rust side stores (thread-state.json, the history entry), as a TS bot would call it.
-const threadState = JSON.parse(readFileSync(new URL("./thread-state.json", import.meta.url), "utf8"));
+const threadState = JSON.parse(readFileSync(new URL("../../test-support/bench/thread-state.json", import.meta.url), "utf8"));
 const historyEntry = { id: "m", text: "hello" };
 const version = (pkg) =>
   JSON.parse(readFileSync(new URL(`./node_modules/${pkg}/package.json`, import.meta.url), "utf8"))

@@ -19,7 +19,8 @@
 //! Workloads (one cycle each; ids are 10,000 Slack-style thread ids, each task walks its own
 //! slice; same formula in `bench.mjs`):
 //! - `lock`: acquire_lock + release_lock (30 s TTL);
-//! - `cache`: set of the ~225-byte thread state (`bench/thread-state.json`, 30-day TTL) + get;
+//! - `cache`: set of the ~225-byte thread state (`test-support/bench/thread-state.json`,
+//!   30-day TTL) + get;
 //! - `message`: what the Chat class does per incoming message: dedupe `set_if_not_exists`
 //!   (`dedupe:slack:m<n>`, 10 min), acquire_lock, append_to_list of the history entry (max 100,
 //!   7 days), release_lock.
@@ -50,9 +51,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_state_core::{ListOptions, StateAdapter};
+use chat_state_core::StateAdapter;
 use chat_state_postgres::PostgresBackend;
-use chat_state_test_support::bench::{IDS, NodeBench, env_list, env_or, median, run_cycles};
+use chat_state_test_support::bench::chat_sdk::{
+    DEDUPE_TTL, HISTORY_ENTRY, HISTORY_MAX, HISTORY_TTL, LOCK_TTL, PREFIX, STATE_TTL,
+};
+use chat_state_test_support::bench::{
+    CycleError as Error, Fixture, NodeBench, THREAD_STATE_JSON, Workload, env_list, env_or, median,
+    ours_cycle, run_cycles,
+};
 use chat_state_test_support::postgres::PgServer;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -63,51 +70,26 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 mod sql;
 use sql::Statements;
 
-const PREFIX: &str = "chat-sdk";
-const LOCK_TTL: Duration = Duration::from_secs(30);
-const STATE_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
-const DEDUPE_TTL: Duration = Duration::from_secs(600);
-const HISTORY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
-const HISTORY_MAX: usize = 100;
-const HISTORY_ENTRY: &[u8] = br#"{"id":"m","text":"hello"}"#;
 /// Warm-up cycles before timing (connections, prepared statements; JIT on the Node side).
 const WARMUP: usize = 500;
 /// Connections per side (both this crate's and `pg.Pool`'s default).
 const DEFAULT_POOL: u32 = 10;
 /// What the adapter sends to the server as `statement_timeout` (its default, 5 s).
 const STATEMENT_TIMEOUT_MS: &str = "5000";
-const THREAD_STATE_JSON: &str = include_str!("../bench/thread-state.json");
 const TABLES: &str = "chat_state_subscriptions, chat_state_locks, chat_state_cache, \
                       chat_state_lists, chat_state_queues, chat_state_lock_fences";
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+/// The shared workloads this bench runs (no subscriptions: state-pg's are one statement each,
+/// like the cache's).
+const WORKLOADS: [Workload; 3] = [Workload::Lock, Workload::Cache, Workload::Message];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Workload {
-    Lock,
-    Cache,
-    Message,
+/// What the Postgres bench adds to the shared workloads.
+trait PostgresWorkload {
+    /// Timed cycles per run at concurrency 1 and 64 (before `CHAT_STATE_BENCH_SCALE`).
+    fn iterations(self, c: usize) -> usize;
 }
 
-impl Workload {
-    const ALL: [Workload; 3] = [Workload::Lock, Workload::Cache, Workload::Message];
-
-    fn name(self) -> &'static str {
-        match self {
-            Workload::Lock => "lock",
-            Workload::Cache => "cache",
-            Workload::Message => "message",
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Workload::Lock => "lock cycle",
-            Workload::Cache => "cache set+get",
-            Workload::Message => "message cycle",
-        }
-    }
-
+impl PostgresWorkload for Workload {
     /// Timed cycles per run at concurrency 1 and 64 (before `CHAT_STATE_BENCH_SCALE`): about
     /// a second on the slowest side.
     fn iterations(self, c: usize) -> usize {
@@ -118,74 +100,6 @@ impl Workload {
             (_, true) => 8_000,
         }
     }
-}
-
-/// Ids, keys and values, built once, shared by every task (the timed loop is calls only).
-struct Fixture {
-    ids: Vec<String>,
-    state_keys: Vec<String>,
-    history_keys: Vec<String>,
-    state_bytes: Vec<u8>,
-    history: ListOptions,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let ids: Vec<String> = (0..IDS)
-            .map(|i| format!("slack:C{i:07}:1700000000.{i:06}"))
-            .collect();
-        let json = THREAD_STATE_JSON.trim();
-        // What the TS side stores: JSON.stringify(JSON.parse(text)) is the text again.
-        serde_json::from_str::<serde_json::Value>(json).expect("thread-state.json");
-        Self {
-            state_keys: ids.iter().map(|id| format!("thread-state:{id}")).collect(),
-            history_keys: ids.iter().map(|id| format!("msg-history:{id}")).collect(),
-            ids,
-            state_bytes: json.as_bytes().to_vec(),
-            history: ListOptions::new().max_length(HISTORY_MAX).ttl(HISTORY_TTL),
-        }
-    }
-}
-
-/// One cycle through the adapter, as a user holds it (`Arc<dyn StateAdapter>`).
-async fn ours_cycle(
-    s: &dyn StateAdapter,
-    fx: &Fixture,
-    wl: Workload,
-    k: usize,
-    seq: &AtomicU64,
-) -> Result<(), Error> {
-    match wl {
-        Workload::Lock => {
-            let lock = s
-                .acquire_lock(&fx.ids[k], LOCK_TTL)
-                .await?
-                .ok_or("lock held")?;
-            s.release_lock(&lock).await?;
-        }
-        Workload::Cache => {
-            let key = &fx.state_keys[k];
-            s.set(key, &fx.state_bytes, Some(STATE_TTL)).await?;
-            s.get(key).await?.ok_or("cache miss")?;
-        }
-        Workload::Message => {
-            let n = seq.fetch_add(1, Ordering::Relaxed);
-            let fresh = s
-                .set_if_not_exists(&format!("dedupe:slack:m{n}"), b"true", Some(DEDUPE_TTL))
-                .await?;
-            if !fresh {
-                return Err("duplicate".into());
-            }
-            let lock = s
-                .acquire_lock(&fx.ids[k], LOCK_TTL)
-                .await?
-                .ok_or("lock held")?;
-            s.append_to_list(&fx.history_keys[k], HISTORY_ENTRY, fx.history)
-                .await?;
-            s.release_lock(&lock).await?;
-        }
-    }
-    Ok(())
 }
 
 /// The raw side: the adapter's statements on a plain pool, bound as the adapter binds them
@@ -250,6 +164,7 @@ async fn raw_cycle(
     seq: &AtomicU64,
 ) -> Result<(), Error> {
     match wl {
+        Workload::Subscriptions => return Err("not a workload of this bench".into()),
         Workload::Lock => {
             let token = raw.lock(&fx.ids[k]).await?;
             raw.unlock(&fx.ids[k], &token).await?;
@@ -397,10 +312,7 @@ fn run_node(
 }
 
 fn workload(name: &str) -> Workload {
-    Workload::ALL
-        .into_iter()
-        .find(|w| w.name() == name)
-        .unwrap_or_else(|| panic!("unknown workload {name:?}"))
+    Workload::named(name, &WORKLOADS)
 }
 
 /// Connects both Rust sides to `url` with `pool` connections each (the adapter creates the
@@ -497,7 +409,7 @@ fn main() {
         .unwrap_or_else(|| vec![1, 64]);
     let workloads: Vec<Workload> = match &only {
         Some(o) => o.iter().map(|n| workload(n)).collect(),
-        None => Workload::ALL.to_vec(),
+        None => WORKLOADS.to_vec(),
     };
     let cells: Vec<(Workload, usize)> = workloads
         .iter()

@@ -66,9 +66,7 @@ fn clamp_i64(n: usize) -> i64 {
 /// A queue entry as stored: its upstream JSON (`{enqueuedAt, expiresAt, message}`, what
 /// TypeScript bots read) and its expiry in milliseconds, clamped to what `timestamptz` holds.
 fn stored_entry(op: Operation, entry: &QueueEntry) -> Result<(String, i64), Error> {
-    let json = serde_json::to_string(entry).map_err(|e| {
-        Error::invalid_input(format!("queue entry is not serializable: {e}")).context(BACKEND, op)
-    })?;
+    let json = entry.to_json().map_err(|e| e.context(BACKEND, op))?;
     let expires = i64::try_from(entry.expires_at)
         .unwrap_or(i64::MAX)
         .min(MAX_STORED_MS);

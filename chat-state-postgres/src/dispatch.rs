@@ -137,8 +137,8 @@ END
 $fn$",
     // o_status: 'duplicate', 'dropped', 'queued' (o_depth) or 'admitted' (o_fence,
     // o_subscribed, and o_value/o_raw of p_read when given). Each step is the statement
-    // of the operation it stands for (set_if_not_exists, acquire_lock, is_subscribed, get,
-    // enqueue), so both paths keep the same rules.
+    // of the operation it stands for (set_if_not_exists, acquire_lock, is_subscribed, get)
+    // or its function (chat_state_enqueue), so both paths keep the same rules.
     "CREATE OR REPLACE FUNCTION chat_state_admit(
     p_now bigint, p_prefix text, p_thread text, p_token text, p_lock_ttl bigint,
     p_dedupe_key text, p_dedupe_value text, p_dedupe_ttl bigint,
@@ -188,22 +188,10 @@ BEGIN
     o_status := 'dropped';
     RETURN;
   END IF;
-  -- As enqueue: under the queue's advisory lock, expired entries go first, then the
-  -- append, then the trim to the newest p_max_size live ones.
-  PERFORM pg_advisory_xact_lock(hashtextextended(
-    'chat_state_queues' || chr(31) || p_prefix || chr(31) || p_thread, 0));
-  DELETE FROM chat_state_queues
-  WHERE key_prefix = p_prefix AND thread_id = p_thread AND expires_at <= v_now;
-  INSERT INTO chat_state_queues (key_prefix, thread_id, value, expires_at)
-  VALUES (p_prefix, p_thread, p_entry,
-          'epoch'::timestamptz + p_entry_expires * interval '1 millisecond');
-  DELETE FROM chat_state_queues
-  WHERE key_prefix = p_prefix AND thread_id = p_thread AND seq IN (
-    SELECT seq FROM chat_state_queues
-    WHERE key_prefix = p_prefix AND thread_id = p_thread AND expires_at > v_now
-    ORDER BY seq DESC OFFSET p_max_size);
-  SELECT count(*) INTO o_depth FROM chat_state_queues
-  WHERE key_prefix = p_prefix AND thread_id = p_thread AND expires_at > v_now;
+  -- Enqueue's own function (its advisory lock, expired entries out, the append, the trim
+  -- to the newest p_max_size live ones), so a busy admit queues by the same rules.
+  o_depth := chat_state_enqueue(p_now, p_prefix, p_thread, p_entry, p_entry_expires,
+                                p_max_size);
   o_status := 'queued';
 END
 $fn$",

@@ -15,7 +15,8 @@
 //! Workloads (one cycle each; ids are 10,000 Slack-style thread ids, each task walks its own
 //! slice; same formula in `bench.mjs`):
 //! - `lock`: acquire_lock + release_lock (30 s TTL);
-//! - `cache`: set of the ~225-byte thread state (`bench/thread-state.json`, 30-day TTL) + get;
+//! - `cache`: set of the ~225-byte thread state (`test-support/bench/thread-state.json`,
+//!   30-day TTL) + get;
 //! - `subscriptions`: subscribe + is_subscribed + unsubscribe;
 //! - `message`: what the Chat class does per incoming message: dedupe `set_if_not_exists`
 //!   (`dedupe:slack:m<n>`, 10 min), acquire_lock, append_to_list of the history entry (max 100,
@@ -51,10 +52,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_state_core::{ListOptions, StateAdapter};
+use chat_state_core::StateAdapter;
 use chat_state_redis::RedisBackend;
 use chat_state_test_support::RedisServer;
-use chat_state_test_support::bench::{IDS, NodeBench, env_list, env_or, median, run_cycles};
+use chat_state_test_support::bench::chat_sdk::{
+    DEDUPE_TTL, HISTORY_ENTRY, HISTORY_MAX, HISTORY_TTL, LOCK_TTL, PREFIX, STATE_TTL,
+};
+use chat_state_test_support::bench::{
+    self, CycleError as Error, IDS, NodeBench, THREAD_STATE_JSON, Workload, env_list, env_or,
+    median, ours_cycle, run_cycles,
+};
 use chat_state_test_support::netns::{self, DelayProxy, NetnsRedis};
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -65,55 +72,20 @@ use redis::aio::ConnectionManager;
 mod scripts;
 use scripts::{ACQUIRE, APPEND, RELEASE};
 
-const PREFIX: &str = "chat-sdk";
 /// `<PREFIX>:subscriptions`, for the raw side.
 const SUBSCRIPTIONS: &str = "chat-sdk:subscriptions";
-const LOCK_TTL: Duration = Duration::from_secs(30);
-const STATE_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
-const DEDUPE_TTL: Duration = Duration::from_secs(600);
-const HISTORY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
-const HISTORY_MAX: usize = 100;
-const HISTORY_ENTRY: &[u8] = br#"{"id":"m","text":"hello"}"#;
 /// Warm-up cycles before timing (connection, scripts loaded; JIT on the Node side).
 const WARMUP: usize = 2_000;
-const THREAD_STATE_JSON: &str = include_str!("../bench/thread-state.json");
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Workload {
-    Lock,
-    Cache,
-    Subscriptions,
-    Message,
+/// What the Redis bench adds to the shared workloads.
+trait RedisWorkload {
+    /// Timed cycles per run at concurrency 1 and 64 (before `CHAT_STATE_BENCH_SCALE`).
+    fn iterations(self, c: usize) -> usize;
+    /// The commands one cycle sends, as `redis-benchmark` arguments.
+    fn wire_commands(self, sha: &Shas, token: &str) -> Vec<(u64, Vec<String>)>;
 }
 
-impl Workload {
-    const ALL: [Workload; 4] = [
-        Workload::Lock,
-        Workload::Cache,
-        Workload::Subscriptions,
-        Workload::Message,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Workload::Lock => "lock",
-            Workload::Cache => "cache",
-            Workload::Subscriptions => "subscriptions",
-            Workload::Message => "message",
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Workload::Lock => "lock cycle",
-            Workload::Cache => "cache set+get",
-            Workload::Subscriptions => "subscriptions",
-            Workload::Message => "message cycle",
-        }
-    }
-
+impl RedisWorkload for Workload {
     /// Timed cycles per run at concurrency 1 and 64 (before `CHAT_STATE_BENCH_SCALE`): a few
     /// tenths of a second on the slowest side. Every side, the wire included, runs the same
     /// count, so each leaves the same number of new keys (dedupe keys, fence counters) behind;
@@ -191,100 +163,39 @@ impl Workload {
     }
 }
 
-/// Ids, keys and values, built once, shared by every task (the timed loop is calls only).
+/// The shared fixture, plus its keys with the prefix and namespace for the raw side.
 struct Fixture {
-    ids: Vec<String>,
-    state_keys: Vec<String>,
-    history_keys: Vec<String>,
-    /// The same keys with the prefix and namespace, for the raw side.
+    shared: bench::Fixture,
     raw_lock: Vec<String>,
     raw_fence: Vec<String>,
     raw_state: Vec<String>,
     raw_history: Vec<String>,
-    state_bytes: Vec<u8>,
-    history: ListOptions,
 }
 
 impl Fixture {
     fn new() -> Self {
-        let ids: Vec<String> = (0..IDS)
-            .map(|i| format!("slack:C{i:07}:1700000000.{i:06}"))
-            .collect();
-        let state_keys: Vec<String> = ids.iter().map(|id| format!("thread-state:{id}")).collect();
-        let history_keys: Vec<String> = ids.iter().map(|id| format!("msg-history:{id}")).collect();
-        let json = THREAD_STATE_JSON.trim();
-        // What the TS side stores: JSON.stringify(JSON.parse(text)) is the text again.
-        serde_json::from_str::<serde_json::Value>(json).expect("thread-state.json");
+        let shared = bench::Fixture::new();
+        let prefixed = |namespace: &str, keys: &[String]| -> Vec<String> {
+            keys.iter()
+                .map(|k| format!("{PREFIX}:{namespace}:{k}"))
+                .collect()
+        };
         Self {
-            raw_lock: ids.iter().map(|id| format!("{PREFIX}:lock:{id}")).collect(),
-            raw_fence: ids
-                .iter()
-                .map(|id| format!("{PREFIX}:fence:{id}"))
-                .collect(),
-            raw_state: state_keys
-                .iter()
-                .map(|k| format!("{PREFIX}:cache:{k}"))
-                .collect(),
-            raw_history: history_keys
-                .iter()
-                .map(|k| format!("{PREFIX}:list:{k}"))
-                .collect(),
-            ids,
-            state_keys,
-            history_keys,
-            state_bytes: json.as_bytes().to_vec(),
-            history: ListOptions::new().max_length(HISTORY_MAX).ttl(HISTORY_TTL),
+            raw_lock: prefixed("lock", &shared.ids),
+            raw_fence: prefixed("fence", &shared.ids),
+            raw_state: prefixed("cache", &shared.state_keys),
+            raw_history: prefixed("list", &shared.history_keys),
+            shared,
         }
     }
 }
 
-/// One cycle through the adapter, as a user holds it (`Arc<dyn StateAdapter>`).
-async fn ours_cycle(
-    s: &dyn StateAdapter,
-    fx: &Fixture,
-    wl: Workload,
-    k: usize,
-    seq: &AtomicU64,
-) -> Result<(), Error> {
-    match wl {
-        Workload::Lock => {
-            let lock = s
-                .acquire_lock(&fx.ids[k], LOCK_TTL)
-                .await?
-                .ok_or("lock held")?;
-            s.release_lock(&lock).await?;
-        }
-        Workload::Cache => {
-            let key = &fx.state_keys[k];
-            s.set(key, &fx.state_bytes, Some(STATE_TTL)).await?;
-            s.get(key).await?.ok_or("cache miss")?;
-        }
-        Workload::Subscriptions => {
-            let id = &fx.ids[k];
-            s.subscribe(id).await?;
-            if !s.is_subscribed(id).await? {
-                return Err("not subscribed".into());
-            }
-            s.unsubscribe(id).await?;
-        }
-        Workload::Message => {
-            let n = seq.fetch_add(1, Ordering::Relaxed);
-            let fresh = s
-                .set_if_not_exists(&format!("dedupe:slack:m{n}"), b"true", Some(DEDUPE_TTL))
-                .await?;
-            if !fresh {
-                return Err("duplicate".into());
-            }
-            let lock = s
-                .acquire_lock(&fx.ids[k], LOCK_TTL)
-                .await?
-                .ok_or("lock held")?;
-            s.append_to_list(&fx.history_keys[k], HISTORY_ENTRY, fx.history)
-                .await?;
-            s.release_lock(&lock).await?;
-        }
+impl std::ops::Deref for Fixture {
+    type Target = bench::Fixture;
+
+    fn deref(&self) -> &bench::Fixture {
+        &self.shared
     }
-    Ok(())
 }
 
 struct Raw {
@@ -540,10 +451,7 @@ fn run_node(
 }
 
 fn workload(name: &str) -> Workload {
-    Workload::ALL
-        .into_iter()
-        .find(|w| w.name() == name)
-        .unwrap_or_else(|| panic!("unknown workload {name:?}"))
+    Workload::named(name, &Workload::ALL)
 }
 
 /// Where the bench's redis-server runs: on loopback, or behind a slow link.

@@ -513,11 +513,12 @@ fn snippet(raw: &[u8]) -> String {
     }
 }
 
-/// A queue entry in the upstream JSON shape `{enqueuedAt, expiresAt, message}`.
+/// A queue entry's upstream JSON (`{enqueuedAt, expiresAt, message}`), as the scripts take it.
 fn entry_json(op: Operation, entry: &QueueEntry) -> Result<Vec<u8>> {
-    serde_json::to_vec(entry).map_err(|e| {
-        Error::invalid_input(format!("queue entry is not serializable: {e}")).context(BACKEND, op)
-    })
+    Ok(entry
+        .to_json()
+        .map_err(|e| e.context(BACKEND, op))?
+        .into_bytes())
 }
 
 /// A live-entry count from a script.

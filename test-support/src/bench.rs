@@ -137,3 +137,181 @@ pub fn env_list(name: &str) -> Option<Vec<String>> {
         .ok()
         .map(|s| s.split(',').map(|w| w.trim().to_owned()).collect())
 }
+
+/// The ~225-byte per-thread state every throughput bench stores (`test-support/bench/
+/// thread-state.json`, read by the `bench.mjs` scripts too, so both sides store the same bytes).
+pub const THREAD_STATE_JSON: &str = include_str!("../bench/thread-state.json");
+
+/// The Chat SDK's key prefix, lock and thread-state TTLs, dedupe TTL and message history
+/// settings, as the remote benches' cycles use them (the `bench.mjs` scripts use the same).
+pub mod chat_sdk {
+    use std::time::Duration;
+
+    /// The key prefix TypeScript bots use by default.
+    pub const PREFIX: &str = "chat-sdk";
+    /// `DEFAULT_LOCK_TTL_MS`.
+    pub const LOCK_TTL: Duration = Duration::from_secs(30);
+    /// `THREAD_STATE_TTL_MS`.
+    pub const STATE_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+    /// How long a message's dedupe key lives.
+    pub const DEDUPE_TTL: Duration = Duration::from_secs(600);
+    /// How long the message history lives.
+    pub const HISTORY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+    /// How many messages the history keeps.
+    pub const HISTORY_MAX: usize = 100;
+    /// One history entry.
+    pub const HISTORY_ENTRY: &[u8] = br#"{"id":"m","text":"hello"}"#;
+}
+
+/// One cycle of a remote backend's throughput bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// acquire_lock + release_lock.
+    Lock,
+    /// set of the thread state + get.
+    Cache,
+    /// subscribe + is_subscribed + unsubscribe.
+    Subscriptions,
+    /// What the Chat class does per incoming message: dedupe `set_if_not_exists`,
+    /// acquire_lock, append_to_list of the history entry, release_lock.
+    Message,
+}
+
+impl Workload {
+    /// Every workload, in table order.
+    pub const ALL: [Workload; 4] = [
+        Workload::Lock,
+        Workload::Cache,
+        Workload::Subscriptions,
+        Workload::Message,
+    ];
+
+    /// The name `CHAT_STATE_BENCH_ONLY` and the `bench.mjs` scripts use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Lock => "lock",
+            Workload::Cache => "cache",
+            Workload::Subscriptions => "subscriptions",
+            Workload::Message => "message",
+        }
+    }
+
+    /// The row label of the results table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Workload::Lock => "lock cycle",
+            Workload::Cache => "cache set+get",
+            Workload::Subscriptions => "subscriptions",
+            Workload::Message => "message cycle",
+        }
+    }
+
+    /// The workload of `offered` called `name`; panics naming the offered ones otherwise.
+    pub fn named(name: &str, offered: &[Workload]) -> Workload {
+        offered
+            .iter()
+            .copied()
+            .find(|w| w.name() == name)
+            .unwrap_or_else(|| {
+                let names: Vec<_> = offered.iter().map(|w| w.name()).collect();
+                panic!("unknown workload {name:?}; this bench runs {names:?}")
+            })
+    }
+}
+
+/// What a bench cycle fails with.
+pub type CycleError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Ids, keys and values of the throughput benches, built once and shared by every task (the
+/// timed loop is calls only).
+#[derive(Debug)]
+pub struct Fixture {
+    /// [`IDS`] Slack-style thread ids.
+    pub ids: Vec<String>,
+    /// `thread-state:<id>` for each id.
+    pub state_keys: Vec<String>,
+    /// `msg-history:<id>` for each id.
+    pub history_keys: Vec<String>,
+    /// [`THREAD_STATE_JSON`], trimmed: what a TypeScript bot stores
+    /// (`JSON.stringify(JSON.parse(text))` is the text again).
+    pub state_bytes: Vec<u8>,
+    /// The history's trim and TTL.
+    pub history: chat_state_core::ListOptions,
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fixture {
+    /// The fixture every bench and `bench.mjs` use.
+    pub fn new() -> Self {
+        let ids: Vec<String> = (0..IDS)
+            .map(|i| format!("slack:C{i:07}:1700000000.{i:06}"))
+            .collect();
+        let json = THREAD_STATE_JSON.trim();
+        serde_json::from_str::<serde_json::Value>(json).expect("thread-state.json is JSON");
+        Self {
+            state_keys: ids.iter().map(|id| format!("thread-state:{id}")).collect(),
+            history_keys: ids.iter().map(|id| format!("msg-history:{id}")).collect(),
+            ids,
+            state_bytes: json.as_bytes().to_vec(),
+            history: chat_state_core::ListOptions::new()
+                .max_length(chat_sdk::HISTORY_MAX)
+                .ttl(chat_sdk::HISTORY_TTL),
+        }
+    }
+}
+
+/// One cycle of `wl` on id index `k` through the adapter, as a user holds it
+/// (`&dyn StateAdapter`); `seq` numbers the message cycles' dedupe keys.
+pub async fn ours_cycle(
+    s: &dyn chat_state_core::StateAdapter,
+    fx: &Fixture,
+    wl: Workload,
+    k: usize,
+    seq: &std::sync::atomic::AtomicU64,
+) -> Result<(), CycleError> {
+    use chat_sdk::{DEDUPE_TTL, HISTORY_ENTRY, LOCK_TTL, STATE_TTL};
+    match wl {
+        Workload::Lock => {
+            let lock = s
+                .acquire_lock(&fx.ids[k], LOCK_TTL)
+                .await?
+                .ok_or("lock held")?;
+            s.release_lock(&lock).await?;
+        }
+        Workload::Cache => {
+            let key = &fx.state_keys[k];
+            s.set(key, &fx.state_bytes, Some(STATE_TTL)).await?;
+            s.get(key).await?.ok_or("cache miss")?;
+        }
+        Workload::Subscriptions => {
+            let id = &fx.ids[k];
+            s.subscribe(id).await?;
+            if !s.is_subscribed(id).await? {
+                return Err("not subscribed".into());
+            }
+            s.unsubscribe(id).await?;
+        }
+        Workload::Message => {
+            let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let fresh = s
+                .set_if_not_exists(&format!("dedupe:slack:m{n}"), b"true", Some(DEDUPE_TTL))
+                .await?;
+            if !fresh {
+                return Err("duplicate".into());
+            }
+            let lock = s
+                .acquire_lock(&fx.ids[k], LOCK_TTL)
+                .await?
+                .ok_or("lock held")?;
+            s.append_to_list(&fx.history_keys[k], HISTORY_ENTRY, fx.history)
+                .await?;
+            s.release_lock(&lock).await?;
+        }
+    }
+    Ok(())
+}

@@ -93,8 +93,7 @@ impl ChatStateDO {
         now: u64,
     ) -> Result<u64, Error> {
         // Stored in the one shape this code writes, whatever spelling the caller used.
-        let stored = serde_json::to_string(entry)
-            .map_err(|e| Error::invalid_input(format!("queue entry: {e}")).context(BACKEND, o))?;
+        let stored = entry.to_json().map_err(|e| e.context(BACKEND, o))?;
         let err = |e| backend_err(o, "enqueueing", e);
         let t = ms(now);
         self.sql
