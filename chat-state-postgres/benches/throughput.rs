@@ -57,8 +57,8 @@ use chat_state_test_support::bench::chat_sdk::{
     DEDUPE_TTL, HISTORY_ENTRY, HISTORY_MAX, HISTORY_TTL, LOCK_TTL, PREFIX, STATE_TTL,
 };
 use chat_state_test_support::bench::{
-    CycleError as Error, Fixture, NodeBench, THREAD_STATE_JSON, Workload, env_list, env_or, median,
-    ours_cycle, run_cycles,
+    CycleError as Error, Fixture, NodeBench, Samples, Settings, THREAD_STATE_JSON, Workload, cell,
+    describe_ts, env_or, ours_cycle, print_target, run_cycles,
 };
 use chat_state_test_support::postgres::PgServer;
 use sqlx::PgPool;
@@ -395,30 +395,11 @@ fn main() {
         callgrind(&wl);
         return;
     }
-    let rounds: usize = env_or("CHAT_STATE_BENCH_ROUNDS", 5).max(1);
-    let scale: f64 = env_or("CHAT_STATE_BENCH_SCALE", 1.0);
+    let settings = Settings::from_env(&WORKLOADS);
     let pool_size: u32 = env_or("CHAT_STATE_BENCH_POOL", DEFAULT_POOL).max(1);
-    let only = env_list("CHAT_STATE_BENCH_ONLY");
-    let skip = env_list("CHAT_STATE_BENCH_SKIP").unwrap_or_default();
-    let concs: Vec<usize> = env_list("CHAT_STATE_BENCH_CONC")
-        .map(|v| {
-            v.iter()
-                .map(|c| c.parse().expect("CHAT_STATE_BENCH_CONC"))
-                .collect()
-        })
-        .unwrap_or_else(|| vec![1, 64]);
-    let workloads: Vec<Workload> = match &only {
-        Some(o) => o.iter().map(|n| workload(n)).collect(),
-        None => WORKLOADS.to_vec(),
-    };
-    let cells: Vec<(Workload, usize)> = workloads
-        .iter()
-        .flat_map(|&w| concs.iter().map(move |&c| (w, c)))
-        .collect();
-    let iters = |w: Workload, c: usize| ((w.iterations(c) as f64 * scale) as usize).max(200);
     let mut sides = vec![Side::Ours];
     for (side, name) in [(Side::Raw, "raw"), (Side::Ts, "ts")] {
-        if !skip.iter().any(|s| s == name) {
+        if settings.runs(name) {
             sides.push(side);
         }
     }
@@ -445,10 +426,10 @@ fn main() {
         pool_size,
         node,
     };
-    let ts_info = bench
+    let ts = bench
         .node
         .as_ref()
-        .map(|n| run_node(n, &bench.url, Workload::Lock, 1, 200, pool_size));
+        .map(|n| describe_ts(&run_node(n, &bench.url, Workload::Lock, 1, 200, pool_size)));
     let server_version: String = bench.rt.block_on(async {
         sqlx::query_scalar("SHOW server_version")
             .fetch_one(&bench.raw.pool)
@@ -456,95 +437,57 @@ fn main() {
             .expect("server_version")
     });
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let ts_desc = |sep: &str| {
-        ts_info.as_ref().map_or(String::new(), |i| {
-            format!(
-                "{sep}TS = `{}` + `{}` on node {}",
-                i["adapter"].as_str().unwrap_or("?"),
-                i["client"].as_str().unwrap_or("?"),
-                i["node"].as_str().unwrap_or("?")
-            )
-        })
-    };
+    let (rounds, scale) = (settings.rounds, settings.scale);
     eprintln!(
         "PostgreSQL {server_version} on 127.0.0.1:{} (fsync off), {cores} cores, {rounds} rounds, \
          scale {scale}, pool {pool_size} per side{}",
         server.port,
-        ts_desc(", ")
+        ts.as_ref().map_or(String::new(), |t| format!(", TS = {t}"))
     );
 
-    // samples[cell][side] = one value per round.
-    let mut samples = vec![vec![Vec::new(); sides.len()]; cells.len()];
     let started = Instant::now();
-    for round in 0..rounds {
-        for (n, &(wl, c)) in cells.iter().enumerate() {
-            let it = iters(wl, c);
-            // Rotate the order every round, so drift in background load favours no side.
-            let mut line = format!("round {}/{rounds} {:<8} c={c:<3}", round + 1, wl.name());
-            for j in 0..sides.len() {
-                let s = (j + round + n) % sides.len();
-                samples[n][s].push(bench.sample(sides[s], wl, c, it));
-            }
-            for (s, side) in sides.iter().enumerate() {
-                line += &format!("  {side:?} {:>8.0}/s", samples[n][s][round]);
-            }
-            eprintln!("{line}");
-        }
-    }
+    let samples =
+        Samples::interleaved(&settings, sides, Workload::iterations, |side, wl, c, it| {
+            bench.sample(side, wl, c, it)
+        });
 
-    let med = |n: usize, side: Side| {
-        sides
-            .iter()
-            .position(|s| *s == side)
-            .map(|s| median(&samples[n][s]))
-    };
-    let cell_or = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("-".to_owned(), f);
     println!();
     println!(
         "chat-state-postgres, PostgreSQL {server_version} on loopback (fsync off), {cores} cores, \
          pool of {pool_size} per side, median of {rounds} interleaved rounds, cycles per second \
          (run took {:.0} s){}",
         started.elapsed().as_secs_f64(),
-        ts_desc("; "),
+        ts.as_ref().map_or(String::new(), |t| format!("; TS = {t}")),
     );
     println!();
     println!("| workload | conc | ours | raw sqlx | TS | ours/TS | ours/raw |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut results = Vec::new();
-    for (n, &(wl, c)) in cells.iter().enumerate() {
-        let o = med(n, Side::Ours).expect("ours");
-        let (r, t) = (med(n, Side::Raw), med(n, Side::Ts));
+    for (n, &(wl, c)) in settings.cells.iter().enumerate() {
+        let o = samples.median(n, Side::Ours).expect("ours");
+        let (r, t) = (samples.median(n, Side::Raw), samples.median(n, Side::Ts));
         let num = |x: f64| format!("{x:.0}");
         let ratio = |x: f64| format!("{:.2}x", o / x);
         println!(
             "| {} | {c} | {o:.0} | {} | {} | {} | {} |",
             wl.label(),
-            cell_or(r, &num),
-            cell_or(t, &num),
-            cell_or(t, &ratio),
-            cell_or(r, &ratio),
+            cell(r, num),
+            cell(t, num),
+            cell(t, ratio),
+            cell(r, ratio),
         );
         results.push(((wl, c), t.map(|t| o / t), r.map(|r| o / r)));
     }
     println!();
-    let verdict = |x: f64, target: f64| if x >= target { "met" } else { "MISSED" };
-    for ((wl, c), vs_ts, vs_raw) in &results {
-        if *wl != Workload::Message {
+    for ((wl, c), vs_ts, vs_raw) in results {
+        if wl != Workload::Message {
             continue;
         }
         if let (Some(r), 64) = (vs_ts, c) {
-            println!(
-                "target {} at concurrency 64: >= 2.00x TypeScript: {r:.2}x, {}",
-                wl.label(),
-                verdict(*r, 2.0)
-            );
+            print_target(wl.label(), c, 2.0, "TypeScript", r);
         }
         if let Some(r) = vs_raw {
-            println!(
-                "target {} at concurrency {c}: >= 0.90x raw sqlx: {r:.2}x, {}",
-                wl.label(),
-                verdict(*r, 0.9)
-            );
+            print_target(wl.label(), c, 0.9, "raw sqlx", r);
         }
     }
     bench.rt.block_on(bench.state.close()).expect("close");

@@ -59,8 +59,8 @@ use chat_state_test_support::bench::chat_sdk::{
     DEDUPE_TTL, HISTORY_ENTRY, HISTORY_MAX, HISTORY_TTL, LOCK_TTL, PREFIX, STATE_TTL,
 };
 use chat_state_test_support::bench::{
-    self, CycleError as Error, IDS, NodeBench, THREAD_STATE_JSON, Workload, env_list, env_or,
-    median, ours_cycle, run_cycles,
+    self, CycleError as Error, IDS, NodeBench, Samples, Settings, THREAD_STATE_JSON, Workload,
+    cell, describe_ts, env_or, ours_cycle, print_target, run_cycles,
 };
 use chat_state_test_support::netns::{self, DelayProxy, NetnsRedis};
 use redis::Script;
@@ -576,29 +576,10 @@ fn main() {
         callgrind(&wl);
         return;
     }
-    let rounds: usize = env_or("CHAT_STATE_BENCH_ROUNDS", 5).max(1);
-    let scale: f64 = env_or("CHAT_STATE_BENCH_SCALE", 1.0);
-    let only = env_list("CHAT_STATE_BENCH_ONLY");
-    let skip = env_list("CHAT_STATE_BENCH_SKIP").unwrap_or_default();
-    let concs: Vec<usize> = env_list("CHAT_STATE_BENCH_CONC")
-        .map(|v| {
-            v.iter()
-                .map(|c| c.parse().expect("CHAT_STATE_BENCH_CONC"))
-                .collect()
-        })
-        .unwrap_or_else(|| vec![1, 64]);
-    let workloads: Vec<Workload> = match &only {
-        Some(o) => o.iter().map(|n| workload(n)).collect(),
-        None => Workload::ALL.to_vec(),
-    };
-    let cells: Vec<(Workload, usize)> = workloads
-        .iter()
-        .flat_map(|&w| concs.iter().map(move |&c| (w, c)))
-        .collect();
-    let iters = |w: Workload, c: usize| ((w.iterations(c) as f64 * scale) as usize).max(200);
+    let settings = Settings::from_env(&Workload::ALL);
     let mut sides = vec![Side::Ours];
     for (side, name) in [(Side::Raw, "raw"), (Side::Ts, "ts"), (Side::Wire, "wire")] {
-        if !skip.iter().any(|s| s == name) {
+        if settings.runs(name) {
             sides.push(side);
         }
     }
@@ -641,10 +622,10 @@ fn main() {
                 .expect("SCRIPT LOAD");
         }
     });
-    let ts_info = bench
+    let ts = bench
         .node
         .as_ref()
-        .map(|n| run_node(n, &bench.url, Workload::Lock, 1, 200));
+        .map(|n| describe_ts(&run_node(n, &bench.url, Workload::Lock, 1, 200)));
     let server_version = bench.rt.block_on(async {
         let mut c = bench.raw.conn.clone();
         let info: String = redis::cmd("INFO")
@@ -658,57 +639,28 @@ fn main() {
             .trim()
             .to_owned()
     });
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let (rounds, scale) = (settings.rounds, settings.scale);
     eprintln!(
-        "redis-server {server_version} on {} (no persistence), {} cores, {rounds} rounds, scale {scale}{}",
+        "redis-server {server_version} on {} (no persistence), {cores} cores, {rounds} rounds, \
+         scale {scale}{}",
         server.describe(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        ts_info.as_ref().map_or(String::new(), |i| format!(
-            ", TS: {} + {} on node {}",
-            i["adapter"].as_str().unwrap_or("?"),
-            i["client"].as_str().unwrap_or("?"),
-            i["node"].as_str().unwrap_or("?")
-        )),
+        ts.as_ref().map_or(String::new(), |t| format!(", TS = {t}")),
     );
 
-    // samples[cell][side] = one value per round.
-    let mut samples = vec![vec![Vec::new(); sides.len()]; cells.len()];
     let started = Instant::now();
-    for round in 0..rounds {
-        for (n, &(wl, c)) in cells.iter().enumerate() {
-            let it = iters(wl, c);
-            // Rotate the order every round, so drift in background load favours no side.
-            let mut line = format!("round {}/{rounds} {:<13} c={c:<3}", round + 1, wl.name());
-            for j in 0..sides.len() {
-                let s = (j + round + n) % sides.len();
-                samples[n][s].push(bench.sample(sides[s], wl, c, it));
-            }
-            for (s, side) in sides.iter().enumerate() {
-                line += &format!("  {side:?} {:>9.0}/s", samples[n][s][round]);
-            }
-            eprintln!("{line}");
-        }
-    }
+    let samples =
+        Samples::interleaved(&settings, sides, Workload::iterations, |side, wl, c, it| {
+            bench.sample(side, wl, c, it)
+        });
 
-    let med = |n: usize, side: Side| {
-        sides
-            .iter()
-            .position(|s| *s == side)
-            .map(|s| median(&samples[n][s]))
-    };
-    let cell_or = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("-".to_owned(), f);
     println!();
     println!(
-        "chat-state-redis, redis-server {server_version} on {}, {} cores, median of {rounds} \
+        "chat-state-redis, redis-server {server_version} on {}, {cores} cores, median of {rounds} \
          interleaved rounds, cycles per second (run took {:.0} s){}",
         server.link(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
         started.elapsed().as_secs_f64(),
-        ts_info.as_ref().map_or(String::new(), |i| format!(
-            "; TS = `{}` + `{}` on node {}",
-            i["adapter"].as_str().unwrap_or("?"),
-            i["client"].as_str().unwrap_or("?"),
-            i["node"].as_str().unwrap_or("?")
-        )),
+        ts.as_ref().map_or(String::new(), |t| format!("; TS = {t}")),
     );
     println!();
     println!(
@@ -716,51 +668,39 @@ fn main() {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut results = Vec::new();
-    for (n, &(wl, c)) in cells.iter().enumerate() {
-        let o = med(n, Side::Ours).expect("ours");
-        let (r, t, w) = (med(n, Side::Raw), med(n, Side::Ts), med(n, Side::Wire));
+    for (n, &(wl, c)) in settings.cells.iter().enumerate() {
+        let o = samples.median(n, Side::Ours).expect("ours");
+        let median = |side| samples.median(n, side);
+        let (r, t, w) = (median(Side::Raw), median(Side::Ts), median(Side::Wire));
         let num = |x: f64| format!("{x:.0}");
         let ratio = |x: f64| format!("{:.2}x", o / x);
         println!(
             "| {} | {c} | {o:.0} | {} | {} | {} | {} | {} | {} |",
             wl.label(),
-            cell_or(r, &num),
-            cell_or(t, &num),
-            cell_or(w, &num),
-            cell_or(t, &ratio),
-            cell_or(w, &ratio),
-            cell_or(r, &ratio),
+            cell(r, num),
+            cell(t, num),
+            cell(w, num),
+            cell(t, ratio),
+            cell(w, ratio),
+            cell(r, ratio),
         );
         results.push(((wl, c), t.map(|t| o / t), w.map(|w| o / w)));
     }
     println!();
-    let find = |wl: Workload, c: usize| results.iter().find(|(cell, _, _)| *cell == (wl, c));
-    let verdict = |x: f64, target: f64| if x >= target { "met" } else { "MISSED" };
+    let find = |wl: Workload, c: usize| results.iter().find(|(at, _, _)| *at == (wl, c));
     for wl in [Workload::Message, Workload::Lock, Workload::Cache] {
         if let Some((_, vs_ts, vs_wire)) = find(wl, 64) {
             if let Some(r) = vs_ts {
-                println!(
-                    "target {} at concurrency 64: >= 1.50x TypeScript: {r:.2}x, {}",
-                    wl.label(),
-                    verdict(*r, 1.5)
-                );
+                print_target(wl.label(), 64, 1.5, "TypeScript", *r);
             }
             if let Some(r) = vs_wire {
-                println!(
-                    "target {} at concurrency 64: >= 0.70x the wire: {r:.2}x, {}",
-                    wl.label(),
-                    verdict(*r, 0.7)
-                );
+                print_target(wl.label(), 64, 0.7, "the wire", *r);
             }
         }
     }
     for wl in Workload::ALL {
         if let Some((_, _, Some(r))) = find(wl, 1) {
-            println!(
-                "target {} at concurrency 1: >= 0.95x the wire: {r:.2}x, {}",
-                wl.label(),
-                verdict(*r, 0.95)
-            );
+            print_target(wl.label(), 1, 0.95, "the wire", *r);
         }
     }
     bench.rt.block_on(bench.state.close()).expect("close");

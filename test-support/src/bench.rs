@@ -315,3 +315,128 @@ pub async fn ours_cycle(
     }
     Ok(())
 }
+
+/// What a remote backend's throughput bench reads from the environment:
+/// `CHAT_STATE_BENCH_ROUNDS` (default 5), `CHAT_STATE_BENCH_SCALE` (default 1.0, multiplies
+/// every iteration count), `CHAT_STATE_BENCH_ONLY=<workload>[,..]`,
+/// `CHAT_STATE_BENCH_CONC=1,64` and `CHAT_STATE_BENCH_SKIP=<side>[,..]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Interleaved rounds; each cell's result is the median over them.
+    pub rounds: usize,
+    /// Multiplies every iteration count.
+    pub scale: f64,
+    /// The (workload, concurrency) cells, in table order.
+    pub cells: Vec<(Workload, usize)>,
+    skip: Vec<String>,
+}
+
+impl Settings {
+    /// The settings, for a bench that runs `offered` by default; panics on a workload not
+    /// offered or a concurrency that is not a positive number.
+    pub fn from_env(offered: &[Workload]) -> Self {
+        let workloads: Vec<Workload> = match env_list("CHAT_STATE_BENCH_ONLY") {
+            Some(names) => names.iter().map(|n| Workload::named(n, offered)).collect(),
+            None => offered.to_vec(),
+        };
+        let concs: Vec<usize> = env_list("CHAT_STATE_BENCH_CONC")
+            .map(|v| {
+                v.iter()
+                    .map(|c| match c.parse() {
+                        Ok(c) if c > 0 => c,
+                        _ => panic!("CHAT_STATE_BENCH_CONC: {c:?} is not a positive number"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![1, 64]);
+        Self {
+            rounds: env_or("CHAT_STATE_BENCH_ROUNDS", 5).max(1),
+            scale: env_or("CHAT_STATE_BENCH_SCALE", 1.0),
+            cells: workloads
+                .iter()
+                .flat_map(|&w| concs.iter().map(move |&c| (w, c)))
+                .collect(),
+            skip: env_list("CHAT_STATE_BENCH_SKIP").unwrap_or_default(),
+        }
+    }
+
+    /// Whether the side called `name` runs (it is not in `CHAT_STATE_BENCH_SKIP`).
+    pub fn runs(&self, name: &str) -> bool {
+        !self.skip.iter().any(|s| s == name)
+    }
+
+    /// `base` iterations scaled, and at least 200 (fewer measure the start more than the run).
+    pub fn iterations(&self, base: usize) -> usize {
+        ((base as f64 * self.scale) as usize).max(200)
+    }
+}
+
+/// Cycles per second of every side in every cell, one sample per round.
+#[derive(Debug)]
+pub struct Samples<S> {
+    sides: Vec<S>,
+    /// `samples[cell][side]`, one value per round.
+    samples: Vec<Vec<Vec<f64>>>,
+}
+
+impl<S: Copy + PartialEq + std::fmt::Debug> Samples<S> {
+    /// Runs `settings.rounds` rounds of every cell; in each, `sample(side, workload,
+    /// concurrency, iterations)` for every side, in an order that rotates every round and cell
+    /// so drift in background load favours no side. `iterations(workload, concurrency)` is the
+    /// unscaled count. Prints each round's line on stderr.
+    pub fn interleaved(
+        settings: &Settings,
+        sides: Vec<S>,
+        iterations: impl Fn(Workload, usize) -> usize,
+        mut sample: impl FnMut(S, Workload, usize, usize) -> f64,
+    ) -> Self {
+        let rounds = settings.rounds;
+        let mut samples = vec![vec![Vec::new(); sides.len()]; settings.cells.len()];
+        for round in 0..rounds {
+            for (n, &(wl, c)) in settings.cells.iter().enumerate() {
+                let it = settings.iterations(iterations(wl, c));
+                let mut line = format!("round {}/{rounds} {:<13} c={c:<3}", round + 1, wl.name());
+                for j in 0..sides.len() {
+                    let s = (j + round + n) % sides.len();
+                    samples[n][s].push(sample(sides[s], wl, c, it));
+                }
+                for (s, side) in sides.iter().enumerate() {
+                    line += &format!("  {side:?} {:>9.0}/s", samples[n][s][round]);
+                }
+                eprintln!("{line}");
+            }
+        }
+        Self { sides, samples }
+    }
+
+    /// The median of `side` in cell `cell` (an index of [`Settings::cells`]); `None` if the
+    /// side did not run.
+    pub fn median(&self, cell: usize, side: S) -> Option<f64> {
+        let s = self.sides.iter().position(|x| *x == side)?;
+        Some(median(&self.samples[cell][s]))
+    }
+}
+
+/// A table cell: `x` formatted by `f`, or `-` for a side that did not run.
+pub fn cell(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    x.map_or_else(|| "-".to_owned(), f)
+}
+
+/// Prints whether `ratio` meets `target`:
+/// `target <label> at concurrency <c>: >= <target>x <anchor>: <ratio>x, met|MISSED`.
+pub fn print_target(label: &str, c: usize, target: f64, anchor: &str, ratio: f64) {
+    let verdict = if ratio >= target { "met" } else { "MISSED" };
+    println!("target {label} at concurrency {c}: >= {target:.2}x {anchor}: {ratio:.2}x, {verdict}");
+}
+
+/// The TypeScript side as `bench.mjs` describes itself (`{adapter, client, node}`):
+/// `` `adapter` + `client` on node <version> ``.
+pub fn describe_ts(info: &serde_json::Value) -> String {
+    let field = |k: &str| info[k].as_str().unwrap_or("?").to_owned();
+    format!(
+        "`{}` + `{}` on node {}",
+        field("adapter"),
+        field("client"),
+        field("node")
+    )
+}
