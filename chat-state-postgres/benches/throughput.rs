@@ -44,7 +44,6 @@
 //!   too) runs a warm-up and then `n` cycles at concurrency `c` inside `measured_cycles` (see
 //!   `bench/callgrind.sh`). The server runs outside valgrind.
 
-use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -57,8 +56,8 @@ use chat_state_test_support::bench::chat_sdk::{
     DEDUPE_TTL, HISTORY_ENTRY, HISTORY_MAX, HISTORY_TTL, LOCK_TTL, PREFIX, STATE_TTL,
 };
 use chat_state_test_support::bench::{
-    CycleError as Error, Fixture, NodeBench, Samples, Settings, THREAD_STATE_JSON, Workload, cell,
-    describe_ts, env_or, ours_cycle, print_target, run_cycles,
+    CycleError as Error, Fixture, NodeBench, RawCycles, RustSide, RustSides, Samples, Settings,
+    THREAD_STATE_JSON, Workload, cell, describe_ts, env_or, print_target, profiled_side,
 };
 use chat_state_test_support::postgres::PgServer;
 use sqlx::PgPool;
@@ -156,61 +155,66 @@ impl Raw {
 }
 
 /// The same cycle's statements on the raw pool.
-async fn raw_cycle(
-    raw: &Raw,
-    fx: &Fixture,
-    wl: Workload,
-    k: usize,
-    seq: &AtomicU64,
-) -> Result<(), Error> {
-    match wl {
-        Workload::Subscriptions => return Err("not a workload of this bench".into()),
-        Workload::Lock => {
-            let token = raw.lock(&fx.ids[k]).await?;
-            raw.unlock(&fx.ids[k], &token).await?;
-        }
-        Workload::Cache => {
-            let key = &fx.state_keys[k];
-            let text = THREAD_STATE_JSON.trim();
-            sqlx::query(&raw.sql.set)
-                .bind(NO_CLOCK)
-                .bind(PREFIX)
-                .bind(key)
-                .bind(text)
-                .bind(None::<&[u8]>)
-                .bind(Some(ms(STATE_TTL)))
-                .execute(&raw.pool)
-                .await?;
-            let row: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(&raw.sql.get)
-                .bind(NO_CLOCK)
-                .bind(PREFIX)
-                .bind(key)
-                .fetch_optional(&raw.pool)
-                .await?;
-            row.ok_or("cache miss")?;
-        }
-        Workload::Message => {
-            let n = seq.fetch_add(1, Ordering::Relaxed);
-            let done = sqlx::query(&raw.sql.set_if_not_exists)
-                .bind(NO_CLOCK)
-                .bind(PREFIX)
-                .bind(format!("dedupe:slack:m{n}"))
-                .bind("true")
-                .bind(None::<&[u8]>)
-                .bind(Some(ms(DEDUPE_TTL)))
-                .execute(&raw.pool)
-                .await?;
-            if done.rows_affected() == 0 {
-                return Err("duplicate".into());
+impl RawCycles for Raw {
+    type Fixture = Fixture;
+
+    async fn cycle(
+        &self,
+        fx: &Fixture,
+        wl: Workload,
+        k: usize,
+        seq: &AtomicU64,
+    ) -> Result<(), Error> {
+        let raw = self;
+        match wl {
+            Workload::Subscriptions => return Err("not a workload of this bench".into()),
+            Workload::Lock => {
+                let token = raw.lock(&fx.ids[k]).await?;
+                raw.unlock(&fx.ids[k], &token).await?;
             }
-            let id = &fx.ids[k];
-            let token = raw.lock(id).await?;
-            let entry = std::str::from_utf8(HISTORY_ENTRY)?;
-            raw.append(&fx.history_keys[k], entry).await?;
-            raw.unlock(id, &token).await?;
+            Workload::Cache => {
+                let key = &fx.state_keys[k];
+                let text = THREAD_STATE_JSON.trim();
+                sqlx::query(&raw.sql.set)
+                    .bind(NO_CLOCK)
+                    .bind(PREFIX)
+                    .bind(key)
+                    .bind(text)
+                    .bind(None::<&[u8]>)
+                    .bind(Some(ms(STATE_TTL)))
+                    .execute(&raw.pool)
+                    .await?;
+                let row: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(&raw.sql.get)
+                    .bind(NO_CLOCK)
+                    .bind(PREFIX)
+                    .bind(key)
+                    .fetch_optional(&raw.pool)
+                    .await?;
+                row.ok_or("cache miss")?;
+            }
+            Workload::Message => {
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let done = sqlx::query(&raw.sql.set_if_not_exists)
+                    .bind(NO_CLOCK)
+                    .bind(PREFIX)
+                    .bind(format!("dedupe:slack:m{n}"))
+                    .bind("true")
+                    .bind(None::<&[u8]>)
+                    .bind(Some(ms(DEDUPE_TTL)))
+                    .execute(&raw.pool)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err("duplicate".into());
+                }
+                let id = &fx.ids[k];
+                let token = raw.lock(id).await?;
+                let entry = std::str::from_utf8(HISTORY_ENTRY)?;
+                raw.append(&fx.history_keys[k], entry).await?;
+                raw.unlock(id, &token).await?;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,9 +226,7 @@ enum Side {
 
 struct Bench {
     rt: tokio::runtime::Runtime,
-    fx: Arc<Fixture>,
-    state: Arc<dyn StateAdapter>,
-    raw: Arc<Raw>,
+    sides: RustSides<Raw>,
     url: String,
     pool_size: u32,
     node: Option<NodeBench>,
@@ -235,7 +237,7 @@ impl Bench {
     fn truncate(&self) {
         self.rt.block_on(async {
             sqlx::query(&format!("TRUNCATE {TABLES}"))
-                .execute(&self.raw.pool)
+                .execute(&self.sides.raw.pool)
                 .await
                 .expect("TRUNCATE")
         });
@@ -245,24 +247,12 @@ impl Bench {
     fn sample(&self, side: Side, wl: Workload, c: usize, iters: usize) -> f64 {
         self.truncate();
         match side {
-            Side::Ours => {
-                let (state, fx) = (self.state.clone(), self.fx.clone());
-                let seq = Arc::new(AtomicU64::new(0));
-                let f = Arc::new(move |k| {
-                    let (state, fx, seq) = (state.clone(), fx.clone(), seq.clone());
-                    async move { ours_cycle(&*state, &fx, wl, k, &seq).await }
-                });
-                self.timed(c, iters, f)
-            }
-            Side::Raw => {
-                let (raw, fx) = (self.raw.clone(), self.fx.clone());
-                let seq = Arc::new(AtomicU64::new(0));
-                let f = Arc::new(move |k| {
-                    let (raw, fx, seq) = (raw.clone(), fx.clone(), seq.clone());
-                    async move { raw_cycle(&raw, &fx, wl, k, &seq).await }
-                });
-                self.timed(c, iters, f)
-            }
+            Side::Ours => self
+                .sides
+                .per_second(&self.rt, RustSide::Ours, (wl, c), iters, WARMUP),
+            Side::Raw => self
+                .sides
+                .per_second(&self.rt, RustSide::Raw, (wl, c), iters, WARMUP),
             Side::Ts => run_node(
                 self.node.as_ref().expect("node"),
                 &self.url,
@@ -274,19 +264,6 @@ impl Bench {
                 .as_f64()
                 .expect("perSec"),
         }
-    }
-
-    fn timed<F, Fut>(&self, c: usize, iters: usize, f: Arc<F>) -> f64
-    where
-        F: Fn(usize) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Error>> + Send + 'static,
-    {
-        self.rt.block_on(async {
-            run_cycles(c, WARMUP.min(iters), f.clone()).await;
-            let start = Instant::now();
-            run_cycles(c, iters, f).await;
-            iters as f64 / start.elapsed().as_secs_f64()
-        })
     }
 }
 
@@ -350,44 +327,17 @@ fn callgrind(wl: &str) {
     let n: usize = env_or("CHAT_STATE_CALLGRIND_CYCLES", 4_000);
     let c: usize = env_or("CHAT_STATE_CALLGRIND_CONC", 64);
     let pool: u32 = env_or("CHAT_STATE_BENCH_POOL", DEFAULT_POOL);
-    let side = std::env::var("CHAT_STATE_CALLGRIND_SIDE").unwrap_or_else(|_| "ours".into());
+    let side = profiled_side();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let server = PgServer::start();
-    let fx = Arc::new(Fixture::new());
-    let (state, raw) = rt.block_on(connect(&server.url(), pool));
-    let seq = Arc::new(AtomicU64::new(0));
-    let ours = side == "ours";
-    let go = |total: usize| {
-        let (state, raw, fx, seq) = (state.clone(), raw.clone(), fx.clone(), seq.clone());
-        async move {
-            if ours {
-                let f = Arc::new(move |k| {
-                    let (state, fx, seq) = (state.clone(), fx.clone(), seq.clone());
-                    async move { ours_cycle(&*state, &fx, wl, k, &seq).await }
-                });
-                run_cycles(c, total, f).await;
-            } else {
-                let f = Arc::new(move |k| {
-                    let (raw, fx, seq) = (raw.clone(), fx.clone(), seq.clone());
-                    async move { raw_cycle(&raw, &fx, wl, k, &seq).await }
-                });
-                run_cycles(c, total, f).await;
-            }
-        }
-    };
-    rt.block_on(go(WARMUP));
-    measured_cycles(&rt, go(n));
-    println!("{side} {} c={c}: {n} cycles done", wl.name());
+    let (ours, raw) = rt.block_on(connect(&server.url(), pool));
+    let sides = RustSides::new(ours, raw, Fixture::new());
+    sides.profile(&rt, side, (wl, c), WARMUP, n);
+    println!("{side:?} {} c={c}: {n} cycles done", wl.name());
     drop(server);
-}
-
-/// The cycles `bench/callgrind.sh` collects (`--toggle-collect=*measured_cycles*`).
-#[inline(never)]
-fn measured_cycles(rt: &tokio::runtime::Runtime, f: impl Future<Output = ()>) {
-    rt.block_on(f);
 }
 
 fn main() {
@@ -419,9 +369,7 @@ fn main() {
     });
     let bench = Bench {
         rt,
-        fx: Arc::new(Fixture::new()),
-        state,
-        raw,
+        sides: RustSides::new(state, raw, Fixture::new()),
         url,
         pool_size,
         node,
@@ -432,7 +380,7 @@ fn main() {
         .map(|n| describe_ts(&run_node(n, &bench.url, Workload::Lock, 1, 200, pool_size)));
     let server_version: String = bench.rt.block_on(async {
         sqlx::query_scalar("SHOW server_version")
-            .fetch_one(&bench.raw.pool)
+            .fetch_one(&bench.sides.raw.pool)
             .await
             .expect("server_version")
     });
@@ -490,6 +438,6 @@ fn main() {
             print_target(wl.label(), c, 0.9, "raw sqlx", r);
         }
     }
-    bench.rt.block_on(bench.state.close()).expect("close");
+    bench.rt.block_on(bench.sides.ours.close()).expect("close");
     drop(server);
 }

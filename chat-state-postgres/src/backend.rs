@@ -107,6 +107,21 @@ impl Inner {
         }
     }
 
+    /// Runs `sql`, whose parameters are the key prefix and `key`, within the statement
+    /// timeout; returns how many rows it touched.
+    async fn execute_keyed(
+        &self,
+        op: Operation,
+        sql: &'static str,
+        key: &str,
+    ) -> Result<u64, Error> {
+        let query = sqlx::query(sql).bind(&self.prefix).bind(key);
+        Ok(self
+            .run(op, query.execute(&self.pool))
+            .await?
+            .rows_affected())
+    }
+
     async fn sweep_once(&self, batch: i64) -> Result<u64, Error> {
         let mut total = 0;
         for statement in &self.sql.sweep {
@@ -284,33 +299,23 @@ impl Backend for PostgresBackend {
     }
 
     async fn subscribe(&self, thread_id: &str) -> Result<(), Error> {
-        let inner = &self.inner;
-        inner
-            .run(
+        self.inner
+            .execute_keyed(
                 Operation::Subscribe,
-                sqlx::query(
-                    "INSERT INTO chat_state_subscriptions (key_prefix, thread_id)
-                     VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                )
-                .bind(&inner.prefix)
-                .bind(thread_id)
-                .execute(&inner.pool),
+                "INSERT INTO chat_state_subscriptions (key_prefix, thread_id)
+                 VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                thread_id,
             )
             .await
             .map(drop)
     }
 
     async fn unsubscribe(&self, thread_id: &str) -> Result<(), Error> {
-        let inner = &self.inner;
-        inner
-            .run(
+        self.inner
+            .execute_keyed(
                 Operation::Unsubscribe,
-                sqlx::query(
-                    "DELETE FROM chat_state_subscriptions WHERE key_prefix = $1 AND thread_id = $2",
-                )
-                .bind(&inner.prefix)
-                .bind(thread_id)
-                .execute(&inner.pool),
+                "DELETE FROM chat_state_subscriptions WHERE key_prefix = $1 AND thread_id = $2",
+                thread_id,
             )
             .await
             .map(drop)
@@ -370,16 +375,11 @@ impl Backend for PostgresBackend {
     }
 
     async fn force_release_lock(&self, lock_id: &str) -> Result<(), Error> {
-        let inner = &self.inner;
-        inner
-            .run(
+        self.inner
+            .execute_keyed(
                 Operation::ForceReleaseLock,
-                sqlx::query(
-                    "DELETE FROM chat_state_locks WHERE key_prefix = $1 AND thread_id = $2",
-                )
-                .bind(&inner.prefix)
-                .bind(lock_id)
-                .execute(&inner.pool),
+                "DELETE FROM chat_state_locks WHERE key_prefix = $1 AND thread_id = $2",
+                lock_id,
             )
             .await
             .map(drop)
@@ -444,16 +444,11 @@ impl Backend for PostgresBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<(), Error> {
-        let inner = &self.inner;
-        inner
-            .run(
+        self.inner
+            .execute_keyed(
                 Operation::Delete,
-                sqlx::query(
-                    "DELETE FROM chat_state_cache WHERE key_prefix = $1 AND cache_key = $2",
-                )
-                .bind(&inner.prefix)
-                .bind(key)
-                .execute(&inner.pool),
+                "DELETE FROM chat_state_cache WHERE key_prefix = $1 AND cache_key = $2",
+                key,
             )
             .await
             .map(drop)

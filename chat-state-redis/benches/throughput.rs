@@ -45,7 +45,6 @@
 //!   thread too) runs a warm-up and then `n` cycles at concurrency `c` inside
 //!   `measured_cycles` (see `bench/callgrind.sh`).
 
-use std::future::Future;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -59,8 +58,8 @@ use chat_state_test_support::bench::chat_sdk::{
     DEDUPE_TTL, HISTORY_ENTRY, HISTORY_MAX, HISTORY_TTL, LOCK_TTL, PREFIX, STATE_TTL,
 };
 use chat_state_test_support::bench::{
-    self, CycleError as Error, IDS, NodeBench, Samples, Settings, THREAD_STATE_JSON, Workload,
-    cell, describe_ts, env_or, ours_cycle, print_target, run_cycles,
+    self, CycleError as Error, IDS, NodeBench, RawCycles, RustSide, RustSides, Samples, Settings,
+    THREAD_STATE_JSON, Workload, cell, describe_ts, env_or, print_target, profiled_side,
 };
 use chat_state_test_support::netns::{self, DelayProxy, NetnsRedis};
 use redis::Script;
@@ -190,6 +189,12 @@ impl Fixture {
     }
 }
 
+impl AsRef<bench::Fixture> for Fixture {
+    fn as_ref(&self) -> &bench::Fixture {
+        &self.shared
+    }
+}
+
 impl std::ops::Deref for Fixture {
     type Target = bench::Fixture;
 
@@ -245,77 +250,82 @@ impl Raw {
 }
 
 /// The same cycle's commands on the raw `redis` crate.
-async fn raw_cycle(
-    raw: &Raw,
-    fx: &Fixture,
-    wl: Workload,
-    k: usize,
-    seq: &AtomicU64,
-) -> Result<(), Error> {
-    let mut c = raw.conn.clone();
-    match wl {
-        Workload::Lock => {
-            let token = raw.lock(&mut c, fx, k).await?;
-            raw.unlock(&mut c, fx, k, &token).await?;
-        }
-        Workload::Cache => {
-            let key = &fx.raw_state[k];
-            redis::cmd("SET")
-                .arg(key)
-                .arg(&fx.state_bytes)
-                .arg("PX")
-                .arg(STATE_TTL.as_millis() as u64)
-                .query_async::<()>(&mut c)
-                .await?;
-            let v: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut c).await?;
-            v.ok_or("cache miss")?;
-        }
-        Workload::Subscriptions => {
-            let set = SUBSCRIPTIONS;
-            let id = &fx.ids[k];
-            redis::cmd("SADD")
-                .arg(set)
-                .arg(id)
-                .query_async::<()>(&mut c)
-                .await?;
-            let is: bool = redis::cmd("SISMEMBER")
-                .arg(set)
-                .arg(id)
-                .query_async(&mut c)
-                .await?;
-            if !is {
-                return Err("not subscribed".into());
+impl RawCycles for Raw {
+    type Fixture = Fixture;
+
+    async fn cycle(
+        &self,
+        fx: &Fixture,
+        wl: Workload,
+        k: usize,
+        seq: &AtomicU64,
+    ) -> Result<(), Error> {
+        let raw = self;
+        let mut c = raw.conn.clone();
+        match wl {
+            Workload::Lock => {
+                let token = raw.lock(&mut c, fx, k).await?;
+                raw.unlock(&mut c, fx, k, &token).await?;
             }
-            redis::cmd("SREM")
-                .arg(set)
-                .arg(id)
-                .query_async::<()>(&mut c)
-                .await?;
+            Workload::Cache => {
+                let key = &fx.raw_state[k];
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(&fx.state_bytes)
+                    .arg("PX")
+                    .arg(STATE_TTL.as_millis() as u64)
+                    .query_async::<()>(&mut c)
+                    .await?;
+                let v: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut c).await?;
+                v.ok_or("cache miss")?;
+            }
+            Workload::Subscriptions => {
+                let set = SUBSCRIPTIONS;
+                let id = &fx.ids[k];
+                redis::cmd("SADD")
+                    .arg(set)
+                    .arg(id)
+                    .query_async::<()>(&mut c)
+                    .await?;
+                let is: bool = redis::cmd("SISMEMBER")
+                    .arg(set)
+                    .arg(id)
+                    .query_async(&mut c)
+                    .await?;
+                if !is {
+                    return Err("not subscribed".into());
+                }
+                redis::cmd("SREM")
+                    .arg(set)
+                    .arg(id)
+                    .query_async::<()>(&mut c)
+                    .await?;
+            }
+            Workload::Message => {
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let fresh: Option<String> = redis::cmd("SET")
+                    .arg(format!("{PREFIX}:cache:dedupe:slack:m{n}"))
+                    .arg("true")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(DEDUPE_TTL.as_millis() as u64)
+                    .query_async(&mut c)
+                    .await?;
+                fresh.ok_or("duplicate")?;
+                let token = raw.lock(&mut c, fx, k).await?;
+                let _: i64 = raw
+                    .append
+                    .key(&fx.raw_history[k])
+                    .arg(HISTORY_ENTRY)
+                    .arg(HISTORY_MAX)
+                    .arg(HISTORY_TTL.as_millis() as u64)
+                    .invoke_async(&mut c)
+                    .await?;
+                raw.unlock(&mut c, fx, k, &token).await?;
+            }
         }
-        Workload::Message => {
-            let n = seq.fetch_add(1, Ordering::Relaxed);
-            let fresh: Option<String> = redis::cmd("SET")
-                .arg(format!("{PREFIX}:cache:dedupe:slack:m{n}"))
-                .arg("true")
-                .arg("NX")
-                .arg("PX")
-                .arg(DEDUPE_TTL.as_millis() as u64)
-                .query_async(&mut c)
-                .await?;
-            fresh.ok_or("duplicate")?;
-            let token = raw.lock(&mut c, fx, k).await?;
-            let _: i64 = raw
-                .append
-                .key(&fx.raw_history[k])
-                .arg(HISTORY_ENTRY)
-                .arg(HISTORY_MAX)
-                .arg(HISTORY_TTL.as_millis() as u64)
-                .invoke_async(&mut c)
-                .await?;
-            raw.unlock(&mut c, fx, k, &token).await?;
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,9 +338,7 @@ enum Side {
 
 struct Bench {
     rt: tokio::runtime::Runtime,
-    fx: Arc<Fixture>,
-    state: Arc<dyn StateAdapter>,
-    raw: Arc<Raw>,
+    sides: RustSides<Raw>,
     url: String,
     port: u16,
     node: Option<NodeBench>,
@@ -345,7 +353,7 @@ struct Shas {
 
 impl Bench {
     fn flush(&self) {
-        let mut c = self.raw.conn.clone();
+        let mut c = self.sides.raw.conn.clone();
         self.rt.block_on(async {
             redis::cmd("FLUSHALL")
                 .query_async::<()>(&mut c)
@@ -358,24 +366,12 @@ impl Bench {
     fn sample(&self, side: Side, wl: Workload, c: usize, iters: usize) -> f64 {
         self.flush();
         match side {
-            Side::Ours => {
-                let (state, fx) = (self.state.clone(), self.fx.clone());
-                let seq = Arc::new(AtomicU64::new(0));
-                let f = Arc::new(move |k| {
-                    let (state, fx, seq) = (state.clone(), fx.clone(), seq.clone());
-                    async move { ours_cycle(&*state, &fx, wl, k, &seq).await }
-                });
-                self.timed(c, iters, f)
-            }
-            Side::Raw => {
-                let (raw, fx) = (self.raw.clone(), self.fx.clone());
-                let seq = Arc::new(AtomicU64::new(0));
-                let f = Arc::new(move |k| {
-                    let (raw, fx, seq) = (raw.clone(), fx.clone(), seq.clone());
-                    async move { raw_cycle(&raw, &fx, wl, k, &seq).await }
-                });
-                self.timed(c, iters, f)
-            }
+            Side::Ours => self
+                .sides
+                .per_second(&self.rt, RustSide::Ours, (wl, c), iters, WARMUP),
+            Side::Raw => self
+                .sides
+                .per_second(&self.rt, RustSide::Raw, (wl, c), iters, WARMUP),
             Side::Ts => {
                 run_node(self.node.as_ref().expect("node"), &self.url, wl, c, iters)["perSec"]
                     .as_f64()
@@ -392,19 +388,6 @@ impl Bench {
                 1.0 / secs
             }
         }
-    }
-
-    fn timed<F, Fut>(&self, c: usize, iters: usize, f: Arc<F>) -> f64
-    where
-        F: Fn(usize) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Error>> + Send + 'static,
-    {
-        self.rt.block_on(async {
-            run_cycles(c, WARMUP.min(iters), f.clone()).await;
-            let start = Instant::now();
-            run_cycles(c, iters, f).await;
-            iters as f64 / start.elapsed().as_secs_f64()
-        })
     }
 }
 
@@ -531,44 +514,17 @@ fn callgrind(wl: &str) {
     let wl = workload(wl);
     let n: usize = env_or("CHAT_STATE_CALLGRIND_CYCLES", 20_000);
     let c: usize = env_or("CHAT_STATE_CALLGRIND_CONC", 64);
-    let side = std::env::var("CHAT_STATE_CALLGRIND_SIDE").unwrap_or_else(|_| "ours".into());
+    let side = profiled_side();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let server = RedisServer::start();
-    let fx = Arc::new(Fixture::new());
-    let (state, raw) = rt.block_on(connect(&server.url()));
-    let seq = Arc::new(AtomicU64::new(0));
-    let ours = side == "ours";
-    let go = |total: usize| {
-        let (state, raw, fx, seq) = (state.clone(), raw.clone(), fx.clone(), seq.clone());
-        async move {
-            if ours {
-                let f = Arc::new(move |k| {
-                    let (state, fx, seq) = (state.clone(), fx.clone(), seq.clone());
-                    async move { ours_cycle(&*state, &fx, wl, k, &seq).await }
-                });
-                run_cycles(c, total, f).await;
-            } else {
-                let f = Arc::new(move |k| {
-                    let (raw, fx, seq) = (raw.clone(), fx.clone(), seq.clone());
-                    async move { raw_cycle(&raw, &fx, wl, k, &seq).await }
-                });
-                run_cycles(c, total, f).await;
-            }
-        }
-    };
-    rt.block_on(go(WARMUP));
-    measured_cycles(&rt, go(n));
-    println!("{side} {} c={c}: {n} cycles done", wl.name());
+    let (ours, raw) = rt.block_on(connect(&server.url()));
+    let sides = RustSides::new(ours, raw, Fixture::new());
+    sides.profile(&rt, side, (wl, c), WARMUP, n);
+    println!("{side:?} {} c={c}: {n} cycles done", wl.name());
     drop(server);
-}
-
-/// The cycles `bench/callgrind.sh` collects (`--toggle-collect=*measured_cycles*`).
-#[inline(never)]
-fn measured_cycles(rt: &tokio::runtime::Runtime, f: impl Future<Output = ()>) {
-    rt.block_on(f);
 }
 
 fn main() {
@@ -598,9 +554,7 @@ fn main() {
     });
     let bench = Bench {
         rt,
-        fx: Arc::new(Fixture::new()),
-        state,
-        raw,
+        sides: RustSides::new(state, raw, Fixture::new()),
         url: server.url(),
         port: server.port(),
         node,
@@ -612,7 +566,7 @@ fn main() {
     };
     // The scripts must be loaded for redis-benchmark's EVALSHA (FLUSHALL keeps them).
     bench.rt.block_on(async {
-        let mut c = bench.raw.conn.clone();
+        let mut c = bench.sides.raw.conn.clone();
         for s in [ACQUIRE, RELEASE, APPEND] {
             redis::cmd("SCRIPT")
                 .arg("LOAD")
@@ -627,7 +581,7 @@ fn main() {
         .as_ref()
         .map(|n| describe_ts(&run_node(n, &bench.url, Workload::Lock, 1, 200)));
     let server_version = bench.rt.block_on(async {
-        let mut c = bench.raw.conn.clone();
+        let mut c = bench.sides.raw.conn.clone();
         let info: String = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut c)
@@ -703,6 +657,6 @@ fn main() {
             print_target(wl.label(), 1, 0.95, "the wire", *r);
         }
     }
-    bench.rt.block_on(bench.state.close()).expect("close");
+    bench.rt.block_on(bench.sides.ours.close()).expect("close");
     drop(server);
 }

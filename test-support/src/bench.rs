@@ -440,3 +440,135 @@ pub fn describe_ts(info: &serde_json::Value) -> String {
         field("node")
     )
 }
+
+impl AsRef<Fixture> for Fixture {
+    fn as_ref(&self) -> &Fixture {
+        self
+    }
+}
+
+/// The raw side of a remote bench: the adapter's own commands or statements on the plain
+/// client, i.e. what the adapter itself costs is the difference.
+pub trait RawCycles: Send + Sync + 'static {
+    /// What the cycles read: [`Fixture`], or a bench's extension of it (its raw keys).
+    type Fixture: AsRef<Fixture> + Send + Sync + 'static;
+
+    /// One cycle of `wl` on id index `k`; `seq` numbers the message cycles' dedupe keys.
+    fn cycle(
+        &self,
+        fx: &Self::Fixture,
+        wl: Workload,
+        k: usize,
+        seq: &std::sync::atomic::AtomicU64,
+    ) -> impl Future<Output = Result<(), CycleError>> + Send;
+}
+
+/// The two sides of a remote bench that run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RustSide {
+    /// The adapter, as a user holds it.
+    Ours,
+    /// The same commands on the plain client ([`RawCycles`]).
+    Raw,
+}
+
+/// The adapter and the raw side of a bench, on one fixture.
+pub struct RustSides<R: RawCycles> {
+    /// The adapter.
+    pub ours: Arc<dyn chat_state_core::StateAdapter>,
+    /// The raw side.
+    pub raw: Arc<R>,
+    /// The ids, keys and values both use.
+    pub fx: Arc<R::Fixture>,
+    /// Numbers the message cycles' dedupe keys: restarted by each measurement (which runs
+    /// on an emptied store), shared by its warm-up and timed cycles so none is a duplicate.
+    seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: RawCycles> RustSides<R> {
+    /// Both sides on `fx`.
+    pub fn new(ours: Arc<dyn chat_state_core::StateAdapter>, raw: Arc<R>, fx: R::Fixture) -> Self {
+        Self {
+            ours,
+            raw,
+            fx: Arc::new(fx),
+            seq: Arc::default(),
+        }
+    }
+
+    /// `total` cycles of `wl` on `side` at concurrency `c` (see [`run_cycles`]), numbered on
+    /// from the last.
+    async fn run(&self, side: RustSide, wl: Workload, c: usize, total: usize) {
+        let seq = self.seq.clone();
+        let fx = self.fx.clone();
+        match side {
+            RustSide::Ours => {
+                let ours = self.ours.clone();
+                let f = Arc::new(move |k| {
+                    let (ours, fx, seq) = (ours.clone(), fx.clone(), seq.clone());
+                    async move { ours_cycle(&*ours, (*fx).as_ref(), wl, k, &seq).await }
+                });
+                run_cycles(c, total, f).await;
+            }
+            RustSide::Raw => {
+                let raw = self.raw.clone();
+                let f = Arc::new(move |k| {
+                    let (raw, fx, seq) = (raw.clone(), fx.clone(), seq.clone());
+                    async move { raw.cycle(&fx, wl, k, &seq).await }
+                });
+                run_cycles(c, total, f).await;
+            }
+        }
+    }
+
+    /// Cycles per second of `side`: `warmup` cycles (at most `iters`) untimed, then `iters`
+    /// timed.
+    pub fn per_second(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        side: RustSide,
+        (wl, c): (Workload, usize),
+        iters: usize,
+        warmup: usize,
+    ) -> f64 {
+        self.seq.store(0, std::sync::atomic::Ordering::Relaxed);
+        rt.block_on(async {
+            self.run(side, wl, c, warmup.min(iters)).await;
+            let start = std::time::Instant::now();
+            self.run(side, wl, c, iters).await;
+            iters as f64 / start.elapsed().as_secs_f64()
+        })
+    }
+
+    /// The profile run `callgrind-lib.sh` measures: `warmup` cycles, then `n` inside
+    /// [`measured_cycles`] (on the runtime the caller built: current-thread, so the client's
+    /// I/O runs on the measured thread too).
+    pub fn profile(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        side: RustSide,
+        (wl, c): (Workload, usize),
+        warmup: usize,
+        n: usize,
+    ) {
+        self.seq.store(0, std::sync::atomic::Ordering::Relaxed);
+        rt.block_on(self.run(side, wl, c, warmup));
+        measured_cycles(rt, self.run(side, wl, c, n));
+    }
+}
+
+/// The cycles a profile collects (`--toggle-collect=*measured_cycles*`): kept out of line so
+/// its symbol exists.
+#[inline(never)]
+pub fn measured_cycles(rt: &tokio::runtime::Runtime, f: impl Future<Output = ()>) {
+    rt.block_on(f);
+}
+
+/// The side a profile run measures: `CHAT_STATE_CALLGRIND_SIDE=ours|raw` (default ours).
+pub fn profiled_side() -> RustSide {
+    match std::env::var("CHAT_STATE_CALLGRIND_SIDE").as_deref() {
+        Ok("raw") => RustSide::Raw,
+        Ok("ours") | Err(_) => RustSide::Ours,
+        Ok(other) => panic!("CHAT_STATE_CALLGRIND_SIDE={other:?}: expected ours or raw"),
+    }
+}
