@@ -7,47 +7,33 @@
 // Prints one JSON line: {"impl":"ts","workload":..,"concurrency":..,"iterations":..,
 // "successes":..,"seconds":..,"perSec":..,"node":..,"adapter":..}.
 //
-// Kept in step with chat-state-memory/benches/throughput.rs: same 10,000 thread ids, same
-// per-task id order, same ~225-byte thread state (thread-state.json), same TTLs, same warm-up.
-// Concurrency N = N async loops on the one event loop (`Promise.all`).
+// Kept in step with chat-state-memory/benches/throughput.rs through
+// test-support/bench/workload.mjs: same 10,000 thread ids, same per-task id order, same
+// ~225-byte thread state (thread-state.json), same TTLs, same warm-up. Concurrency N = N async
+// loops on the one event loop (`Promise.all`).
 
-import { readFileSync } from "node:fs";
 import { createMemoryState } from "@chat-adapter/state-memory";
+import {
+  IDS,
+  LOCK_TTL_MS,
+  STATE_TTL_MS,
+  idIndex,
+  ids,
+  parseArgs,
+  printResult,
+  stateKeys,
+  threadStateJson,
+  timed,
+} from "../../test-support/bench/workload.mjs";
 
-const IDS = 10_000;
 /** Ids the contended-lock workload fights over. */
 const HOT = 8;
-/** The Chat SDK's DEFAULT_LOCK_TTL_MS and THREAD_STATE_TTL_MS. */
-const LOCK_TTL_MS = 30_000;
-const STATE_TTL_MS = 30 * 24 * 60 * 60 * 1000;
 /** Warm-up cycles before timing (JIT, map growth); the Rust side does the same. */
 const WARMUP = 20_000;
 
-const [workload, concArg, itersArg] = process.argv.slice(2);
-const concurrency = Number(concArg);
-const iterations = Number(itersArg);
-const WORKLOADS = ["lock", "contended-lock", "cache", "subscriptions", "message"];
-if (!WORKLOADS.includes(workload) || !(concurrency >= 1) || !(iterations >= 1)) {
-  console.error(`usage: node bench.mjs <${WORKLOADS.join("|")}> <concurrency> <iterations>`);
-  process.exit(2);
-}
-
-const pad = (n, w) => String(n).padStart(w, "0");
-const ids = Array.from({ length: IDS }, (_, i) => `slack:C${pad(i, 7)}:1700000000.${pad(i, 6)}`);
-const stateKeys = ids.map((id) => `thread-state:${id}`);
-const stateJson = readFileSync(new URL("../../test-support/bench/thread-state.json", import.meta.url), "utf8").trim();
-const adapterVersion = JSON.parse(
-  readFileSync(
-    new URL("./node_modules/@chat-adapter/state-memory/package.json", import.meta.url),
-    "utf8",
-  ),
-).version;
-
-/** Task `w` of `c`, iteration `i`: a scattered walk over the task's own slice of the ids. */
-function idIndex(w, c, i) {
-  const per = Math.floor(IDS / c);
-  return w + c * ((i * 7919) % per);
-}
+const { workload, concurrency, iterations } = parseArgs({
+  workloads: ["lock", "contended-lock", "cache", "subscriptions", "message"],
+});
 
 const state = createMemoryState();
 await state.connect();
@@ -56,7 +42,7 @@ if (workload === "message") {
   // A bot's threads: subscribed, with state stored (as the Chat SDK stores it: the object).
   for (let k = 0; k < IDS; k++) {
     await state.subscribe(ids[k]);
-    await state.set(stateKeys[k], JSON.parse(stateJson), STATE_TTL_MS);
+    await state.set(stateKeys[k], JSON.parse(threadStateJson), STATE_TTL_MS);
   }
 }
 
@@ -77,7 +63,7 @@ async function cycle(w, c, i) {
     }
     case "cache": {
       const key = stateKeys[idIndex(w, c, i)];
-      await state.set(key, stateJson, STATE_TTL_MS);
+      await state.set(key, threadStateJson, STATE_TTL_MS);
       if ((await state.get(key)) == null) throw new Error("cache miss");
       return true;
     }
@@ -103,37 +89,8 @@ async function cycle(w, c, i) {
   }
 }
 
-/** `total` cycles split over `c` concurrent loops; returns the successes. */
-async function run(c, total) {
-  const loops = [];
-  for (let w = 0; w < c; w++) {
-    const mine = Math.floor(total / c) + (w < total % c ? 1 : 0);
-    loops.push(
-      (async () => {
-        let ok = 0;
-        for (let i = 0; i < mine; i++) if (await cycle(w, c, i)) ok++;
-        return ok;
-      })(),
-    );
-  }
-  return (await Promise.all(loops)).reduce((a, b) => a + b, 0);
-}
+const measured = await timed({ concurrency, iterations, warmup: WARMUP, cycle });
 
-await run(concurrency, Math.min(WARMUP, iterations));
-const start = process.hrtime.bigint();
-const successes = await run(concurrency, iterations);
-const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-
-console.log(
-  JSON.stringify({
-    impl: "ts",
-    workload,
-    concurrency,
-    iterations,
-    successes,
-    seconds,
-    perSec: iterations / seconds,
-    node: process.version,
-    adapter: `@chat-adapter/state-memory@${adapterVersion}`,
-  }),
-);
+printResult(import.meta.url, { workload, concurrency, iterations }, measured, {
+  adapter: "@chat-adapter/state-memory",
+});

@@ -313,9 +313,7 @@ fn run_node(node: &NodeBench, wl: Workload, c: usize, iters: usize) -> (Sample, 
         c.to_string(),
         iters.to_string(),
     ];
-    let line = node.last_line(&args);
-    let r: NodeResult =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bench.mjs printed {line:?}: {e}"));
+    let r: NodeResult = node.json(&args);
     let sample = Sample {
         per_sec: r.per_sec,
         success: r.successes / r.iterations,

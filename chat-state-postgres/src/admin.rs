@@ -29,15 +29,16 @@ impl LockInspector for PostgresBackend {
         let row: Option<(String, i64)> = inner
             .run(
                 op,
-                sqlx::query_as(&sql(
-                    "SELECT token, (extract(epoch FROM expires_at) * 1000)::bigint
-                     FROM chat_state_locks
-                     WHERE key_prefix = $2 AND thread_id = $3 AND expires_at > {now}",
-                ))
-                .bind(inner.now())
-                .bind(&inner.prefix)
-                .bind(lock_id)
-                .fetch_optional(&inner.pool),
+                inner
+                    .rows_at_key(
+                        &sql(
+                            "SELECT token, (extract(epoch FROM expires_at) * 1000)::bigint
+                             FROM chat_state_locks
+                             WHERE key_prefix = $2 AND thread_id = $3 AND expires_at > {now}",
+                        ),
+                        lock_id,
+                    )
+                    .fetch_optional(&inner.pool),
             )
             .await?;
         let Some((token, server_ms)) = row else {

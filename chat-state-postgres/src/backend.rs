@@ -9,10 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chat_state_core::{
     Backend, Clock, Error, ListOptions, Lock, LockRequest, Operation, QueueEntry,
 };
-use sqlx::PgPool;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::{Query, QueryAs, QueryScalar};
+use sqlx::{FromRow, PgPool, Postgres};
 use tokio::task::JoinHandle;
 
-use crate::error::{corrupt, map, timed_out};
+use crate::error::{map, timed_out};
 use crate::schema::{self, SchemaMode};
 use crate::sql::Statements;
 use crate::{BACKEND, PostgresBuilder};
@@ -93,6 +95,45 @@ impl Inner {
         self.clock
             .as_ref()
             .map(|c| i64::try_from(c.now_ms()).unwrap_or(i64::MAX))
+    }
+
+    /// `sql` with its first three parameters bound: "now" (the test clock's, or `NULL` for
+    /// the server's), the key prefix and `key`; bind the statement's own parameters after.
+    fn at_key<'q>(&'q self, sql: &'q str, key: &'q str) -> Query<'q, Postgres, PgArguments> {
+        sqlx::query(sql)
+            .bind(self.now())
+            .bind(&self.prefix)
+            .bind(key)
+    }
+
+    /// [`at_key`](Self::at_key) for a statement that returns one column.
+    fn scalar_at_key<'q, O>(
+        &'q self,
+        sql: &'q str,
+        key: &'q str,
+    ) -> QueryScalar<'q, Postgres, O, PgArguments>
+    where
+        (O,): for<'r> FromRow<'r, PgRow>,
+    {
+        sqlx::query_scalar(sql)
+            .bind(self.now())
+            .bind(&self.prefix)
+            .bind(key)
+    }
+
+    /// [`at_key`](Self::at_key) for a statement that returns rows of several columns.
+    fn rows_at_key<'q, O>(
+        &'q self,
+        sql: &'q str,
+        key: &'q str,
+    ) -> QueryAs<'q, Postgres, O, PgArguments>
+    where
+        O: for<'r> FromRow<'r, PgRow>,
+    {
+        sqlx::query_as(sql)
+            .bind(self.now())
+            .bind(&self.prefix)
+            .bind(key)
     }
 
     /// Runs `call` within the statement timeout, mapping its errors.
@@ -362,10 +403,8 @@ impl Backend for PostgresBackend {
         let done = inner
             .run(
                 Operation::ExtendLock,
-                sqlx::query(&inner.sql.extend)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(request.lock_id)
+                inner
+                    .at_key(&inner.sql.extend, request.lock_id)
                     .bind(request.token)
                     .bind(ms(request.ttl))
                     .execute(&inner.pool),
@@ -390,10 +429,8 @@ impl Backend for PostgresBackend {
         let row: Option<(String, Option<Vec<u8>>)> = inner
             .run(
                 Operation::Get,
-                sqlx::query_as(&inner.sql.get)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(key)
+                inner
+                    .rows_at_key(&inner.sql.get, key)
                     .fetch_optional(&inner.pool),
             )
             .await?;
@@ -406,10 +443,8 @@ impl Backend for PostgresBackend {
         inner
             .run(
                 Operation::Set,
-                sqlx::query(&inner.sql.set)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(key)
+                inner
+                    .at_key(&inner.sql.set, key)
                     .bind(text)
                     .bind(raw)
                     .bind(ttl.map(ms))
@@ -430,10 +465,8 @@ impl Backend for PostgresBackend {
         let done = inner
             .run(
                 Operation::SetIfNotExists,
-                sqlx::query(&inner.sql.set_if_not_exists)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(key)
+                inner
+                    .at_key(&inner.sql.set_if_not_exists, key)
                     .bind(text)
                     .bind(raw)
                     .bind(ttl.map(ms))
@@ -465,10 +498,8 @@ impl Backend for PostgresBackend {
         inner
             .run(
                 Operation::AppendToList,
-                sqlx::query(inner.sql.list_append)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(key)
+                inner
+                    .at_key(inner.sql.list_append, key)
                     .bind(text)
                     .bind(raw)
                     .bind(options.ttl.map(ms))
@@ -484,10 +515,8 @@ impl Backend for PostgresBackend {
         let rows: Vec<(String, Option<Vec<u8>>)> = inner
             .run(
                 Operation::GetList,
-                sqlx::query_as(&inner.sql.get_list)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(key)
+                inner
+                    .rows_at_key(&inner.sql.get_list, key)
                     .fetch_all(&inner.pool),
             )
             .await?;
@@ -509,10 +538,8 @@ impl Backend for PostgresBackend {
         let depth: i64 = inner
             .run(
                 op,
-                sqlx::query_scalar(inner.sql.enqueue)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(thread_id)
+                inner
+                    .scalar_at_key(inner.sql.enqueue, thread_id)
                     .bind(&json)
                     .bind(expires)
                     .bind(clamp_i64(max_size))
@@ -528,27 +555,14 @@ impl Backend for PostgresBackend {
         let value: Option<String> = inner
             .run(
                 op,
-                sqlx::query_scalar(&inner.sql.dequeue)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(thread_id)
+                inner
+                    .scalar_at_key(&inner.sql.dequeue, thread_id)
                     .fetch_optional(&inner.pool),
             )
             .await?;
-        let Some(value) = value else { return Ok(None) };
-        chat_state_core::json::from_json_slice::<QueueEntry>(value.as_bytes())
-            .map(Some)
-            .map_err(|e| {
-                let snippet: String = value.chars().take(80).collect();
-                corrupt(
-                    op,
-                    format!(
-                        "queue `{thread_id}` held an entry that is not a {{enqueuedAt, \
-                         expiresAt, message}} JSON object (removed from the queue): {e}: \
-                         {snippet}"
-                    ),
-                )
-            })
+        value
+            .map(|entry| dispatch::decode_entry(op, thread_id, &entry))
+            .transpose()
     }
 
     async fn queue_depth(&self, thread_id: &str) -> Result<usize, Error> {
@@ -556,10 +570,8 @@ impl Backend for PostgresBackend {
         let depth: i64 = inner
             .run(
                 Operation::QueueDepth,
-                sqlx::query_scalar(&inner.sql.depth)
-                    .bind(inner.now())
-                    .bind(&inner.prefix)
-                    .bind(thread_id)
+                inner
+                    .scalar_at_key(&inner.sql.depth, thread_id)
                     .fetch_one(&inner.pool),
             )
             .await?;

@@ -326,10 +326,8 @@ pub(super) async fn release_or_next(
     let (status, entry): (String, Option<String>) = inner
         .run(
             op,
-            sqlx::query_as(RELEASE_OR_NEXT)
-                .bind(inner.now())
-                .bind(&inner.prefix)
-                .bind(request.lock_id)
+            inner
+                .rows_at_key(RELEASE_OR_NEXT, request.lock_id)
                 .bind(request.token)
                 .bind(ms(request.ttl))
                 .bind(key)
@@ -348,10 +346,14 @@ pub(super) async fn release_or_next(
     }
 }
 
-/// A handed-out entry; one that does not decode is an error (it is already removed from
-/// the queue and the lock kept, so the next call goes on with the queue), as `dequeue`
-/// reports it.
-fn decode_entry(op: Operation, thread_id: &str, entry: &str) -> Result<QueueEntry, Error> {
+/// A dequeued or handed-out entry; one that does not decode is an error (it is already
+/// removed from the queue, and on a handoff the lock kept, so the next call goes on with
+/// the queue).
+pub(super) fn decode_entry(
+    op: Operation,
+    thread_id: &str,
+    entry: &str,
+) -> Result<QueueEntry, Error> {
     chat_state_core::json::from_json_slice::<QueueEntry>(entry.as_bytes()).map_err(|e| {
         let snippet: String = entry.chars().take(80).collect();
         corrupt(
@@ -376,10 +378,8 @@ pub(super) async fn set_fenced(
     let stored: bool = inner
         .run(
             Operation::SetFenced,
-            sqlx::query_scalar(SET_FENCED)
-                .bind(inner.now())
-                .bind(&inner.prefix)
-                .bind(key)
+            inner
+                .scalar_at_key(SET_FENCED, key)
                 .bind(text)
                 .bind(raw)
                 .bind(ttl.map(ms))

@@ -11,37 +11,25 @@ use chat_state_postgres::{PostgresBackend, PostgresBuilder};
 
 use chat_state_test_support::postgres as support;
 
+/// A harness on a fresh key prefix of the shared server; `configure` is applied to the
+/// builder at the first connect and at every reopen.
 async fn harness(
     configure: impl Fn(PostgresBuilder) -> PostgresBuilder + Send + Sync + 'static,
     time: impl FnOnce(Arc<dyn StateAdapter>) -> Harness,
 ) -> Harness {
-    let url = support::shared().url();
-    let prefix = support::unique_prefix();
-    let configure = Arc::new(configure);
-    let builder = |url: &str, prefix: &str| {
+    let (url, prefix) = (support::shared().url(), support::unique_prefix());
+    let open = Arc::new(move || {
         configure(
-            PostgresBackend::builder(url)
-                .key_prefix(prefix)
+            PostgresBackend::builder(&url)
+                .key_prefix(&prefix)
                 .max_connections(4),
         )
-    };
-    let state = builder(&url, &prefix)
         .connect()
-        .await
-        .expect("connect to the test PostgreSQL");
-    let configure2 = configure.clone();
+    });
+    let state = open().await.expect("connect to the test PostgreSQL");
     time(Arc::new(state)).with_reopen(move || {
-        let (url, prefix, configure) = (url.clone(), prefix.clone(), configure2.clone());
-        async move {
-            let state = configure(
-                PostgresBackend::builder(&url)
-                    .key_prefix(&prefix)
-                    .max_connections(4),
-            )
-            .connect()
-            .await?;
-            Ok(Arc::new(state) as Arc<dyn StateAdapter>)
-        }
+        let open = open.clone();
+        async move { Ok(Arc::new(open().await?) as Arc<dyn StateAdapter>) }
     })
 }
 

@@ -429,8 +429,7 @@ fn run_node(
         c.to_string(),
         iters.to_string(),
     ];
-    let line = node.last_line(&args);
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bench.mjs printed {line:?}: {e}"))
+    node.json(&args)
 }
 
 fn workload(name: &str) -> Workload {

@@ -54,9 +54,10 @@ impl NodeBench {
         &self.bin
     }
 
-    /// Runs `node <args>` in the directory and returns the last line it printed; panics with
-    /// node's stderr if it fails.
-    pub fn last_line(&self, args: &[String]) -> String {
+    /// Runs `node <args>` in the directory and parses the last line it printed as JSON (the
+    /// bench scripts print one JSON line); panics with node's stderr if it fails, or with the
+    /// line if it does not parse as a `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self, args: &[String]) -> T {
         let out = Command::new(&self.bin)
             .args(args)
             .current_dir(&self.dir)
@@ -69,7 +70,9 @@ impl NodeBench {
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        text.lines().last().unwrap_or_default().to_owned()
+        let line = text.lines().last().unwrap_or_default();
+        serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("node {args:?} printed {line:?}, not its JSON line: {e}"))
     }
 }
 
