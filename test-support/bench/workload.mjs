@@ -50,34 +50,31 @@ export function printResult(benchUrl, { workload, concurrency, iterations }, mea
 }
 
 /**
- * Parses `node bench.mjs <names...> <workload> <concurrency> <iterations>`: `names` are the
- * bench's leading arguments (a URL, ...), `trailing` its numeric ones after the iterations.
- * Exits with the usage line when anything is missing or not a positive number.
+ * Parses `node bench.mjs <leading...> <workload> <concurrency> <iterations> <trailing...>`:
+ * `leading` names the bench's arguments before the workload (a URL), `trailing` its numeric
+ * ones after the iterations (a pool size). Exits with the usage line when anything is
+ * missing, extra, or not a positive number.
  */
 export function parseArgs({ leading = [], workloads, trailing = [] }) {
   const argv = process.argv.slice(2);
-  const usage = [
-    ...leading.map((n) => `<${n}>`),
-    `<${workloads.join("|")}>`,
-    "<concurrency>",
-    "<iterations>",
-    ...trailing.map((n) => `<${n}>`),
-  ].join(" ");
-  const named = Object.fromEntries(leading.map((n, i) => [n, argv[i]]));
-  const rest = argv.slice(leading.length);
-  const [workload, ...numbers] = rest;
-  const [concurrency, iterations, ...extra] = numbers.map(Number);
+  const numberNames = ["concurrency", "iterations", ...trailing];
+  const workload = argv[leading.length];
+  const numbers = argv.slice(leading.length + 1).map(Number);
   const ok =
-    leading.every((n) => named[n]) &&
+    argv.length === leading.length + 1 + numberNames.length &&
+    argv.slice(0, leading.length).every(Boolean) &&
     workloads.includes(workload) &&
-    [concurrency, iterations, ...extra].length === 2 + trailing.length &&
-    [concurrency, iterations, ...extra].every((n) => n >= 1);
+    numbers.every((n) => n >= 1);
   if (!ok) {
-    console.error(`usage: node bench.mjs ${usage}`);
+    const usage = [...leading, workloads.join("|"), ...numberNames].map((n) => `<${n}>`);
+    console.error(`usage: node bench.mjs ${usage.join(" ")}`);
     process.exit(2);
   }
-  const more = Object.fromEntries(trailing.map((n, i) => [n, extra[i]]));
-  return { ...named, workload, concurrency, iterations, ...more };
+  return {
+    ...Object.fromEntries(leading.map((n, i) => [n, argv[i]])),
+    workload,
+    ...Object.fromEntries(numberNames.map((n, i) => [n, numbers[i]])),
+  };
 }
 
 /**
@@ -85,7 +82,7 @@ export function parseArgs({ leading = [], workloads, trailing = [] }) {
  * `cycle(w, c, i)` returns `false` when it did not get what it asked for. Returns the
  * cycles that did.
  */
-export async function run(c, total, cycle) {
+async function run(c, total, cycle) {
   const loops = [];
   for (let w = 0; w < c; w++) {
     const mine = Math.floor(total / c) + (w < total % c ? 1 : 0);
